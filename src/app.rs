@@ -1,0 +1,157 @@
+//! Wiring: builds the client, token engine, proxy and ops services from a [`Config`],
+//! binds both listeners, and runs the shutdown sequence.
+//!
+//! [`start`] binds and spawns everything and returns a [`Running`] handle (tests use it
+//! with port 0); [`run`] is `start` plus waiting for the caller's shutdown future. The
+//! library never listens for OS signals: `main` passes them in (STYLE.md habit 7).
+
+use crate::config::Config;
+use crate::credentials::Credentials;
+use crate::metrics::Metrics;
+use crate::ops::Ops;
+use crate::proxy::Proxy;
+use crate::serve::{self, BoundAddr, Trigger};
+use crate::token::{HttpFetcher, Refresher, TokenSource};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How often credential files are polled. Kubernetes updates secret volumes within its
+/// sync period (about a minute); this adds at most two seconds (a change must read the
+/// same twice) and keeps within the 5 s the rotation contract promises.
+const CREDENTIAL_POLL: Duration = Duration::from_secs(1);
+
+/// Why the proxy could not start (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind { key: &'static str, addr: String, source: std::io::Error },
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A started proxy.
+#[derive(Debug)]
+pub struct Running {
+    /// Where applications connect.
+    pub listen: BoundAddr,
+    /// Where the ops endpoints answer.
+    pub ops: BoundAddr,
+    pub tokens: TokenSource,
+    pub metrics: Arc<Metrics>,
+    pub credentials: Credentials,
+    quit: Trigger,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts the shutdown sequence (what SIGTERM and `/quitquitquit` do).
+    pub fn shutdown(&self) {
+        self.quit.fire();
+    }
+
+    /// A trigger that starts the shutdown sequence when fired.
+    pub fn quit_trigger(&self) -> Trigger {
+        self.quit.clone()
+    }
+
+    /// Waits until the shutdown sequence has finished.
+    pub async fn wait(self) {
+        if let Err(e) = self.task.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+}
+
+/// Binds the listeners and starts the token engine, the credential watcher and both
+/// servers. The first token request goes out at once.
+pub async fn start(config: &Config, credentials: Credentials) -> Result<Running, StartError> {
+    let proxy_listener = serve::bind(&config.listen, config.listen_mode).await.map_err(|source| StartError::Bind {
+        key: "listen",
+        addr: config.listen.to_string(),
+        source,
+    })?;
+    let ops_listener = serve::bind(&config.ops_listen, config.listen_mode)
+        .await
+        .map_err(|source| StartError::Bind { key: "ops_listen", addr: config.ops_listen.to_string(), source })?;
+    let listen = proxy_listener.local_addr().expect("a bound listener has an address");
+    let ops_addr = ops_listener.local_addr().expect("a bound listener has an address");
+
+    let metrics = Arc::new(Metrics::new());
+    let client = crate::client::build(&config.upstream)?;
+    let tokens = TokenSource::new(metrics.clone(), config.token.timeout);
+    let fetcher = HttpFetcher::new(client.clone(), &config.token, config.upstream.api_version.clone());
+    let refresher = Refresher::new(tokens.clone(), fetcher, credentials.clone(), &config.token);
+    let proxy = Proxy::new(client, tokens.clone(), metrics.clone(), &config.upstream);
+    let quit = Trigger::default();
+    let ops =
+        Ops::new(tokens.clone(), metrics.clone(), credentials.clone(), config.upstream.url.to_string(), quit.clone());
+
+    let background = Trigger::default();
+    let refresher_task = tokio::spawn(refresher.run(background.wait()));
+    let watcher_task = tokio::spawn(credentials.clone().watch(CREDENTIAL_POLL, background.wait()));
+
+    let stop_proxy = Trigger::default();
+    let stop_ops = Trigger::default();
+    let grace = config.shutdown.grace;
+    let proxy_task =
+        tokio::spawn(serve::serve("proxy", proxy_listener, move |_| proxy.clone(), stop_proxy.wait(), grace));
+    let ops_task = tokio::spawn(serve::serve(
+        "ops",
+        ops_listener,
+        move |peer| ops.for_peer(peer),
+        stop_ops.wait(),
+        Duration::from_secs(1),
+    ));
+
+    tracing::info!(
+        listen = %listen,
+        ops_listen = %ops_addr,
+        upstream = %config.upstream.url,
+        token_url = %config.token.url,
+        credentials = %credentials.describe(),
+        version = crate::config::VERSION,
+        "pinecone-admin-proxy started",
+    );
+    for name in &config.unknown_env {
+        tracing::warn!(variable = %name, "environment variable starts with PINECONE_PROXY_ but sets no configuration key; ignored");
+    }
+
+    let delay = config.shutdown.delay;
+    let quit_wait = quit.wait();
+    let task = tokio::spawn(async move {
+        quit_wait.await;
+        if !delay.is_zero() {
+            tracing::info!(delay = %crate::config::format_duration(delay), "shutting down: still accepting requests for shutdown.delay");
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!("shutting down: no longer accepting; letting requests in flight finish");
+        stop_proxy.fire();
+        let _ = proxy_task.await;
+        stop_ops.fire();
+        background.fire();
+        let _ = tokio::join!(ops_task, refresher_task, watcher_task);
+        tracing::info!("shutdown complete");
+    });
+
+    Ok(Running { listen, ops: ops_addr, tokens, metrics, credentials, quit, task })
+}
+
+/// Starts the proxy and runs it until `shutdown` resolves (or `/quitquitquit`), then shuts
+/// down gracefully.
+pub async fn run(
+    config: &Config,
+    credentials: Credentials,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let running = start(config, credentials).await?;
+    let quit = running.quit_trigger();
+    tokio::select! {
+        () = shutdown => quit.fire(),
+        () = quit.wait() => {}
+    }
+    running.wait().await;
+    Ok(())
+}

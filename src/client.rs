@@ -1,0 +1,87 @@
+//! The one outbound HTTP client: a pooled, keep-alive hyper client over rustls, shared by
+//! the forwarding path and the token requests.
+//!
+//! Trust is the built-in web PKI roots plus `upstream.ca_file`. HTTP/1.1 and HTTP/2 are
+//! offered by ALPN; plain `http://` is reachable only because configuration allows it for
+//! loopback hosts alone.
+
+use crate::config::UpstreamConfig;
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Errors inside bodies: hyper's, or our own.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every request the client sends and every response the proxy answers.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// How long an idle upstream connection is kept. Shorter than the 120 s or so after which
+/// cloud load balancers drop idle connections, so we close first and never write a request
+/// into a dead socket.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Builds the client. Fails only if the TLS configuration cannot be built.
+pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in &cfg.extra_roots {
+        roots.add(cert.clone())?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector))
+}
+
+/// A body of bytes already in memory.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// The error and its causes in one line ("client error (Connect): tcp connect error:
+/// Connection refused"), for logs and error bodies. hyper's errors carry no request data.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}

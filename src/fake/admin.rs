@@ -1,0 +1,333 @@
+//! The fake Admin API (2025-10 operations): projects, organizations and API keys in
+//! memory, with FACTS.md's paths, status codes, shapes and error bodies. Every request is
+//! authenticated first: a missing, unknown, expired or revoked bearer token gets 401
+//! `UNAUTHENTICATED` / `Invalid API key.`. A missing `X-Pinecone-Api-Version` means the
+//! oldest supported version; an unknown one is a 400.
+
+// Handlers return their error response early with `?`; the fake is on no hot path, so a
+// large `Err` costs nothing that matters.
+#![allow(clippy::result_large_err)]
+
+use super::{Recorded, State, json, uuid};
+use crate::client::{Body, empty};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+/// The versions the fake knows; the first is what a missing header means.
+pub const VERSIONS: &[&str] = &["2025-04", "2025-10", "2026-01.alpha", "2026-04", "2026-07"];
+const ROLES: &[&str] = &[
+    "ProjectEditor",
+    "ProjectViewer",
+    "ControlPlaneEditor",
+    "ControlPlaneViewer",
+    "DataPlaneEditor",
+    "DataPlaneViewer",
+];
+
+/// The Admin API's data.
+#[derive(Debug)]
+pub struct Data {
+    organizations: Vec<Value>,
+    projects: Vec<Value>,
+    api_keys: Vec<Value>,
+}
+
+impl Data {
+    /// One organization with one project that has one API key.
+    pub fn seeded() -> Self {
+        let now = crate::timefmt::rfc3339(SystemTime::now());
+        let org_id = "-NM7af6f234168c4e44a";
+        let project_id = uuid();
+        Self {
+            organizations: vec![json!({
+                "id": org_id, "name": "demo-organization", "plan": "Free", "payment_status": "Active",
+                "created_at": now, "support_tier": "free",
+            })],
+            projects: vec![json!({
+                "id": project_id, "name": "demo-project", "max_pods": 0, "force_encryption_with_cmek": false,
+                "organization_id": org_id, "created_at": now,
+            })],
+            api_keys: vec![json!({
+                "id": uuid(), "name": "demo-key", "project_id": project_id, "roles": ["ProjectEditor"],
+            })],
+        }
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json(status, &json!({ "error": { "code": code, "message": message }, "status": status.as_u16() }))
+}
+
+fn invalid(message: &str) -> Response<Body> {
+    error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
+}
+
+fn not_found(what: &str, id: &str) -> Response<Body> {
+    error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("{what} \"{id}\" not found."))
+}
+
+pub(crate) fn handle(state: &State, parts: &Parts, body: &Bytes) -> Response<Body> {
+    state.admin_requests.fetch_add(1, Ordering::Relaxed);
+    if state.recording() {
+        state.recorded.lock().push(Recorded {
+            method: parts.method.clone(),
+            target: parts.uri.path_and_query().map_or_else(|| parts.uri.to_string(), |pq| pq.as_str().to_owned()),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+    }
+    let mut response = route(state, parts, body);
+    response.headers_mut().insert("x-pinecone-request-id", HeaderValue::from_str(&uuid()).expect("ascii"));
+    response
+}
+
+fn authenticate(state: &State, parts: &Parts) -> Result<(), Response<Body>> {
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = match token.and_then(|t| state.issued.lock().get(t).map(|i| (i.expires, i.revoked))) {
+        Some((expires, revoked)) => {
+            let expired = Instant::now() >= expires;
+            if expired {
+                state.expired_presented.fetch_add(1, Ordering::SeqCst);
+            }
+            !expired && !revoked
+        }
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        state.unauthorized.fetch_add(1, Ordering::SeqCst);
+        Err(error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "Invalid API key."))
+    }
+}
+
+fn route(state: &State, parts: &Parts, body: &[u8]) -> Response<Body> {
+    if let Err(r) = authenticate(state, parts) {
+        return r;
+    }
+    let version = match parts.headers.get("x-pinecone-api-version") {
+        None => VERSIONS[0],
+        Some(v) => match VERSIONS.iter().find(|known| v.as_bytes() == known.as_bytes()) {
+            Some(known) => known,
+            None => {
+                return invalid(&format!(
+                    "Unsupported API version {:?}. Supported versions: {}.",
+                    String::from_utf8_lossy(v.as_bytes()),
+                    VERSIONS.join(", ")
+                ));
+            }
+        },
+    };
+    let _ = version;
+    let segments: Vec<&str> = parts.uri.path().trim_start_matches('/').split('/').collect();
+    let mut data = state.data.lock();
+    let m = &parts.method;
+    match segments.as_slice() {
+        ["admin", "projects"] if m == Method::GET => json(StatusCode::OK, &json!({ "data": data.projects })),
+        ["admin", "projects"] if m == Method::POST => create_project(&mut data, body),
+        ["admin", "projects", id] if m == Method::GET => match find(&data.projects, id) {
+            Some(i) => json(StatusCode::OK, &data.projects[i]),
+            None => not_found("Project", id),
+        },
+        ["admin", "projects", id] if m == Method::PATCH => update_project(&mut data, id, body),
+        ["admin", "projects", id] if m == Method::DELETE => match find(&data.projects, id) {
+            Some(i) => {
+                data.projects.remove(i);
+                data.api_keys.retain(|k| k["project_id"] != *id);
+                accepted()
+            }
+            None => not_found("Project", id),
+        },
+        ["admin", "organizations"] if m == Method::GET => json(StatusCode::OK, &json!({ "data": data.organizations })),
+        ["admin", "organizations", id] if m == Method::GET => match find(&data.organizations, id) {
+            Some(i) => json(StatusCode::OK, &data.organizations[i]),
+            None => not_found("Organization", id),
+        },
+        ["admin", "organizations", id] if m == Method::PATCH => update_organization(&mut data, id, body),
+        ["admin", "organizations", id] if m == Method::DELETE => match find(&data.organizations, id) {
+            Some(i) => {
+                data.organizations.remove(i);
+                accepted()
+            }
+            None => not_found("Organization", id),
+        },
+        ["admin", "projects", id, "api-keys"] if m == Method::GET => match find(&data.projects, id) {
+            Some(_) => {
+                let keys: Vec<&Value> = data.api_keys.iter().filter(|k| k["project_id"] == *id).collect();
+                json(StatusCode::OK, &json!({ "data": keys }))
+            }
+            None => not_found("Project", id),
+        },
+        ["admin", "projects", id, "api-keys"] if m == Method::POST => create_api_key(&mut data, id, body),
+        ["admin", "api-keys", id] if m == Method::GET => match find(&data.api_keys, id) {
+            Some(i) => json(StatusCode::OK, &data.api_keys[i]),
+            None => not_found("API key", id),
+        },
+        ["admin", "api-keys", id] if m == Method::PATCH => update_api_key(&mut data, id, body),
+        ["admin", "api-keys", id] if m == Method::DELETE => match find(&data.api_keys, id) {
+            Some(i) => {
+                data.api_keys.remove(i);
+                accepted()
+            }
+            None => not_found("API key", id),
+        },
+        _ => error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("No route for {} {}", m, parts.uri.path())),
+    }
+}
+
+fn accepted() -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r
+}
+
+fn find(items: &[Value], id: &str) -> Option<usize> {
+    items.iter().position(|v| v["id"] == id)
+}
+
+fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response<Body>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(invalid("The request body must be a JSON object.")),
+    }
+}
+
+fn name_field(
+    map: &serde_json::Map<String, Value>,
+    max: usize,
+    required: bool,
+) -> Result<Option<String>, Response<Body>> {
+    match map.get("name") {
+        None if required => Err(invalid("Missing required field 'name'.")),
+        None => Ok(None),
+        Some(Value::String(s)) if (1..=max).contains(&s.chars().count()) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(&format!("Field 'name' must be a string of 1 to {max} characters."))),
+    }
+}
+
+fn project_fields(map: &serde_json::Map<String, Value>, project: &mut Value) -> Result<(), Response<Body>> {
+    match map.get("max_pods") {
+        None => {}
+        Some(v) if v.as_u64().is_some() => project["max_pods"] = v.clone(),
+        Some(_) => return Err(invalid("Field 'max_pods' must be a non-negative integer.")),
+    }
+    match map.get("force_encryption_with_cmek") {
+        None => {}
+        Some(Value::Bool(b)) => {
+            if project["force_encryption_with_cmek"] == true && !b {
+                return Err(invalid("CMEK encryption cannot be disabled once enabled."));
+            }
+            project["force_encryption_with_cmek"] = Value::Bool(*b);
+        }
+        Some(_) => return Err(invalid("Field 'force_encryption_with_cmek' must be a boolean.")),
+    }
+    Ok(())
+}
+
+fn create_project(data: &mut Data, body: &[u8]) -> Response<Body> {
+    let result = (|| {
+        let map = object(body)?;
+        let name = name_field(&map, 512, true)?.expect("required");
+        if data.projects.iter().any(|p| p["name"] == name.as_str()) {
+            return Err(error(
+                StatusCode::CONFLICT,
+                "ALREADY_EXISTS",
+                &format!("A project named {name:?} already exists."),
+            ));
+        }
+        let org = data.organizations.first().map_or(Value::from("-NM7af6f234168c4e44a"), |o| o["id"].clone());
+        let mut project = json!({
+            "id": uuid(), "name": name, "max_pods": 0, "force_encryption_with_cmek": false,
+            "organization_id": org, "created_at": crate::timefmt::rfc3339(SystemTime::now()),
+        });
+        project_fields(&map, &mut project)?;
+        data.projects.push(project.clone());
+        Ok(json(StatusCode::OK, &project))
+    })();
+    result.unwrap_or_else(|r| r)
+}
+
+fn update_project(data: &mut Data, id: &str, body: &[u8]) -> Response<Body> {
+    let Some(i) = find(&data.projects, id) else { return not_found("Project", id) };
+    let result = (|| {
+        let map = object(body)?;
+        let mut project = data.projects[i].clone();
+        if let Some(name) = name_field(&map, 512, false)? {
+            project["name"] = Value::String(name);
+        }
+        project_fields(&map, &mut project)?;
+        data.projects[i] = project.clone();
+        Ok(json(StatusCode::OK, &project))
+    })();
+    result.unwrap_or_else(|r| r)
+}
+
+fn update_organization(data: &mut Data, id: &str, body: &[u8]) -> Response<Body> {
+    let Some(i) = find(&data.organizations, id) else { return not_found("Organization", id) };
+    let result = (|| {
+        let map = object(body)?;
+        if let Some(name) = name_field(&map, 512, false)? {
+            data.organizations[i]["name"] = Value::String(name);
+        }
+        Ok(json(StatusCode::OK, &data.organizations[i]))
+    })();
+    result.unwrap_or_else(|r| r)
+}
+
+fn roles(map: &serde_json::Map<String, Value>) -> Result<Option<Value>, Response<Body>> {
+    match map.get("roles") {
+        None => Ok(None),
+        Some(Value::Array(items)) if items.iter().all(|r| r.as_str().is_some_and(|r| ROLES.contains(&r))) => {
+            Ok(Some(Value::Array(items.clone())))
+        }
+        Some(_) => Err(invalid(&format!("Field 'roles' must be a list of: {}.", ROLES.join(", ")))),
+    }
+}
+
+fn create_api_key(data: &mut Data, project_id: &str, body: &[u8]) -> Response<Body> {
+    if find(&data.projects, project_id).is_none() {
+        return not_found("Project", project_id);
+    }
+    let result = (|| {
+        let map = object(body)?;
+        let name = name_field(&map, 80, true)?.expect("required");
+        let roles = roles(&map)?.unwrap_or_else(|| json!(["ProjectEditor"]));
+        let key = json!({ "id": uuid(), "name": name, "project_id": project_id, "roles": roles });
+        data.api_keys.push(key.clone());
+        let secret: [u8; 24] = rand::random();
+        let label: [u8; 4] = rand::random();
+        let value = format!("pckey_{}_{}", hex(&label), super::base64url(&secret));
+        Ok(json(StatusCode::CREATED, &json!({ "key": key, "value": value })))
+    })();
+    result.unwrap_or_else(|r| r)
+}
+
+fn update_api_key(data: &mut Data, id: &str, body: &[u8]) -> Response<Body> {
+    let Some(i) = find(&data.api_keys, id) else { return not_found("API key", id) };
+    let result = (|| {
+        let map = object(body)?;
+        let mut key = data.api_keys[i].clone();
+        if let Some(name) = name_field(&map, 80, false)? {
+            key["name"] = Value::String(name);
+        }
+        if let Some(roles) = roles(&map)? {
+            key["roles"] = roles;
+        }
+        data.api_keys[i] = key.clone();
+        Ok(json(StatusCode::OK, &key))
+    })();
+    result.unwrap_or_else(|r| r)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,341 @@
+//! The fake Pinecone: a token endpoint and an in-memory Admin API on one loopback port,
+//! behaving as `shared/pinecone/FACTS.md` describes the real ones (paths, status codes,
+//! shapes, error bodies, bearer validation with expiry and revocation).
+//!
+//! It serves `demo` and `fake-pinecone`, and the tests, which use its knobs (token
+//! lifetime, delays, scripted failures, revocation, credential rotation) and its counters.
+//! [`token`] owns the token endpoint, [`admin`] the Admin API; this file owns the state
+//! they share and the server.
+
+pub mod admin;
+pub mod token;
+
+use crate::client::{Body, BoxError, full};
+use crate::serve::{self, Listener, Trigger};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// The client id and secret that `demo` and `fake-pinecone` accept.
+pub const DEMO_CLIENT_ID: &str = "demo-client-id";
+pub const DEMO_CLIENT_SECRET: &str = "demo-client-secret";
+/// What a real token request must name as its audience (with the trailing slash).
+pub const AUDIENCE: &str = "https://api.pinecone.io/";
+
+/// A scripted answer for the next token request, instead of the normal one.
+#[derive(Debug, Clone)]
+pub enum TokenFault {
+    /// Answer with this status, body and optional `Retry-After`.
+    Status { status: u16, body: String, retry_after: Option<String> },
+    /// Answer 200 with this body (malformed or odd successes).
+    Ok(String),
+    /// Wait this long, then answer normally.
+    Delay(Duration),
+    /// Close the connection without an answer.
+    Reset,
+}
+
+/// One request the Admin API received, kept while recording is on.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    /// The request target as received, byte for byte.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Debug)]
+pub(crate) struct Issued {
+    pub(crate) expires: Instant,
+    pub(crate) revoked: bool,
+}
+
+/// The fake's state: knobs, counters and data. Shared by its handlers and the tests.
+#[derive(Debug)]
+pub struct State {
+    pub(crate) clients: Mutex<HashMap<String, String>>,
+    expires_in: AtomicU64,
+    token_delay: Mutex<Duration>,
+    admin_delay: Mutex<Duration>,
+    pub(crate) faults: Mutex<VecDeque<TokenFault>>,
+    pub(crate) issued: Mutex<HashMap<String, Issued>>,
+    /// Token requests received (whatever their outcome).
+    pub token_requests: AtomicU64,
+    /// Tokens issued.
+    pub tokens_issued: AtomicU64,
+    /// Admin API requests received.
+    pub admin_requests: AtomicU64,
+    /// Admin API requests that presented a token after its expiry.
+    pub expired_presented: AtomicU64,
+    /// Admin API requests answered 401.
+    pub unauthorized: AtomicU64,
+    /// Token requests in flight now, and the most ever in flight at once.
+    pub(crate) token_inflight: AtomicU64,
+    pub token_inflight_max: AtomicU64,
+    pub(crate) last_token_request: Mutex<Option<Recorded>>,
+    recording: AtomicBool,
+    pub(crate) recorded: Mutex<Vec<Recorded>>,
+    pub(crate) data: Mutex<admin::Data>,
+}
+
+impl State {
+    fn new(expires_in: u64) -> Self {
+        Self {
+            clients: Mutex::new(HashMap::from([(DEMO_CLIENT_ID.to_owned(), DEMO_CLIENT_SECRET.to_owned())])),
+            expires_in: AtomicU64::new(expires_in),
+            token_delay: Mutex::new(Duration::ZERO),
+            admin_delay: Mutex::new(Duration::ZERO),
+            faults: Mutex::new(VecDeque::new()),
+            issued: Mutex::new(HashMap::new()),
+            token_requests: AtomicU64::new(0),
+            tokens_issued: AtomicU64::new(0),
+            admin_requests: AtomicU64::new(0),
+            expired_presented: AtomicU64::new(0),
+            unauthorized: AtomicU64::new(0),
+            token_inflight: AtomicU64::new(0),
+            token_inflight_max: AtomicU64::new(0),
+            last_token_request: Mutex::new(None),
+            recording: AtomicBool::new(false),
+            recorded: Mutex::new(Vec::new()),
+            data: Mutex::new(admin::Data::seeded()),
+        }
+    }
+
+    /// Accepts this client id with this secret (replacing an earlier secret: a rotation).
+    pub fn set_client(&self, id: &str, secret: &str) {
+        self.clients.lock().insert(id.to_owned(), secret.to_owned());
+    }
+
+    /// The lifetime of tokens issued from now on.
+    pub fn set_expires_in(&self, secs: u64) {
+        self.expires_in.store(secs, Ordering::SeqCst);
+    }
+
+    pub fn expires_in(&self) -> u64 {
+        self.expires_in.load(Ordering::SeqCst)
+    }
+
+    /// How long every token request takes.
+    pub fn set_token_delay(&self, delay: Duration) {
+        *self.token_delay.lock() = delay;
+    }
+
+    pub(crate) fn token_delay(&self) -> Duration {
+        *self.token_delay.lock()
+    }
+
+    /// How long every Admin API request waits before its answer.
+    pub fn set_admin_delay(&self, delay: Duration) {
+        *self.admin_delay.lock() = delay;
+    }
+
+    /// Queues scripted answers for the next token requests, in order.
+    pub fn push_token_faults(&self, faults: impl IntoIterator<Item = TokenFault>) {
+        self.faults.lock().extend(faults);
+    }
+
+    /// Revokes every token issued so far: the Admin API answers 401 to them.
+    pub fn revoke_all(&self) {
+        for t in self.issued.lock().values_mut() {
+            t.revoked = true;
+        }
+    }
+
+    /// Whether this access token was issued by us (expired or not).
+    pub fn was_issued(&self, token: &str) -> bool {
+        self.issued.lock().contains_key(token)
+    }
+
+    /// Every access token issued so far.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.issued.lock().keys().cloned().collect()
+    }
+
+    /// Starts or stops recording Admin API requests.
+    pub fn set_recording(&self, on: bool) {
+        self.recording.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn recording(&self) -> bool {
+        self.recording.load(Ordering::Relaxed)
+    }
+
+    /// The Admin API requests recorded so far.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.recorded.lock().clone()
+    }
+
+    /// The last token request received, with its headers and body.
+    pub fn last_token_request(&self) -> Option<Recorded> {
+        self.last_token_request.lock().clone()
+    }
+
+    pub fn count(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::SeqCst)
+    }
+}
+
+/// The fake's HTTP service: routes `/oauth/token` to [`token`] and the rest to [`admin`].
+#[derive(Debug, Clone)]
+pub struct Service {
+    state: Arc<State>,
+}
+
+impl Service {
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+
+    async fn handle(self, request: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+        let (parts, body) = request.into_parts();
+        // A fake reads whole bodies: requests to it are small, and tests want them.
+        let body = body.collect().await?.to_bytes();
+        if parts.uri.path() == "/oauth/token" {
+            return token::handle(&self.state, &parts, body).await;
+        }
+        let delay = *self.state.admin_delay.lock();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(admin::handle(&self.state, &parts, &body))
+    }
+}
+
+impl tower::Service<Request<Incoming>> for Service {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        Box::pin(self.clone().handle(request))
+    }
+}
+
+/// A running fake Pinecone. Stops when dropped.
+#[derive(Debug)]
+pub struct FakePinecone {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: Trigger,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FakePinecone {
+    /// Starts on `addr` (port 0 for any free port), issuing tokens valid `expires_in`
+    /// seconds.
+    pub async fn start(addr: SocketAddr, expires_in: u64) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::new(expires_in));
+        let stop = Trigger::default();
+        let service = Service::new(state.clone());
+        let task = tokio::spawn(serve::serve(
+            "fake-pinecone",
+            Listener::Tcp(listener),
+            move |_| service.clone(),
+            stop.wait(),
+            Duration::from_secs(1),
+        ));
+        Ok(Self { addr, state, stop, task: Some(task) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/oauth/token`.
+    pub fn token_url(&self) -> String {
+        format!("http://{}/oauth/token", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Stops accepting and waits for the server to end.
+    pub async fn stop(mut self) {
+        self.stop.fire();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for FakePinecone {
+    fn drop(&mut self) {
+        self.stop.fire();
+    }
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(serde_json::to_vec(value).expect("json")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A random UUID (version 4).
+pub(crate) fn uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// Unpadded base64url (RFC 4648 §5), for JWT-shaped tokens.
+pub(crate) fn base64url(input: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64url_known_values() {
+        assert_eq!(base64url(b""), "");
+        assert_eq!(base64url(b"f"), "Zg");
+        assert_eq!(base64url(b"fo"), "Zm8");
+        assert_eq!(base64url(b"foo"), "Zm9v");
+        assert_eq!(base64url(b"foob"), "Zm9vYg");
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+        assert!(base64url(br#"{"alg":"RS256"}"#).starts_with("eyJ"));
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        let u = uuid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(u, uuid());
+    }
+}

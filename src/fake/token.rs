@@ -1,0 +1,137 @@
+//! The fake token endpoint, `POST /oauth/token`, as FACTS.md describes login.pinecone.io:
+//! JSON or form bodies with four required fields; 401 `access_denied` for a wrong id or
+//! secret, 403 for an unknown audience or grant type, 400 `invalid_request` for a missing
+//! field or an unparsable body; success is `{"access_token", "expires_in", "token_type"}`
+//! with a JWT-shaped token. Scripted faults come first.
+
+use super::{AUDIENCE, Issued, Recorded, State, TokenFault, base64url, json};
+use crate::client::{Body, BoxError, full};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Decrements the in-flight count when the request ends, however it ends.
+struct InFlight<'a>(&'a State);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.token_inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub(crate) async fn handle(state: &State, parts: &Parts, body: Bytes) -> Result<Response<Body>, BoxError> {
+    state.token_requests.fetch_add(1, Ordering::SeqCst);
+    let now_inflight = state.token_inflight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.token_inflight_max.fetch_max(now_inflight, Ordering::SeqCst);
+    let _inflight = InFlight(state);
+    *state.last_token_request.lock() = Some(Recorded {
+        method: parts.method.clone(),
+        target: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+
+    let delay = state.token_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let fault = state.faults.lock().pop_front();
+    match fault {
+        Some(TokenFault::Reset) => return Err("scripted connection reset".into()),
+        Some(TokenFault::Ok(body)) => return Ok(raw(StatusCode::OK, body, None)),
+        Some(TokenFault::Status { status, body, retry_after }) => {
+            return Ok(raw(StatusCode::from_u16(status).expect("valid status"), body, retry_after));
+        }
+        Some(TokenFault::Delay(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+
+    if parts.method != Method::POST {
+        return Ok(error(StatusCode::NOT_FOUND, "not_found", "Not Found"));
+    }
+    let fields = match parse(parts, &body) {
+        Ok(fields) => fields,
+        Err(description) => return Ok(error(StatusCode::BAD_REQUEST, "invalid_request", &description)),
+    };
+    for name in ["grant_type", "client_id", "client_secret", "audience"] {
+        if fields.get(name).is_none_or(|v| v.is_empty()) {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("Missing required parameter: {name}"),
+            ));
+        }
+    }
+    let known = state.clients.lock().get(&fields["client_id"]).cloned();
+    if known.as_deref() != Some(fields["client_secret"].as_str()) {
+        return Ok(error(StatusCode::UNAUTHORIZED, "access_denied", "Unauthorized"));
+    }
+    if fields["grant_type"] != "client_credentials" {
+        return Ok(error(
+            StatusCode::FORBIDDEN,
+            "unauthorized_client",
+            &format!("Grant type '{}' not allowed for the client.", fields["grant_type"]),
+        ));
+    }
+    if fields["audience"] != AUDIENCE {
+        return Ok(error(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            &format!("Service not enabled within domain: {}", fields["audience"]),
+        ));
+    }
+
+    let expires_in = state.expires_in();
+    let token = jwt(&fields["client_id"], expires_in);
+    state
+        .issued
+        .lock()
+        .insert(token.clone(), Issued { expires: Instant::now() + Duration::from_secs(expires_in), revoked: false });
+    state.tokens_issued.fetch_add(1, Ordering::SeqCst);
+    Ok(json(StatusCode::OK, &json!({ "access_token": token, "expires_in": expires_in, "token_type": "Bearer" })))
+}
+
+fn parse(parts: &Parts, body: &[u8]) -> Result<HashMap<String, String>, String> {
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.starts_with("application/x-www-form-urlencoded") {
+        return Ok(form_urlencoded::parse(body).into_owned().collect());
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| "Invalid JSON body".to_owned())?;
+    let object = value.as_object().ok_or_else(|| "The request body must be a JSON object".to_owned())?;
+    Ok(object.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+}
+
+fn error(status: StatusCode, code: &str, description: &str) -> Response<Body> {
+    json(status, &json!({ "error": code, "error_description": description }))
+}
+
+fn raw(status: StatusCode, body: String, retry_after: Option<String>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(v) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// A JWT-shaped token (`eyJ…`), unique and unguessable; its signature is random bytes.
+fn jwt(client_id: &str, expires_in: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let header = base64url(br#"{"alg":"RS256","typ":"JWT"}"#);
+    let claims = json!({
+        "iss": "https://login.pinecone.io/",
+        "sub": format!("{client_id}@clients"),
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + expires_in,
+        "gty": "client-credentials",
+        "jti": super::uuid(),
+    });
+    let signature: [u8; 32] = rand::random();
+    format!("{header}.{}.{}", base64url(claims.to_string().as_bytes()), base64url(&signature))
+}

@@ -1,0 +1,35 @@
+//! pinecone-admin-proxy: a local HTTP proxy that holds a Pinecone service account's client
+//! credentials, keeps a valid Admin API access token, and forwards plain-HTTP requests to
+//! the Pinecone Admin API with `Authorization` and `X-Pinecone-Api-Version` added.
+//!
+//! The crate map:
+//!
+//! - [`config`]: defaults, file, environment and flags into a validated [`config::Config`].
+//! - [`credentials`]: where the client id and secret come from; noticing that they changed.
+//! - [`secret`]: values that are never printed, and their fingerprints.
+//! - [`token`]: what a token is, how one is fetched, when the next one is fetched, and the
+//!   engine that hands usable tokens to requests.
+//! - [`client`]: the pooled rustls HTTP client used for the upstream and the token endpoint.
+//! - [`proxy`]: forwarding: the request rewrite, header policy, streaming, proxy errors.
+//! - [`ops`]: health, readiness, startup, metrics, status and quit endpoints.
+//! - [`metrics`]: the one `Metrics` struct that owns the Prometheus registry.
+//! - [`serve`]: listeners (TCP, Unix), the accept loop, graceful shutdown.
+//! - [`app`]: wiring it all together; `start` and `run`.
+//! - [`wait`]: the `wait` command: poll a running proxy's `/readyz`.
+//! - [`fake`]: the fake Pinecone (token endpoint and in-memory Admin API) for `demo`,
+//!   `fake-pinecone` and the tests.
+//! - [`timefmt`]: RFC 3339 formatting of wall-clock times.
+
+pub mod app;
+pub mod client;
+pub mod config;
+pub mod credentials;
+pub mod fake;
+pub mod metrics;
+pub mod ops;
+pub mod proxy;
+pub mod secret;
+pub mod serve;
+pub mod timefmt;
+pub mod token;
+pub mod wait;

@@ -1,0 +1,317 @@
+//! The `pinecone-admin-proxy` binary: process concerns only. Arguments, logging,
+//! configuration, signals and exit codes (0 after a clean shutdown, 64 for bad usage or
+//! configuration, 1 for failures at run time). Everything else is the library's.
+
+use clap::{Parser, Subcommand};
+use pinecone_admin_proxy::config::{self, Config, Env, Flags, LogFormat};
+use pinecone_admin_proxy::credentials::{Credentials, Reload};
+use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FakePinecone};
+use pinecone_admin_proxy::{app, wait};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pinecone-admin-proxy",
+    version,
+    about = "A local proxy that holds a Pinecone service account and forwards Admin API requests with a fresh token",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (the default)
+    Run(Flags),
+    /// Run the proxy against a built-in fake Pinecone: no credentials, no network
+    Demo(Flags),
+    /// Run the fake Pinecone alone (token endpoint and in-memory Admin API)
+    FakePinecone {
+        /// Where to listen
+        #[arg(long, default_value = "127.0.0.1:8585", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Lifetime of the tokens it issues, in seconds
+        #[arg(long, default_value_t = 86400, value_name = "SECS")]
+        expires_in: u64,
+    },
+    /// Load and validate the configuration, and print the effective values (secrets redacted)
+    CheckConfig(Flags),
+    /// Wait until a running proxy reports ready (exit 0), or time out (exit 1)
+    Wait {
+        /// The proxy's ops listener [default: PINECONE_PROXY_OPS_LISTEN or 127.0.0.1:9484]
+        #[arg(long, value_name = "ADDR")]
+        ops: Option<String>,
+        /// How long to wait
+        #[arg(long, default_value = "30s", value_name = "DUR", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage_error = e.use_stderr();
+            let _ = e.print();
+            return if usage_error { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pinecone-admin-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let env = Env::from_process();
+    runtime.block_on(async move {
+        match cli.command {
+            None => run(&cli.flags, &env).await,
+            Some(Command::Run(flags)) => run(&flags, &env).await,
+            Some(Command::Demo(flags)) => demo(&flags, &env).await,
+            Some(Command::FakePinecone { listen, expires_in }) => fake_pinecone(listen, expires_in).await,
+            Some(Command::CheckConfig(flags)) => check_config(&flags, &env),
+            Some(Command::Wait { ops, timeout }) => wait_command(ops, timeout, &env).await,
+        }
+    })
+}
+
+/// Loads the configuration and the credentials, or says why not in one line.
+fn load(flags: &Flags, env: &Env) -> Result<(Config, Credentials), ExitCode> {
+    let config = config::load(flags, env).map_err(|e| {
+        eprintln!("pinecone-admin-proxy: configuration error: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    let credentials = Credentials::load(&config.credentials).map_err(|e| {
+        eprintln!("pinecone-admin-proxy: configuration error: {}: {e}", e.key());
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    Ok((config, credentials))
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::builder().parse_lossy(&config.log.level);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}
+
+async fn run(flags: &Flags, env: &Env) -> ExitCode {
+    let (config, credentials) = match load(flags, env) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    init_logging(&config);
+    serve_until_signal(&config, credentials).await
+}
+
+async fn serve_until_signal(config: &Config, credentials: Credentials) -> ExitCode {
+    let signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pinecone-admin-proxy: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hup = tokio::spawn(reload_on_hup(signals.hup, credentials.clone()));
+    let result = app::run(config, credentials, shutdown_signal(signals.term, signals.int)).await;
+    hup.abort();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("pinecone-admin-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+async fn shutdown_signal(mut term: tokio::signal::unix::Signal, mut int: tokio::signal::unix::Signal) {
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutdown signal received");
+}
+
+async fn reload_on_hup(mut hup: tokio::signal::unix::Signal, credentials: Credentials) {
+    while hup.recv().await.is_some() {
+        match credentials.reload() {
+            Ok(Reload::Changed { generation }) => tracing::info!(generation, "SIGHUP: credentials re-read and changed"),
+            Ok(Reload::Unchanged) => tracing::info!("SIGHUP: credentials re-read, unchanged"),
+            Err(e) => tracing::warn!(error = %e, "SIGHUP: cannot re-read the credentials; keeping the current ones"),
+        }
+    }
+}
+
+fn check_config(flags: &Flags, env: &Env) -> ExitCode {
+    let (config, credentials) = match load(flags, env) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    println!("configuration is valid");
+    for (key, value, origin) in config.describe() {
+        println!("{key} = {value}    # {origin}");
+    }
+    println!(
+        "credentials: {} (client id fingerprint {})",
+        credentials.describe(),
+        credentials.current().client_id.fingerprint()
+    );
+    for name in &config.unknown_env {
+        println!("warning: {name} starts with PINECONE_PROXY_ but sets no configuration key; ignored");
+    }
+    ExitCode::SUCCESS
+}
+
+async fn demo(flags: &Flags, env: &Env) -> ExitCode {
+    let fake = match FakePinecone::start(SocketAddr::from(([127, 0, 0, 1], 0)), 3600).await {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("pinecone-admin-proxy: cannot start the fake Pinecone: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The demo honours where to listen and how to log, and nothing else of the caller's
+    // configuration: its credentials and endpoints are the fake's.
+    let mut demo_env = Env::default();
+    for name in [
+        "PINECONE_PROXY_LISTEN",
+        "PINECONE_PROXY_OPS_LISTEN",
+        "PINECONE_PROXY_LOG_FORMAT",
+        "PINECONE_PROXY_LOG_LEVEL",
+        "RUST_LOG",
+    ] {
+        if let Some(v) = env.get(name) {
+            demo_env.set(name, v);
+        }
+    }
+    demo_env
+        .set("PINECONE_CLIENT_ID", DEMO_CLIENT_ID)
+        .set("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET)
+        .set("PINECONE_PROXY_TOKEN_URL", &fake.token_url())
+        .set("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url());
+    let demo_flags = Flags { config: None, token_url: None, upstream: None, ..flags.clone() };
+    let (config, credentials) = match load(&demo_flags, &demo_env) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    init_logging(&config);
+    let signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pinecone-admin-proxy: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let running = match app::start(&config, credentials).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pinecone-admin-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = running.tokens.get().await;
+    let proxy = running.listen.to_string();
+    let ops = running.ops.to_string();
+    println!(
+        "\npinecone-admin-proxy {version} demo: a fake Pinecone runs at {fake} (no credentials, no network).\n\n\
+         Proxy:       http://{proxy}\n\
+         Operations:  http://{ops}/status\n\n\
+         Try:\n  \
+         curl -s http://{proxy}/admin/projects\n  \
+         curl -s -X POST http://{proxy}/admin/projects -H 'Content-Type: application/json' -d '{{\"name\":\"my-project\"}}'\n  \
+         curl -s http://{ops}/status\n\n\
+         Ctrl-C to stop.\n",
+        version = config::VERSION,
+        fake = fake.api_url(),
+    );
+    let quit = running.quit_trigger();
+    tokio::select! {
+        () = shutdown_signal(signals.term, signals.int) => quit.fire(),
+        () = quit.wait() => {}
+    }
+    running.wait().await;
+    fake.stop().await;
+    ExitCode::SUCCESS
+}
+
+async fn fake_pinecone(listen: SocketAddr, expires_in: u64) -> ExitCode {
+    let fake = match FakePinecone::start(listen, expires_in).await {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("pinecone-admin-proxy: cannot start the fake Pinecone on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "fake Pinecone on {api}\n  token endpoint: {token}\n  client id:      {DEMO_CLIENT_ID}\n  client secret:  {DEMO_CLIENT_SECRET}\n  token lifetime: {expires_in}s\n",
+        api = fake.api_url(),
+        token = fake.token_url(),
+    );
+    let signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pinecone-admin-proxy: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    shutdown_signal(signals.term, signals.int).await;
+    fake.stop().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_command(ops: Option<String>, timeout: Duration, env: &Env) -> ExitCode {
+    let text = ops
+        .or_else(|| env.get("PINECONE_PROXY_OPS_LISTEN").map(str::to_owned))
+        .unwrap_or_else(|| "127.0.0.1:9484".into());
+    let addr = match config::parse_listen(&text) {
+        Ok(config::Listen::Tcp(addr)) => addr,
+        Ok(config::Listen::Unix(_)) => {
+            eprintln!("pinecone-admin-proxy: wait: --ops must be a TCP address");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(e) => {
+            eprintln!("pinecone-admin-proxy: wait: --ops {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if wait::wait_ready(addr, timeout).await {
+        println!("proxy at {addr} is ready");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("pinecone-admin-proxy: wait: not ready at {addr} within {}", config::format_duration(timeout));
+        ExitCode::FAILURE
+    }
+}

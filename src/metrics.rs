@@ -1,0 +1,211 @@
+//! The Prometheus metrics: one [`Metrics`] owns its registry and a typed handle for every
+//! series, bound once where the labels are a closed set, so the request path does no
+//! label lookups for them (STYLE.md habit 12). Names are PRODUCT.md's, all prefixed
+//! `pinecone_proxy_`.
+
+use http::{Method, StatusCode};
+use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// `replays_total{result}`: what became of a request that saw a 401.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayResult {
+    /// Replayed with a new token, and the upstream accepted it.
+    Success,
+    /// Replayed, and the upstream answered 401 again; that 401 went to the client.
+    Unauthorized,
+    /// Not replayed: the body was larger than `upstream.replay_limit`.
+    TooLarge,
+    /// Not replayed: no new token could be had.
+    NoToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    pub request_duration: Histogram,
+    pub upstream_unreachable: IntCounter,
+    pub upstream_timeout: IntCounter,
+    pub token_success: IntCounter,
+    pub token_transient: IntCounter,
+    pub token_rejected: IntCounter,
+    pub token_request_duration: Histogram,
+    pub token_expiry: Gauge,
+    pub token_usable: IntGauge,
+    pub token_refresh: Gauge,
+    pub token_budget_exhausted: IntCounter,
+    pub upstream_unauthorized: IntCounter,
+    replays: [IntCounter; 4],
+    pub inflight: IntGauge,
+}
+
+const METHODS: [&str; 9] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT"];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let opts = |name: &str, help: &str| Opts::new(format!("pinecone_proxy_{name}"), help);
+        let hist = |name: &str, help: &str, buckets: Vec<f64>| {
+            Histogram::with_opts(HistogramOpts::new(format!("pinecone_proxy_{name}"), help).buckets(buckets))
+                .expect("valid histogram")
+        };
+        let requests = IntCounterVec::new(
+            opts("requests_total", "Requests answered, by method and status code."),
+            &["method", "code"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            opts("upstream_errors_total", "Requests that failed towards the upstream, by reason."),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let token_requests = IntCounterVec::new(
+            opts("token_requests_total", "Token requests, by result: success, transient_error, rejected."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let replays = IntCounterVec::new(
+            opts(
+                "replays_total",
+                "Requests that saw a 401, by what became of them: success, unauthorized, too_large, no_token.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let build_info =
+            prometheus::IntGaugeVec::new(opts("build_info", "Always 1; the version is a label."), &["version"])
+                .expect("valid metric");
+        build_info.with_label_values(&[crate::config::VERSION]).set(1);
+
+        let latency_buckets =
+            vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let m = Self {
+            request_duration: hist(
+                "request_duration_seconds",
+                "Time from receiving a request to sending its response headers.",
+                latency_buckets.clone(),
+            ),
+            upstream_unreachable: upstream_errors.with_label_values(&["upstream_unreachable"]),
+            upstream_timeout: upstream_errors.with_label_values(&["upstream_timeout"]),
+            token_success: token_requests.with_label_values(&["success"]),
+            token_transient: token_requests.with_label_values(&["transient_error"]),
+            token_rejected: token_requests.with_label_values(&["rejected"]),
+            token_request_duration: hist(
+                "token_request_duration_seconds",
+                "Duration of token requests.",
+                latency_buckets,
+            ),
+            token_expiry: Gauge::with_opts(opts(
+                "token_expiry_timestamp_seconds",
+                "When the current token expires (UNIX time).",
+            ))
+            .expect("valid metric"),
+            token_usable: IntGauge::with_opts(opts("token_usable", "1 while a usable token is held."))
+                .expect("valid metric"),
+            token_refresh: Gauge::with_opts(opts(
+                "token_refresh_timestamp_seconds",
+                "When the next token request is due (UNIX time).",
+            ))
+            .expect("valid metric"),
+            token_budget_exhausted: IntCounter::with_opts(opts(
+                "token_budget_exhausted_total",
+                "Times a token request was held back by token.max_requests_per_minute.",
+            ))
+            .expect("valid metric"),
+            upstream_unauthorized: IntCounter::with_opts(opts(
+                "upstream_unauthorized_total",
+                "Upstream 401 answers to requests that carried our token.",
+            ))
+            .expect("valid metric"),
+            replays: [
+                replays.with_label_values(&["success"]),
+                replays.with_label_values(&["unauthorized"]),
+                replays.with_label_values(&["too_large"]),
+                replays.with_label_values(&["no_token"]),
+            ],
+            inflight: IntGauge::with_opts(opts("inflight_requests", "Requests being forwarded now."))
+                .expect("valid metric"),
+            requests,
+            registry,
+        };
+        let r = &m.registry;
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.requests.clone()),
+            Box::new(m.request_duration.clone()),
+            Box::new(upstream_errors),
+            Box::new(token_requests),
+            Box::new(m.token_request_duration.clone()),
+            Box::new(m.token_expiry.clone()),
+            Box::new(m.token_usable.clone()),
+            Box::new(m.token_refresh.clone()),
+            Box::new(m.token_budget_exhausted.clone()),
+            Box::new(m.upstream_unauthorized.clone()),
+            Box::new(replays),
+            Box::new(m.inflight.clone()),
+            Box::new(build_info),
+        ];
+        for c in collectors {
+            r.register(c).expect("unique metric names");
+        }
+        m
+    }
+
+    /// Counts one answered request. The method label is a closed set (unknown methods are
+    /// `OTHER`), and the code is a status code, so the series stay few.
+    pub fn request(&self, method: &Method, status: StatusCode) {
+        let method = METHODS.iter().find(|m| **m == method.as_str()).copied().unwrap_or("OTHER");
+        self.requests.with_label_values(&[method, status.as_str()]).inc();
+    }
+
+    pub fn replay(&self, result: ReplayResult) {
+        self.replays[result as usize].inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_metric_is_exposed() {
+        let m = Metrics::new();
+        m.request(&Method::GET, StatusCode::OK);
+        m.request(&Method::from_bytes(b"BREW").unwrap(), StatusCode::METHOD_NOT_ALLOWED);
+        m.replay(ReplayResult::Success);
+        let text = String::from_utf8(m.render()).unwrap();
+        for name in [
+            "pinecone_proxy_requests_total{code=\"200\",method=\"GET\"} 1",
+            "pinecone_proxy_requests_total{code=\"405\",method=\"OTHER\"} 1",
+            "pinecone_proxy_request_duration_seconds_bucket",
+            "pinecone_proxy_upstream_errors_total{reason=\"upstream_unreachable\"} 0",
+            "pinecone_proxy_token_requests_total{result=\"success\"} 0",
+            "pinecone_proxy_token_requests_total{result=\"transient_error\"} 0",
+            "pinecone_proxy_token_requests_total{result=\"rejected\"} 0",
+            "pinecone_proxy_token_request_duration_seconds_bucket",
+            "pinecone_proxy_token_expiry_timestamp_seconds",
+            "pinecone_proxy_token_usable 0",
+            "pinecone_proxy_token_refresh_timestamp_seconds",
+            "pinecone_proxy_upstream_unauthorized_total 0",
+            "pinecone_proxy_replays_total{result=\"success\"} 1",
+            "pinecone_proxy_inflight_requests 0",
+            "pinecone_proxy_build_info{version=",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! Forwarding: the request rewrite, the header policy, streaming both ways, the SDK token
+//! shim, and the one function that turns the proxy's own errors into responses.
+//!
+//! Everything that can be computed once (the upstream scheme and authority, the version
+//! header) is, at construction. Per request: one read of the current token (no lock held
+//! across an `.await`), a header rewrite in place, and the bodies passed through as
+//! streams. Listening and connections are [`crate::serve`]'s business; the token's,
+//! [`crate::token`]'s.
+
+use crate::client::{Body, BoxError, HttpClient, error_chain, full};
+use crate::config::{UpstreamConfig, format_duration, is_loopback_host};
+use crate::metrics::Metrics;
+use crate::token::{TokenSource, TokenUnavailable};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The header that marks an error the proxy made itself, with its reason.
+pub const ERROR_HEADER: &str = "x-pinecone-proxy-error";
+static X_PINECONE_API_VERSION: HeaderName = HeaderName::from_static("x-pinecone-api-version");
+
+/// An error the proxy answers itself. Each variant is one `x-pinecone-proxy-error` reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no usable Pinecone access token; the next token request is due in {}s", retry_after.as_secs())]
+    TokenUnavailable { retry_after: Duration },
+    #[error(
+        "the Pinecone token endpoint rejects the proxy's credentials and no usable token is left; see the proxy's /status and logs"
+    )]
+    CredentialsRejected,
+    #[error("cannot reach the Pinecone API: {0}")]
+    UpstreamUnreachable(String),
+    #[error("the Pinecone API sent no response headers within {}", format_duration(*.0))]
+    UpstreamTimeout(Duration),
+    #[error("{message}")]
+    BadRequest { status: StatusCode, message: String },
+}
+
+impl ProxyError {
+    /// The `x-pinecone-proxy-error` reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::TokenUnavailable { .. } => "token_unavailable",
+            ProxyError::CredentialsRejected => "credentials_rejected",
+            ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
+            ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::BadRequest { .. } => "bad_request",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::TokenUnavailable { .. } | ProxyError::CredentialsRejected => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest { status, .. } => *status,
+        }
+    }
+
+    /// Pinecone's error code for the body.
+    fn code(&self) -> &'static str {
+        match self {
+            ProxyError::TokenUnavailable { .. }
+            | ProxyError::CredentialsRejected
+            | ProxyError::UpstreamUnreachable(_) => "UNAVAILABLE",
+            ProxyError::UpstreamTimeout(_) => "DEADLINE_EXCEEDED",
+            ProxyError::BadRequest { .. } => "INVALID_ARGUMENT",
+        }
+    }
+
+    fn bad_request(status: StatusCode, message: impl Into<String>) -> Self {
+        ProxyError::BadRequest { status, message: message.into() }
+    }
+}
+
+impl From<TokenUnavailable> for ProxyError {
+    fn from(e: TokenUnavailable) -> Self {
+        match e {
+            TokenUnavailable::Timeout { retry_after } => ProxyError::TokenUnavailable { retry_after },
+            TokenUnavailable::CredentialsRejected => ProxyError::CredentialsRejected,
+        }
+    }
+}
+
+/// The one place a [`ProxyError`] becomes a response: Pinecone's error body,
+/// `{"error": {"code", "message"}, "status"}`, and the `x-pinecone-proxy-error` header.
+pub fn error_response(error: &ProxyError) -> Response<Body> {
+    let status = error.status();
+    let body = serde_json::json!({
+        "error": { "code": error.code(), "message": format!("pinecone-admin-proxy: {error}") },
+        "status": status.as_u16(),
+    });
+    let mut response = Response::new(full(serde_json::to_vec(&body).expect("json")));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(ERROR_HEADER, HeaderValue::from_static(error.reason()));
+    if let ProxyError::TokenUnavailable { retry_after } = error {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(header::ALLOW, HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"));
+    }
+    response
+}
+
+/// Removes the connection-specific headers (RFC 9110 §7.6.1) and those named in
+/// `Connection`, from a request or a response. `TE: trailers` is kept: it is end-to-end in
+/// meaning, and hyper sends HTTP/1.1 trailers only to a peer that announced it.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if name != header::TE {
+            headers.remove(&name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The request header policy: hop-by-hop headers out, the client's `Host` out (the
+/// client sets the upstream's), our `Authorization` in, and the API version in unless the
+/// client chose one (or always, with `override_api_version`).
+pub fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    authorization: &HeaderValue,
+    api_version: &HeaderValue,
+    override_api_version: bool,
+) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    headers.insert(header::AUTHORIZATION, authorization.clone());
+    if override_api_version || !headers.contains_key(&X_PINECONE_API_VERSION) {
+        headers.insert(X_PINECONE_API_VERSION.clone(), api_version.clone());
+    }
+}
+
+/// The forwarding service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: HttpClient,
+    tokens: TokenSource,
+    metrics: Arc<Metrics>,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    api_version: HeaderValue,
+    override_api_version: bool,
+    timeout: Duration,
+}
+
+/// What the access log line says of a forwarded request.
+#[derive(Debug, Default)]
+struct Outcome {
+    upstream_status: Option<u16>,
+    token: Option<String>,
+    error: Option<&'static str>,
+}
+
+/// Counts a request as in flight until dropped, so a cancelled request is not leaked.
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
+    }
+}
+
+impl Proxy {
+    pub fn new(client: HttpClient, tokens: TokenSource, metrics: Arc<Metrics>, cfg: &UpstreamConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                tokens,
+                metrics,
+                scheme: cfg.scheme.clone(),
+                authority: cfg.authority.clone(),
+                base_path: cfg.base_path.clone(),
+                api_version: cfg.api_version.clone(),
+                override_api_version: cfg.override_api_version,
+                timeout: cfg.timeout,
+            }),
+        }
+    }
+
+    /// Answers one request: forwards it, or answers it with a proxy error.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let inner = &self.inner;
+        let start = Instant::now();
+        inner.metrics.inflight.inc();
+        let _inflight = InFlight(&inner.metrics);
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let mut outcome = Outcome::default();
+        let response = match self.forward(request, &mut outcome).await {
+            Ok(response) => response,
+            Err(error) => {
+                outcome.error = Some(error.reason());
+                match &error {
+                    ProxyError::UpstreamUnreachable(_) => inner.metrics.upstream_unreachable.inc(),
+                    ProxyError::UpstreamTimeout(_) => inner.metrics.upstream_timeout.inc(),
+                    _ => {}
+                }
+                if !matches!(error, ProxyError::BadRequest { .. }) {
+                    tracing::warn!(method = %method, path = %path, reason = error.reason(), error = %error, "request failed");
+                }
+                error_response(&error)
+            }
+        };
+        let elapsed = start.elapsed();
+        inner.metrics.request(&method, response.status());
+        inner.metrics.request_duration.observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "pinecone_admin_proxy::access",
+            method = %method,
+            path = %path,
+            status = response.status().as_u16(),
+            upstream_status = outcome.upstream_status,
+            duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+            token = outcome.token.as_deref(),
+            error = outcome.error,
+            "request",
+        );
+        response
+    }
+
+    async fn forward<B>(&self, request: Request<B>, outcome: &mut Outcome) -> Result<Response<Body>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let inner = &self.inner;
+        let (mut parts, body) = request.into_parts();
+        self.check_target(&parts.method, &parts.uri, parts.version)?;
+        if parts.method == Method::POST && parts.uri.path() == "/oauth/token" {
+            return Ok(token_shim(body).await);
+        }
+
+        let token = inner.tokens.get().await?;
+        outcome.token = Some(token.fingerprint.clone());
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.version = Version::HTTP_11;
+        rewrite_request_headers(
+            &mut parts.headers,
+            token.authorization(),
+            &inner.api_version,
+            inner.override_api_version,
+        );
+        let request = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+
+        let response = match tokio::time::timeout(inner.timeout, inner.client.request(request)).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout(inner.timeout)),
+            Ok(Err(e)) => return Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
+            Ok(Ok(response)) => response,
+        };
+        outcome.upstream_status = Some(response.status().as_u16());
+        if response.status() == StatusCode::UNAUTHORIZED {
+            inner.metrics.upstream_unauthorized.inc();
+            inner.tokens.invalidate(token.generation);
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()))
+    }
+
+    /// Not an open proxy: no `CONNECT`, and an absolute-form target (HTTP/1) must name
+    /// the upstream or this proxy itself. HTTP/2 always carries `:authority`, which plays
+    /// the part of `Host`, so only HTTP/1 absolute forms are judged.
+    fn check_target(&self, method: &Method, uri: &Uri, version: Version) -> Result<(), ProxyError> {
+        if method == Method::CONNECT {
+            return Err(ProxyError::bad_request(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not supported: this proxy only forwards to the Pinecone API",
+            ));
+        }
+        if version < Version::HTTP_2 {
+            if let Some(authority) = uri.authority() {
+                let host = authority.host();
+                if !host.eq_ignore_ascii_case(self.inner.authority.host()) && !is_loopback_host(host) {
+                    return Err(ProxyError::bad_request(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "request target names another host ({host}); this proxy only forwards to the Pinecone API"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The upstream scheme and authority, the base path, and the client's path and query
+    /// byte for byte.
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {
+        let inner = &self.inner;
+        let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let path_and_query = if inner.base_path.is_empty() {
+            uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
+        } else {
+            PathAndQuery::try_from(format!("{}{pq}", inner.base_path))
+                .map_err(|_| ProxyError::bad_request(StatusCode::BAD_REQUEST, "invalid request target"))?
+        };
+        Uri::builder()
+            .scheme(inner.scheme.clone())
+            .authority(inner.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ProxyError::bad_request(StatusCode::BAD_REQUEST, "invalid request target"))
+    }
+}
+
+/// `POST /oauth/token` on the proxy: a fresh random placeholder, never the real token, so
+/// an SDK that insists on its own token exchange works when pointed at the proxy. The
+/// placeholder it then sends is replaced like any other `Authorization`.
+async fn token_shim<B>(body: B) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    // Read (and ignore) a bounded body so an HTTP/1 connection stays reusable.
+    let _ = http_body_util::Limited::new(body, 64 * 1024).collect().await;
+    let placeholder: String = (0..16).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let body = serde_json::json!({
+        "access_token": format!("pinecone-admin-proxy-placeholder-{placeholder}"),
+        "expires_in": 86400,
+        "token_type": "Bearer",
+    });
+    let mut response = Response::new(full(serde_json::to_vec(&body).expect("json")));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+impl<B> tower::Service<Request<B>> for Proxy
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(request).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn header_policy_table() {
+        let auth = HeaderValue::from_static("Bearer real");
+        let version = HeaderValue::from_static("2025-10");
+        let mut h = headers(&[
+            ("authorization", "Bearer placeholder"),
+            ("proxy-authorization", "Basic x"),
+            ("host", "127.0.0.1:8484"),
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers, deflate"),
+            ("content-type", "application/json"),
+            ("x-custom", "a"),
+            ("x-custom", "b"),
+        ]);
+        rewrite_request_headers(&mut h, &auth, &version, false);
+        assert_eq!(h.get("authorization").unwrap(), "Bearer real");
+        assert_eq!(h.get("x-pinecone-api-version").unwrap(), "2025-10");
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        for gone in [
+            "proxy-authorization",
+            "host",
+            "connection",
+            "keep-alive",
+            "x-private",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-connection",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} should be removed");
+        }
+        assert_eq!(h.get_all("x-custom").iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(h.get("content-type").unwrap(), "application/json");
+    }
+
+    #[test]
+    fn client_api_version_wins_unless_overridden() {
+        let auth = HeaderValue::from_static("Bearer t");
+        let version = HeaderValue::from_static("2025-10");
+        let mut h = headers(&[("x-pinecone-api-version", "2026-07")]);
+        rewrite_request_headers(&mut h, &auth, &version, false);
+        assert_eq!(h.get("x-pinecone-api-version").unwrap(), "2026-07");
+        rewrite_request_headers(&mut h, &auth, &version, true);
+        assert_eq!(h.get("x-pinecone-api-version").unwrap(), "2025-10");
+        assert_eq!(h.get_all("x-pinecone-api-version").iter().count(), 1);
+    }
+
+    #[test]
+    fn te_without_trailers_is_dropped() {
+        let mut h = headers(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key("te"));
+    }
+
+    #[test]
+    fn error_responses_table() {
+        let cases = [
+            (
+                ProxyError::TokenUnavailable { retry_after: Duration::from_secs(3) },
+                503,
+                "token_unavailable",
+                "UNAVAILABLE",
+            ),
+            (ProxyError::CredentialsRejected, 503, "credentials_rejected", "UNAVAILABLE"),
+            (ProxyError::UpstreamUnreachable("refused".into()), 502, "upstream_unreachable", "UNAVAILABLE"),
+            (ProxyError::UpstreamTimeout(Duration::from_secs(60)), 504, "upstream_timeout", "DEADLINE_EXCEEDED"),
+            (ProxyError::bad_request(StatusCode::METHOD_NOT_ALLOWED, "no"), 405, "bad_request", "INVALID_ARGUMENT"),
+            (ProxyError::bad_request(StatusCode::BAD_REQUEST, "no"), 400, "bad_request", "INVALID_ARGUMENT"),
+        ];
+        for (error, status, reason, code) in cases {
+            let r = error_response(&error);
+            assert_eq!(r.status().as_u16(), status);
+            assert_eq!(r.headers()[ERROR_HEADER], reason);
+            assert_eq!(r.headers()["content-type"], "application/json");
+            assert_eq!(r.headers().contains_key("retry-after"), reason == "token_unavailable");
+            let body = futures_body(r);
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["status"], status);
+            assert_eq!(v["error"]["code"], code);
+            assert!(v["error"]["message"].as_str().unwrap().starts_with("pinecone-admin-proxy: "));
+        }
+        let r = error_response(&ProxyError::TokenUnavailable { retry_after: Duration::from_secs(3) });
+        assert_eq!(r.headers()["retry-after"], "3");
+    }
+
+    fn futures_body(r: Response<Body>) -> Bytes {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async { r.into_body().collect().await.unwrap().to_bytes() })
+    }
+}

@@ -1,0 +1,217 @@
+//! Listeners (TCP and Unix sockets), the accept loop, and graceful shutdown.
+//!
+//! Inbound connections speak HTTP/1.1 or h2c (HTTP/2 with prior knowledge), chosen per
+//! connection. [`serve`] accepts until its `stop` future resolves, then lets the open
+//! connections finish for up to `grace` and aborts what is left; every connection task is
+//! owned by a `JoinSet`, so nothing outlives it. What a request means is left to the
+//! services ([`crate::proxy`], [`crate::ops`]).
+
+use crate::client::{Body, BoxError};
+use crate::config::Listen;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How long a client may take to send a request's headers (slow-loris protection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A bound listener.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, UnixSocketFile),
+}
+
+/// Removes the socket file when the listener goes away.
+#[derive(Debug)]
+pub struct UnixSocketFile(PathBuf);
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Where a listener is bound, with the port that port 0 became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for BoundAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BoundAddr::Tcp(a) => write!(f, "{a}"),
+            BoundAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl BoundAddr {
+    /// The TCP address; panics for a Unix socket (for tests and the demo, which use TCP).
+    pub fn tcp(&self) -> SocketAddr {
+        match self {
+            BoundAddr::Tcp(a) => *a,
+            BoundAddr::Unix(p) => panic!("{} is a Unix socket", p.display()),
+        }
+    }
+}
+
+/// Binds a listener. A Unix socket gets `mode` permissions; a stale socket file left by a
+/// crashed run is replaced, but one that a live process answers on is not.
+pub async fn bind(listen: &Listen, mode: u32) -> io::Result<Listener> {
+    match listen {
+        Listen::Tcp(addr) => TcpListener::bind(addr).await.map(Listener::Tcp),
+        Listen::Unix(path) => bind_unix(path, mode).await,
+    }
+}
+
+async fn bind_unix(path: &Path, mode: u32) -> io::Result<Listener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running process", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    let guard = UnixSocketFile(path.to_owned());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(Listener::Unix(listener, guard))
+}
+
+impl Listener {
+    pub fn local_addr(&self) -> io::Result<BoundAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(BoundAddr::Tcp),
+            Listener::Unix(_, file) => Ok(BoundAddr::Unix(file.0.clone())),
+        }
+    }
+}
+
+/// A one-way switch that many tasks can wait for.
+#[derive(Debug, Clone)]
+pub struct Trigger(watch::Sender<bool>);
+
+impl Default for Trigger {
+    fn default() -> Self {
+        Self(watch::channel(false).0)
+    }
+}
+
+impl Trigger {
+    pub fn fire(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn fired(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once [`Trigger::fire`] has been called (at once if it already was).
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|fired| *fired).await;
+        }
+    }
+}
+
+/// Serves connections on `listener` with services made by `make_service(peer)` until
+/// `stop` resolves, then drains for up to `grace`.
+pub async fn serve<S, F>(
+    name: &'static str,
+    listener: Listener,
+    make_service: F,
+    stop: impl Future<Output = ()>,
+    grace: Duration,
+) where
+    F: Fn(Option<SocketAddr>) -> S,
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let mut tasks = JoinSet::new();
+    tokio::pin!(stop);
+
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stop => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            accepted = accept(&listener) => accepted,
+        };
+        let (io, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(make_service(peer));
+        let connection = builder.serve_connection(io, service).into_owned();
+        let connection = graceful.watch(connection);
+        tasks.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(listener = name, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(listener = name, connections = open, grace = %crate::config::format_duration(grace), "draining connections");
+    }
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            listener = name,
+            connections = tasks.len(),
+            "shutdown grace period over; closing the remaining connections"
+        );
+    }
+    tasks.shutdown().await;
+}
+
+/// One accepted connection as a hyper IO, and the peer's address for TCP.
+type Io = TokioIo<Box<dyn AsyncStream>>;
+
+trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> AsyncStream for T {}
+
+async fn accept(listener: &Listener) -> io::Result<(Io, Option<SocketAddr>)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (stream, peer) = l.accept().await?;
+            let _ = stream.set_nodelay(true);
+            Ok((TokioIo::new(Box::new(stream) as Box<dyn AsyncStream>), Some(peer)))
+        }
+        Listener::Unix(l, _) => {
+            let (stream, _) = l.accept().await?;
+            Ok((TokioIo::new(Box::new(stream) as Box<dyn AsyncStream>), None))
+        }
+    }
+}

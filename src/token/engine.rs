@@ -1,0 +1,381 @@
+//! The token engine: [`TokenSource`], the handle requests use to get a usable token, and
+//! [`Refresher`], the one background loop that fetches tokens.
+//!
+//! Only the refresher ever sends a token request, so at most one is in flight by
+//! construction, and the request budget is enforced in one place. Requests never fetch:
+//! they read the current token (a read lock held for one `Arc` clone, never across an
+//! `.await`), or, when none is usable, wait for the refresher's next result, up to
+//! `token.timeout`. A failed fetch never touches the current token.
+
+use super::Token;
+use super::fetch::{Fetch, FetchError};
+use super::schedule::{self, Budget, Plan};
+use crate::config::{TokenConfig, format_duration};
+use crate::credentials::Credentials;
+use crate::metrics::Metrics;
+use parking_lot::{Mutex, RwLock};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// Why a request got no token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenUnavailable {
+    /// None arrived within `token.timeout`; the next attempt is due in `retry_after`.
+    Timeout { retry_after: Duration },
+    /// The token endpoint rejected the credentials and no usable token is left.
+    CredentialsRejected,
+}
+
+/// The last failed token request, for `/status` and `/readyz`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastError {
+    /// UNIX seconds.
+    pub at: u64,
+    /// `transient_error` or `rejected`.
+    pub kind: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Default)]
+struct Status {
+    rejected: bool,
+    last_error: Option<LastError>,
+    next_fetch: Option<SystemTime>,
+    invalidated: u64,
+    ever: bool,
+    credentials_in_use: u64,
+    credentials_tried: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    token: RwLock<Option<Arc<Token>>>,
+    status: Mutex<Status>,
+    /// Tells the refresher to look again (a 401 invalidated the token).
+    wake: Notify,
+    /// Bumped after every token request, so waiters look again.
+    changed: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+/// The handle shared by the request path, the ops endpoints and the refresher.
+#[derive(Debug, Clone)]
+pub struct TokenSource {
+    shared: Arc<Shared>,
+}
+
+/// What `/status` shows of the token engine. No token, only its fingerprint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusSnapshot {
+    pub usable: bool,
+    pub generation: Option<u64>,
+    pub fingerprint: Option<String>,
+    pub issued_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub lifetime_seconds: Option<f64>,
+    pub next_refresh_at: Option<String>,
+    pub credentials_rejected: bool,
+    pub credential_generation_in_use: u64,
+    pub credential_generation_tried: u64,
+    pub last_error: Option<LastError>,
+}
+
+impl TokenSource {
+    /// `timeout` is how long a request waits for a token when none is usable.
+    pub fn new(metrics: Arc<Metrics>, timeout: Duration) -> Self {
+        let (changed, _) = watch::channel(0);
+        Self {
+            shared: Arc::new(Shared {
+                token: RwLock::new(None),
+                status: Mutex::new(Status::default()),
+                wake: Notify::new(),
+                changed,
+                metrics,
+                timeout,
+            }),
+        }
+    }
+
+    /// The current token if it is usable now. This is the request path's fast path.
+    pub fn current(&self) -> Option<Arc<Token>> {
+        let token = self.shared.token.read().clone()?;
+        token.usable(Instant::now()).then_some(token)
+    }
+
+    /// A usable token: the current one, or the next one the refresher gets, within
+    /// `token.timeout`. Never starts a token request of its own.
+    pub async fn get(&self) -> Result<Arc<Token>, TokenUnavailable> {
+        if let Some(token) = self.current() {
+            return Ok(token);
+        }
+        self.wait_for(0).await
+    }
+
+    /// Reports that the upstream answered 401 to a request that carried token
+    /// `generation`. The refresher fetches one new token for all such reports; the old
+    /// token stays in use until it arrives. Reports about an older token are ignored.
+    pub fn invalidate(&self, generation: u64) {
+        let current = self.shared.token.read().as_ref().map(|t| t.generation);
+        if current != Some(generation) {
+            return;
+        }
+        let mut status = self.shared.status.lock();
+        if generation > status.invalidated {
+            status.invalidated = generation;
+            drop(status);
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// A usable token newer than `generation`, waiting up to `token.timeout`.
+    pub async fn newer_than(&self, generation: u64) -> Result<Arc<Token>, TokenUnavailable> {
+        self.wait_for(generation).await
+    }
+
+    async fn wait_for(&self, after: u64) -> Result<Arc<Token>, TokenUnavailable> {
+        let mut changed = self.shared.changed.subscribe();
+        let deadline = Instant::now() + self.shared.timeout;
+        loop {
+            if let Some(token) = self.current().filter(|t| t.generation > after) {
+                return Ok(token);
+            }
+            if self.shared.status.lock().rejected {
+                return Err(TokenUnavailable::CredentialsRejected);
+            }
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                return Err(TokenUnavailable::Timeout { retry_after: self.retry_after() });
+            }
+        }
+    }
+
+    /// Whole seconds until the next token request is due, at least 1.
+    fn retry_after(&self) -> Duration {
+        let next = self.shared.status.lock().next_fetch;
+        let secs = next.and_then(|t| t.duration_since(SystemTime::now()).ok()).map_or(1, |d| d.as_secs() + 1);
+        Duration::from_secs(secs.max(1))
+    }
+
+    /// Whether a token ever arrived (`/startupz`).
+    pub fn ever_had_token(&self) -> bool {
+        self.shared.status.lock().ever
+    }
+
+    /// Why no usable token is held, for `/readyz`; `None` when one is.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.current().is_some() {
+            return None;
+        }
+        let status = self.shared.status.lock();
+        Some(match (&status.last_error, status.ever) {
+            (Some(e), _) => format!("no usable token; last token request failed: {}", e.message),
+            (None, true) => "no usable token: the current one is about to expire and its refresh is pending".into(),
+            (None, false) => "no token yet: the first token request is in flight".into(),
+        })
+    }
+
+    /// Sets the gauges that depend on the clock; called before metrics are rendered.
+    pub fn update_gauges(&self) {
+        self.shared.metrics.token_usable.set(i64::from(self.current().is_some()));
+    }
+
+    pub fn snapshot(&self) -> StatusSnapshot {
+        let token = self.shared.token.read().clone();
+        let status = self.shared.status.lock();
+        StatusSnapshot {
+            usable: token.as_ref().is_some_and(|t| t.usable(Instant::now())),
+            generation: token.as_ref().map(|t| t.generation),
+            fingerprint: token.as_ref().map(|t| t.fingerprint.clone()),
+            issued_at: token.as_ref().map(|t| crate::timefmt::rfc3339(t.issued_wall)),
+            expires_at: token.as_ref().map(|t| crate::timefmt::rfc3339(t.expires_wall)),
+            lifetime_seconds: token.as_ref().map(|t| t.lifetime.as_secs_f64()),
+            next_refresh_at: status.next_fetch.map(crate::timefmt::rfc3339),
+            credentials_rejected: status.rejected,
+            credential_generation_in_use: status.credentials_in_use,
+            credential_generation_tried: status.credentials_tried,
+            last_error: status.last_error.clone(),
+        }
+    }
+
+    fn notify_waiters(&self) {
+        self.shared.changed.send_modify(|v| *v += 1);
+    }
+}
+
+fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The background loop that keeps a usable token in a [`TokenSource`].
+#[derive(Debug)]
+pub struct Refresher<F> {
+    source: TokenSource,
+    fetcher: F,
+    credentials: Credentials,
+    refresh_at: f64,
+    refresh_jitter: f64,
+    timeout: Duration,
+    budget: Budget,
+    jitter: bool,
+}
+
+/// What the loop remembers between iterations.
+#[derive(Debug, Default)]
+struct Local {
+    refresh_due: Option<Instant>,
+    failures: u32,
+    hold: Option<(Instant, bool)>,
+    credentials_tried: u64,
+    generation: u64,
+    budget_blocked: bool,
+}
+
+impl<F: Fetch> Refresher<F> {
+    pub fn new(source: TokenSource, fetcher: F, credentials: Credentials, cfg: &TokenConfig) -> Self {
+        Self {
+            source,
+            fetcher,
+            credentials,
+            refresh_at: cfg.refresh_at,
+            refresh_jitter: cfg.refresh_jitter,
+            timeout: cfg.timeout,
+            budget: Budget::new(cfg.max_requests_per_minute),
+            jitter: true,
+        }
+    }
+
+    /// Switches off the random parts (refresh jitter, backoff jitter) for tests.
+    pub fn without_jitter(mut self) -> Self {
+        self.jitter = false;
+        self
+    }
+
+    fn random(&self) -> f64 {
+        if self.jitter { rand::random::<f64>() } else { 0.5 }
+    }
+
+    /// Runs until `shutdown` resolves. The first token request goes out at once.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut credentials = self.credentials.subscribe();
+        let mut local = Local::default();
+        let shared = self.source.shared.clone();
+        loop {
+            let now = Instant::now();
+            let credentials_generation = credentials.borrow_and_update().generation;
+            let token = shared.token.read().clone();
+            let plan = Plan {
+                now,
+                token: token.as_ref().map(|t| (t.generation, local.refresh_due.unwrap_or(now), t.usable_until)),
+                invalidated: shared.status.lock().invalidated,
+                credentials: credentials_generation,
+                credentials_tried: local.credentials_tried,
+                hold: local.hold,
+            };
+            let wanted = schedule::next_fetch(&plan);
+            let next = self.budget.earliest(wanted);
+            if next > wanted && wanted <= now && !local.budget_blocked {
+                local.budget_blocked = true;
+                shared.metrics.token_budget_exhausted.inc();
+                tracing::warn!(
+                    max_per_minute = self.budget.max(),
+                    wait = %format_duration(next - now),
+                    token_usable = token.as_ref().is_some_and(|t| t.usable(now)),
+                    "token request budget exhausted (token.max_requests_per_minute); holding the next request back",
+                );
+            }
+            let next_wall = SystemTime::now() + next.saturating_duration_since(now);
+            shared.status.lock().next_fetch = Some(next_wall);
+            shared.metrics.token_refresh.set(unix_secs(next_wall));
+
+            if next > now {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => {}
+                    () = shared.wake.notified() => {}
+                    _ = credentials.changed() => {}
+                    () = &mut shutdown => return,
+                }
+                continue;
+            }
+
+            local.budget_blocked = false;
+            self.budget.record(now);
+            let creds = credentials.borrow_and_update().clone();
+            local.credentials_tried = creds.generation;
+            shared.status.lock().credentials_tried = creds.generation;
+            let issued = Instant::now();
+            let issued_wall = SystemTime::now();
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(self.timeout, self.fetcher.fetch(&creds)) => r.unwrap_or_else(|_| {
+                    Err(FetchError::transient(format!("token request timed out after {}", format_duration(self.timeout))))
+                }),
+                () = &mut shutdown => return,
+            };
+            shared.metrics.token_request_duration.observe(issued.elapsed().as_secs_f64());
+
+            match outcome {
+                Ok(fetched) => {
+                    local.generation += 1;
+                    let token = Arc::new(Token::new(&fetched, local.generation, issued, issued_wall));
+                    let u = if self.jitter { 2.0 * self.random() - 1.0 } else { 0.0 };
+                    let refresh_in = schedule::refresh_after(token.lifetime, self.refresh_at, self.refresh_jitter, u);
+                    local.refresh_due = Some(issued + refresh_in);
+                    local.failures = 0;
+                    local.hold = None;
+                    shared.metrics.token_success.inc();
+                    shared.metrics.token_expiry.set(unix_secs(token.expires_wall));
+                    shared.metrics.token_usable.set(1);
+                    tracing::info!(
+                        generation = token.generation,
+                        fingerprint = %token.fingerprint,
+                        lifetime = %format_duration(token.lifetime),
+                        refresh_in = %format_duration(refresh_in),
+                        credential_generation = creds.generation,
+                        "token fetched",
+                    );
+                    *shared.token.write() = Some(token);
+                    let mut status = shared.status.lock();
+                    status.rejected = false;
+                    status.ever = true;
+                    status.credentials_in_use = creds.generation;
+                }
+                Err(error) => {
+                    local.failures += 1;
+                    let (delay, rejected) = match &error {
+                        FetchError::Rejected { .. } => (schedule::REJECTED_RETRY, true),
+                        FetchError::Transient { retry_after, .. } => {
+                            (schedule::transient_delay(local.failures, self.random(), *retry_after), false)
+                        }
+                    };
+                    local.hold = Some((Instant::now() + delay, rejected));
+                    let counter =
+                        if rejected { &shared.metrics.token_rejected } else { &shared.metrics.token_transient };
+                    counter.inc();
+                    let usable = self.source.current().is_some();
+                    tracing::warn!(
+                        error = %error,
+                        result = error.result_label(),
+                        failures = local.failures,
+                        retry_in = %format_duration(delay),
+                        token_usable = usable,
+                        credential_generation = creds.generation,
+                        "token request failed{}",
+                        if usable { "; the current token stays in use" } else { "" },
+                    );
+                    let mut status = shared.status.lock();
+                    if rejected {
+                        status.rejected = true;
+                    }
+                    status.last_error = Some(LastError {
+                        at: unix_secs(SystemTime::now()) as u64,
+                        kind: error.result_label(),
+                        message: error.to_string(),
+                    });
+                }
+            }
+            self.source.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! When to fetch the next token: pure functions of the clock and what happened so far.
+//!
+//! The refresh loop in [`super::engine`] only sleeps and calls these, so every decision is
+//! tested here with plain values, without sockets or clocks (STYLE.md habit 3).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The longest lifetime we believe. A token endpoint that claims more (a bug, or a units
+/// mix-up) would otherwise leave us holding a token long after it was revoked.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How long before its expiry a token stops being used: `min(60 s, lifetime / 10)`.
+/// 60 s covers clock skew between us and Pinecone and a slow request in flight; the tenth
+/// keeps short test lifetimes (seconds) usable for most of their life. (PRODUCT.md, "The
+/// token"; gcp_auth uses a fixed 20 s, linkerd's identity client a fraction.)
+pub fn usable_margin(lifetime: Duration) -> Duration {
+    Duration::from_secs(60).min(lifetime / 10)
+}
+
+/// How long after issue a token is refreshed: `lifetime × (refresh_at + refresh_jitter × u)`
+/// with `u` uniform in [-1, 1], drawn once per token so that many proxies started together
+/// spread out. Clamped to at most 0.9 of the lifetime, where the token stops being usable.
+pub fn refresh_after(lifetime: Duration, refresh_at: f64, refresh_jitter: f64, u: f64) -> Duration {
+    let fraction = (refresh_at + refresh_jitter * u.clamp(-1.0, 1.0)).clamp(0.0, 0.9);
+    lifetime.mul_f64(fraction)
+}
+
+/// The first retry waits 1 s; the cap is 60 s.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// A `Retry-After` longer than this is not believed (the endpoint may be confused).
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(600);
+/// After the token endpoint rejects the credentials, they are tried again no sooner
+/// than this, unless they change: the same request would get the same answer, and
+/// rejected requests still count against Auth0's quota.
+pub const REJECTED_RETRY: Duration = Duration::from_secs(60);
+
+/// Exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff And
+/// Jitter"), floored at the base: after the `failures`-th consecutive failure, wait a
+/// uniform time between 1 s and `min(60 s, 2^(failures-1) s)`. `u` is uniform in [0, 1).
+pub fn backoff(failures: u32, u: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    let ceiling = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_CAP);
+    BACKOFF_BASE + (ceiling - BACKOFF_BASE).mul_f64(u.clamp(0.0, 1.0))
+}
+
+/// The wait after a transient failure: the backoff, or the server's `Retry-After` if that
+/// is longer (capped at 10 minutes).
+pub fn transient_delay(failures: u32, u: f64, retry_after: Option<Duration>) -> Duration {
+    let b = backoff(failures, u);
+    match retry_after {
+        Some(r) => b.max(r.min(RETRY_AFTER_CAP)),
+        None => b,
+    }
+}
+
+/// What the loop knows when it decides when to fetch next.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub now: Instant,
+    /// The current token: its generation, when it is due for refresh, when it stops
+    /// being usable.
+    pub token: Option<(u64, Instant, Instant)>,
+    /// The newest generation that the upstream rejected with 401.
+    pub invalidated: u64,
+    /// The generation of the credentials in force, and of those last tried.
+    pub credentials: u64,
+    pub credentials_tried: u64,
+    /// No fetch before this, after a failure; and whether that failure was a rejection
+    /// (a rejection hold is lifted when the credentials change).
+    pub hold: Option<(Instant, bool)>,
+}
+
+/// When the next token request is due (now or in the past means at once). The request
+/// budget is applied on top by [`Budget`].
+pub fn next_fetch(p: &Plan) -> Instant {
+    let credentials_changed = p.credentials != p.credentials_tried;
+    let wanted = match p.token {
+        None => p.now,
+        Some((generation, refresh_due, usable_until)) => {
+            if credentials_changed || generation <= p.invalidated || p.now >= usable_until {
+                p.now
+            } else {
+                refresh_due
+            }
+        }
+    };
+    match p.hold {
+        Some((_, true)) if credentials_changed => wanted,
+        Some((until, _)) => wanted.max(until),
+        None => wanted,
+    }
+}
+
+/// A hard cap on token requests in any 60-second window: the times of the last
+/// `max` requests, and the earliest time the next may start.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    max: usize,
+    sent: VecDeque<Instant>,
+}
+
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(60);
+
+impl Budget {
+    pub fn new(max_per_minute: u32) -> Self {
+        let max = max_per_minute.max(1) as usize;
+        Self { max, sent: VecDeque::with_capacity(max) }
+    }
+
+    /// The number of requests allowed in any 60-second window.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// The earliest instant at or after `at` when a request fits in the budget.
+    pub fn earliest(&self, at: Instant) -> Instant {
+        if self.sent.len() < self.max {
+            return at;
+        }
+        // The oldest of the last `max` requests must have left the window.
+        let oldest = self.sent[self.sent.len() - self.max];
+        at.max(oldest + BUDGET_WINDOW)
+    }
+
+    /// Records a request sent at `at`.
+    pub fn record(&mut self, at: Instant) {
+        self.sent.push_back(at);
+        while self.sent.len() > self.max {
+            self.sent.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn usable_margin_is_a_tenth_up_to_a_minute() {
+        let table =
+            [(S(86400), S(60)), (S(1800), S(60)), (S(600), S(60)), (S(300), S(30)), (S(5), Duration::from_millis(500))];
+        for (lifetime, margin) in table {
+            assert_eq!(usable_margin(lifetime), margin, "{lifetime:?}");
+        }
+    }
+
+    #[test]
+    fn refresh_point_follows_refresh_at_and_jitter() {
+        assert_eq!(refresh_after(S(1000), 0.5, 0.1, 0.0), S(500));
+        assert_eq!(refresh_after(S(1000), 0.5, 0.1, -1.0), S(400));
+        assert_eq!(refresh_after(S(1000), 0.5, 0.1, 1.0), S(600));
+        // Never past the point where the token stops being usable.
+        assert_eq!(refresh_after(S(1000), 0.85, 0.1, 1.0), S(900));
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_never_below_a_second() {
+        let table = [(1, S(1)), (2, S(2)), (3, S(4)), (4, S(8)), (7, S(60)), (30, S(60))];
+        for (failures, ceiling) in table {
+            assert_eq!(backoff(failures, 0.0), S(1), "floor, failure {failures}");
+            assert_eq!(backoff(failures, 1.0), ceiling, "ceiling, failure {failures}");
+            let mid = backoff(failures, 0.5);
+            assert!(mid >= S(1) && mid <= ceiling);
+        }
+    }
+
+    #[test]
+    fn retry_after_extends_but_is_capped() {
+        assert_eq!(transient_delay(1, 0.0, Some(S(30))), S(30));
+        assert_eq!(transient_delay(7, 1.0, Some(S(5))), S(60));
+        assert_eq!(transient_delay(1, 0.0, Some(S(86400))), S(600));
+    }
+
+    fn plan(now: Instant) -> Plan {
+        Plan { now, token: None, invalidated: 0, credentials: 1, credentials_tried: 1, hold: None }
+    }
+
+    #[test]
+    fn next_fetch_table() {
+        let t0 = Instant::now();
+        let at = |s| t0 + S(s);
+        // No token: at once.
+        assert_eq!(next_fetch(&plan(t0)), t0);
+        // A usable token: at its refresh point.
+        let p = Plan { token: Some((1, at(500), at(900))), ..plan(t0) };
+        assert_eq!(next_fetch(&p), at(500));
+        // A token past its usable window: at once.
+        let p = Plan { token: Some((1, at(500), at(900))), ..plan(at(950)) };
+        assert_eq!(next_fetch(&p), at(950));
+        // The upstream rejected this generation: at once.
+        let p = Plan { token: Some((3, at(500), at(900))), invalidated: 3, ..plan(t0) };
+        assert_eq!(next_fetch(&p), t0);
+        // ...but not for an older generation.
+        let p = Plan { token: Some((3, at(500), at(900))), invalidated: 2, ..plan(t0) };
+        assert_eq!(next_fetch(&p), at(500));
+        // New credentials: at once.
+        let p = Plan { token: Some((1, at(500), at(900))), credentials: 2, ..plan(t0) };
+        assert_eq!(next_fetch(&p), t0);
+        // A backoff hold delays even an urgent fetch.
+        let p = Plan { hold: Some((at(4), false)), ..plan(t0) };
+        assert_eq!(next_fetch(&p), at(4));
+        // A rejection hold is lifted by new credentials, a transient one is not.
+        let p = Plan { hold: Some((at(60), true)), credentials: 2, ..plan(t0) };
+        assert_eq!(next_fetch(&p), t0);
+        let p = Plan { hold: Some((at(8), false)), credentials: 2, ..plan(t0) };
+        assert_eq!(next_fetch(&p), at(8));
+        // A hold earlier than the refresh point changes nothing.
+        let p = Plan { token: Some((1, at(500), at(900))), hold: Some((at(10), false)), ..plan(t0) };
+        assert_eq!(next_fetch(&p), at(500));
+    }
+
+    #[test]
+    fn budget_holds_in_every_window() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(3);
+        for s in [0, 1, 2] {
+            assert_eq!(b.earliest(t0 + S(s)), t0 + S(s));
+            b.record(t0 + S(s));
+        }
+        assert_eq!(b.earliest(t0 + S(3)), t0 + S(60));
+        b.record(t0 + S(60));
+        assert_eq!(b.earliest(t0 + S(60)), t0 + S(61));
+        assert_eq!(b.earliest(t0 + S(200)), t0 + S(200));
+    }
+}
