@@ -379,3 +379,193 @@ impl<F: Fetch> Refresher<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The engine against an in-memory token source, under paused tokio time: no sockets,
+    //! no real waiting, jitter off.
+
+    use super::*;
+    use crate::config::{CredentialSource, CredentialsConfig, RequestFormat};
+    use crate::secret::Secret;
+    use crate::token::Fetched;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Answers token requests from a script (then successes), after `delay`.
+    #[derive(Debug, Clone, Default)]
+    struct Scripted {
+        calls: Arc<AtomicU64>,
+        script: Arc<Mutex<VecDeque<Result<Duration, FetchError>>>>,
+        delay: Duration,
+        lifetime: Duration,
+    }
+
+    impl Scripted {
+        fn new(lifetime: Duration) -> Self {
+            Self { lifetime, ..Self::default() }
+        }
+        fn then(self, r: Result<Duration, FetchError>) -> Self {
+            self.script.lock().push_back(r);
+            self
+        }
+        fn calls(&self) -> u64 {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Fetch for Scripted {
+        async fn fetch(&self, _: &crate::credentials::CredentialSet) -> Result<Fetched, FetchError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(self.delay).await;
+            let next = self.script.lock().pop_front().unwrap_or(Ok(self.lifetime));
+            next.map(|lifetime| Fetched { access_token: Secret::new(format!("token-{n}")), lifetime })
+        }
+    }
+
+    fn config(max_per_minute: u32) -> TokenConfig {
+        TokenConfig {
+            url: "http://127.0.0.1/oauth/token".parse().unwrap(),
+            audience: "https://api.pinecone.io/".into(),
+            request_format: RequestFormat::Json,
+            refresh_at: 0.5,
+            refresh_jitter: 0.1,
+            timeout: Duration::from_secs(10),
+            max_requests_per_minute: max_per_minute,
+        }
+    }
+
+    fn credentials() -> Credentials {
+        Credentials::load(&CredentialsConfig {
+            client_id: CredentialSource::Value(Secret::new("id")),
+            client_secret: CredentialSource::Value(Secret::new("secret")),
+        })
+        .unwrap()
+    }
+
+    fn start(fetcher: Scripted, max_per_minute: u32) -> (TokenSource, tokio::task::JoinHandle<()>) {
+        let source = TokenSource::new(Arc::new(Metrics::new()), Duration::from_secs(10));
+        let refresher =
+            Refresher::new(source.clone(), fetcher, credentials(), &config(max_per_minute)).without_jitter();
+        (source, tokio::spawn(refresher.run(std::future::pending())))
+    }
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[tokio::test(start_paused = true)]
+    async fn first_token_at_once_then_refresh_at_half_life() {
+        let fetcher = Scripted::new(S(100));
+        let (source, _task) = start(fetcher.clone(), 6);
+        let t0 = Instant::now();
+        let token = source.get().await.unwrap();
+        assert_eq!(token.generation, 1);
+        assert_eq!(fetcher.calls(), 1);
+        assert_eq!(Instant::now(), t0, "the first request goes out at once");
+        tokio::time::sleep(S(49)).await;
+        assert_eq!(fetcher.calls(), 1, "no refresh before refresh_at");
+        tokio::time::sleep(S(2)).await;
+        assert_eq!(fetcher.calls(), 2, "refreshed at half the lifetime");
+        assert_eq!(source.current().unwrap().generation, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_waiters_share_one_request() {
+        let mut fetcher = Scripted::new(S(100));
+        fetcher.delay = Duration::from_millis(500);
+        let (source, _task) = start(fetcher.clone(), 6);
+        let waiters: Vec<_> = (0..100)
+            .map(|_| {
+                tokio::spawn({
+                    let s = source.clone();
+                    async move { s.get().await }
+                })
+            })
+            .collect();
+        for w in waiters {
+            assert_eq!(w.await.unwrap().unwrap().generation, 1);
+        }
+        assert_eq!(fetcher.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_refresh_keeps_the_usable_token() {
+        let fetcher = Scripted::new(S(100)).then(Ok(S(100))).then(Err(FetchError::transient("HTTP 503")));
+        let (source, _task) = start(fetcher.clone(), 6);
+        source.get().await.unwrap();
+        tokio::time::sleep(S(51)).await;
+        assert_eq!(fetcher.calls(), 2, "the refresh was tried");
+        let token = source.current().expect("the old token is still usable");
+        assert_eq!(token.generation, 1);
+        assert_eq!(source.snapshot().last_error.unwrap().kind, "transient_error");
+        // The retry (after a 1 s backoff) replaces it.
+        tokio::time::sleep(S(2)).await;
+        assert_eq!(fetcher.calls(), 3);
+        assert_eq!(source.current().unwrap().generation, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_token_after_its_usable_window() {
+        // Every refresh fails: the token must stop being handed out at 90 s
+        // (lifetime 100 s, margin 10 s), never later.
+        let fetcher = Scripted::new(S(100)).then(Ok(S(100)));
+        for _ in 0..100 {
+            fetcher.script.lock().push_back(Err(FetchError::transient("down")));
+        }
+        let (source, _task) = start(fetcher.clone(), 60);
+        source.get().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(89_900)).await;
+        assert!(source.current().is_some());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(source.current().is_none());
+        match source.get().await {
+            Err(TokenUnavailable::Timeout { retry_after }) => assert!(retry_after >= S(1)),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejected_credentials_fail_waiters_at_once_and_retry_after_a_minute() {
+        let rejected =
+            FetchError::Rejected { status: 401, error: "access_denied".into(), description: "Unauthorized".into() };
+        let fetcher = Scripted::new(S(100)).then(Err(rejected));
+        let (source, _task) = start(fetcher.clone(), 6);
+        let t0 = Instant::now();
+        assert_eq!(source.get().await.unwrap_err(), TokenUnavailable::CredentialsRejected);
+        assert!(Instant::now() - t0 < S(1), "not held for token.timeout");
+        tokio::time::sleep(S(59)).await;
+        assert_eq!(fetcher.calls(), 1, "no retry within a minute");
+        tokio::time::sleep(S(2)).await;
+        assert_eq!(fetcher.calls(), 2);
+        assert_eq!(source.current().unwrap().generation, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalidation_fetches_once_for_many_reports() {
+        let fetcher = Scripted::new(S(1000));
+        let (source, _task) = start(fetcher.clone(), 6);
+        let first = source.get().await.unwrap();
+        for _ in 0..50 {
+            source.invalidate(first.generation);
+        }
+        let newer = source.newer_than(first.generation).await.unwrap();
+        assert_eq!(newer.generation, 2);
+        // A late report about the old generation changes nothing.
+        source.invalidate(first.generation);
+        tokio::time::sleep(S(10)).await;
+        assert_eq!(fetcher.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_holds_when_everything_fails() {
+        let fetcher = Scripted::new(S(100));
+        for _ in 0..1000 {
+            fetcher.script.lock().push_back(Err(FetchError::transient("down")));
+        }
+        let (_source, _task) = start(fetcher.clone(), 3);
+        // Backoff alone would allow more than 3 requests in the first minute (1+2+4+8+…).
+        tokio::time::sleep(S(60) - Duration::from_millis(1)).await;
+        assert!(fetcher.calls() <= 3, "{} requests in a minute", fetcher.calls());
+        tokio::time::sleep(S(600)).await;
+        assert!(fetcher.calls() <= 3 * 11, "{}", fetcher.calls());
+    }
+}

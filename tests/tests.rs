@@ -1,0 +1,20 @@
+//! Integration tests over real sockets against the in-process fake Pinecone. One test
+//! binary; each module is one area of behaviour.
+
+#[path = "tests/support.rs"]
+mod support;
+
+#[path = "tests/binary.rs"]
+mod binary;
+#[path = "tests/config_files.rs"]
+mod config_files;
+#[path = "tests/errors.rs"]
+mod errors;
+#[path = "tests/forwarding.rs"]
+mod forwarding;
+#[path = "tests/ops.rs"]
+mod ops;
+#[path = "tests/tls.rs"]
+mod tls;
+#[path = "tests/tokens.rs"]
+mod tokens;

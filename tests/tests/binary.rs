@@ -1,0 +1,309 @@
+//! The binary as a user runs it: exit codes, one-line configuration errors, check-config,
+//! signals (SIGTERM drains in-flight requests and exits 0; SIGHUP re-reads credentials),
+//! and the secret and tokens absent from all output at trace level.
+
+use crate::support::*;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+use pinecone_admin_proxy::client::{empty, full};
+use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+
+fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    c
+}
+
+async fn output(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let out = command(args, envs).output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+const CREDS: [(&str, &str); 2] = [("PINECONE_CLIENT_ID", "id"), ("PINECONE_CLIENT_SECRET", "the-client-secret")];
+
+#[tokio::test]
+async fn bad_configuration_exits_64_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let unknown = file("unknown.toml", "[token]\nrefresh_att = 0.5\n");
+    let secret = file("secret.toml", "[credentials]\nclient_secret = \"file-secret-value\"\n");
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
+        (CREDS.to_vec(), vec!["--config", &unknown], "token.refresh_att"),
+        (CREDS.to_vec(), vec!["--config", &secret], "credentials.client_secret"),
+        (vec![("PINECONE_CLIENT_ID", "id")], vec![], "credentials.client_secret_file"),
+        (vec![("PINECONE_CLIENT_SECRET", "s")], vec![], "credentials.client_id"),
+        ([&CREDS[..], &[("PINECONE_PROXY_TOKEN_TIMEOUT", "10 seconds")]].concat(), vec![], "token.timeout"),
+        (CREDS.to_vec(), vec!["--listen", "0.0.0.0:8484"], "listen"),
+        (CREDS.to_vec(), vec!["--token-url", "http://login.example.com/oauth/token"], "token.url"),
+        (CREDS.to_vec(), vec!["--upstream", "not a url"], "upstream.url"),
+        (
+            [&CREDS[..1], &[("PINECONE_CLIENT_SECRET_FILE", "/nonexistent/secret")]].concat(),
+            vec![],
+            "credentials.client_secret_file",
+        ),
+        (CREDS.to_vec(), vec!["--config", "/nonexistent/config.toml"], "--config"),
+    ];
+    for (envs, args, key) in cases {
+        let (code, stdout, stderr) = output(&args, &envs).await;
+        assert_eq!(code, 64, "{key}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{key}: one line: {stderr}");
+        assert!(stderr.contains(key), "{key} not named in: {stderr}");
+        assert!(!stderr.contains("the-client-secret") && !stderr.contains("file-secret-value"), "{stderr}");
+        assert!(stdout.is_empty());
+    }
+    // check-config exits 64 the same way.
+    let (code, _, stderr) = output(&["check-config", "--config", &unknown], &CREDS).await;
+    assert_eq!(code, 64, "{stderr}");
+}
+
+#[tokio::test]
+async fn usage_errors_exit_64_and_help_exits_0() {
+    assert_eq!(output(&["--no-such-flag"], &CREDS).await.0, 64);
+    assert_eq!(output(&["no-such-command"], &CREDS).await.0, 64);
+    let (code, stdout, _) = output(&["--help"], &[]).await;
+    assert_eq!(code, 0);
+    for command in ["run", "demo", "fake-pinecone", "check-config", "wait"] {
+        assert!(stdout.contains(command), "--help lists {command}");
+    }
+    let (code, stdout, _) = output(&["--version"], &[]).await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn check_config_prints_effective_values_with_the_secret_redacted() {
+    let envs =
+        [&CREDS[..], &[("PINECONE_PROXY_UPSTREAM_TIMEOUT", "7s"), ("PINECONE_PROXY_PORT", "tcp://10.0.0.1:8484")]]
+            .concat();
+    let (code, stdout, stderr) = output(&["check-config", "--api-version", "2026-07"], &envs).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("upstream.timeout = 7s    # env PINECONE_PROXY_UPSTREAM_TIMEOUT"), "{stdout}");
+    assert!(stdout.contains("upstream.api_version = 2026-07    # flag --api-version"), "{stdout}");
+    assert!(stdout.contains("token.max_requests_per_minute = 6    # default"), "{stdout}");
+    assert!(stdout.contains("PINECONE_CLIENT_SECRET = <redacted>"), "{stdout}");
+    assert!(
+        stdout.contains("warning: PINECONE_PROXY_PORT"),
+        "unknown PINECONE_PROXY_ variables are warned about: {stdout}"
+    );
+    assert!(!stdout.contains("the-client-secret"));
+}
+
+#[tokio::test]
+async fn a_port_in_use_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, stderr) = output(&["--listen", &addr, "--ops-listen", "127.0.0.1:0"], &CREDS).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("listen"), "{stderr}");
+}
+
+/// A running binary, its stderr lines forwarded to a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    all: Arc<Mutex<String>>,
+    ops: std::net::SocketAddr,
+    listen: std::net::SocketAddr,
+}
+
+async fn spawn(envs: &[(&str, &str)]) -> Proc {
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ops: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (l, o) = (listen.to_string(), ops.to_string());
+    let envs = [envs, &[("PINECONE_PROXY_LISTEN", l.as_str()), ("PINECONE_PROXY_OPS_LISTEN", o.as_str())]].concat();
+    let mut child = command(&[], &envs).spawn().unwrap();
+    let all = Arc::new(Mutex::new(String::new()));
+    let (tx, lines) = mpsc::unbounded_channel();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = all.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            log.lock().push_str(&line);
+            log.lock().push('\n');
+            let _ = tx.send(line);
+        }
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let log = all.clone();
+    tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s).await;
+        log.lock().push_str(&s);
+    });
+    assert!(pinecone_admin_proxy::wait::wait_ready(ops, Duration::from_secs(10)).await, "proxy ready");
+    Proc { child, lines, all, ops, listen }
+}
+
+impl Proc {
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-s", name, &pid]).status().unwrap().success());
+    }
+
+    /// Waits for a log line containing `text`.
+    async fn line_with(&mut self, text: &str) -> String {
+        let find = async {
+            loop {
+                let line = self.lines.recv().await.expect("process still logging");
+                if line.contains(text) {
+                    return line;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), find)
+            .await
+            .unwrap_or_else(|_| panic!("no log line with {text:?}"))
+    }
+
+    async fn exit_code(&mut self) -> i32 {
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits")
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let fake = fake(3600).await;
+    let (arrived_tx, arrived_rx) = oneshot::channel::<()>();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let hooks = Arc::new(Mutex::new(Some((arrived_tx, release_rx))));
+    let upstream = Upstream::start(move |_request: Request<Incoming>| {
+        let hooks = hooks.clone();
+        async move {
+            let taken = hooks.lock().take();
+            if let Some((arrived, release)) = taken {
+                arrived.send(()).unwrap();
+                release.await.unwrap();
+            }
+            Response::new(full(Bytes::from_static(b"finished")))
+        }
+    })
+    .await;
+    let envs = [
+        ("PINECONE_CLIENT_ID", DEMO_CLIENT_ID),
+        ("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET),
+        ("PINECONE_PROXY_TOKEN_URL", &fake.token_url()),
+        ("PINECONE_PROXY_UPSTREAM_URL", &upstream.url()),
+        ("PINECONE_PROXY_SHUTDOWN_GRACE", "20s"),
+    ];
+    let mut proc = spawn(&envs).await;
+    let client = TestClient::default();
+    let in_flight = {
+        let url = format!("http://{}/slow", proc.listen);
+        let client = client.clone();
+        tokio::spawn(async move { client.get(&url).await })
+    };
+    arrived_rx.await.unwrap();
+    proc.signal("TERM");
+    proc.line_with("no longer accepting").await;
+    // Logged once the proxy listener is closed and the open connection is draining.
+    let draining = proc.line_with("draining connections").await;
+    assert!(draining.contains("proxy") && draining.contains("connections=1"), "{draining}");
+    // The listener is closed: new connections are refused while the old one drains.
+    let refused = tokio::net::TcpStream::connect(proc.listen).await;
+    assert!(refused.is_err(), "still accepting after SIGTERM");
+    release_tx.send(()).unwrap();
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"finished");
+    assert_eq!(proc.exit_code().await, 0);
+    let _ = proc.ops;
+}
+
+#[tokio::test]
+async fn sighup_rereads_the_secret_file() {
+    let fake = fake(3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{DEMO_CLIENT_SECRET}\n")).unwrap();
+    let envs = [
+        ("PINECONE_CLIENT_ID", DEMO_CLIENT_ID),
+        ("PINECONE_CLIENT_SECRET_FILE", secret_file.to_str().unwrap()),
+        ("PINECONE_PROXY_TOKEN_URL", &fake.token_url()),
+        ("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url()),
+    ];
+    let mut proc = spawn(&envs).await;
+    fake.state().set_client(DEMO_CLIENT_ID, "rotated-secret");
+    std::fs::write(&secret_file, "rotated-secret\n").unwrap();
+    proc.signal("HUP");
+    proc.line_with("SIGHUP: credentials re-read and changed").await;
+    let fetched = proc.line_with("token fetched").await;
+    assert!(fetched.contains("credential_generation=2"), "{fetched}");
+    // The process is still serving, with a token from the new secret.
+    let (status, _, _) = TestClient::default().get(&format!("http://{}/admin/projects", proc.listen)).await;
+    assert_eq!(status, StatusCode::OK);
+    proc.signal("TERM");
+    assert_eq!(proc.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn the_secret_and_tokens_never_appear_in_output_at_trace_level() {
+    for format in ["text", "json"] {
+        let fake = fake(3600).await;
+        let envs = [
+            ("PINECONE_CLIENT_ID", DEMO_CLIENT_ID),
+            ("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET),
+            ("PINECONE_PROXY_TOKEN_URL", &fake.token_url()),
+            ("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url()),
+            ("RUST_LOG", "trace"),
+            ("PINECONE_PROXY_LOG_FORMAT", format),
+        ];
+        let mut proc = spawn(&envs).await;
+        let client = TestClient::default();
+        let base = format!("http://{}", proc.listen);
+        let (_, _, shim) = client.post(&format!("{base}/oauth/token"), "{}").await;
+        let placeholder = json(&shim)["access_token"].as_str().unwrap().to_owned();
+        let request = Request::get(format!("{base}/admin/projects"))
+            .header("authorization", format!("Bearer {placeholder}"))
+            .body(empty())
+            .unwrap();
+        assert_eq!(collect(client.send(request).await).await.0, StatusCode::OK);
+        client.post(&format!("{base}/admin/projects"), r#"{"name":"p"}"#).await;
+        // A revoked token: the upstream answers 401 and the proxy fetches a new one.
+        fake.state().revoke_all();
+        assert_eq!(client.get(&format!("{base}/admin/projects")).await.0, StatusCode::UNAUTHORIZED);
+        proc.line_with("token fetched").await;
+        proc.line_with("token fetched").await;
+        assert_eq!(client.get(&format!("{base}/admin/projects")).await.0, StatusCode::OK);
+        client.get(&format!("http://{}/status", proc.ops)).await;
+        client.get(&format!("http://{}/metrics", proc.ops)).await;
+        proc.signal("TERM");
+        assert_eq!(proc.exit_code().await, 0);
+        let all = proc.all.lock().clone();
+        assert!(all.contains("access"), "access lines were logged ({format})");
+        assert!(all.lines().count() > 20, "trace output was produced ({format})");
+        assert!(!all.contains(DEMO_CLIENT_SECRET), "the client secret leaked ({format})");
+        let tokens = fake.state().issued_tokens();
+        assert_eq!(tokens.len(), 2);
+        for token in tokens {
+            assert!(!all.contains(&token), "a token leaked ({format})");
+            // Not even a piece of it: the signature part is unique to each token.
+            assert!(!all.contains(token.rsplit('.').next().unwrap()), "a token signature leaked ({format})");
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Every file under `config/` is valid: the example configuration loads and documents
+//! every key with its default.
+
+use pinecone_admin_proxy::config::{self, Env, Flags};
+use std::path::Path;
+
+fn creds() -> Env {
+    let mut env = Env::default();
+    env.set("PINECONE_CLIENT_ID", "id").set("PINECONE_CLIENT_SECRET", "s");
+    env
+}
+
+fn values(c: &config::Config) -> Vec<(&'static str, String)> {
+    c.describe().into_iter().map(|(k, v, _)| (k, v)).collect()
+}
+
+/// The example shows each key's default as a line `#key = value` (no space after `#`).
+/// Uncommented, those lines must load and give exactly the built-in defaults.
+#[test]
+fn the_example_configuration_documents_every_key_with_its_true_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pinecone-admin-proxy.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let flags = Flags { config: Some(path.clone()), ..Flags::default() };
+    config::load(&flags, &creds()).expect("the example configuration loads as it is");
+
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) if rest.starts_with(|c: char| c.is_ascii_alphabetic()) => rest,
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let defaults_file = dir.path().join("defaults.toml");
+    std::fs::write(&defaults_file, &uncommented).unwrap();
+    let flags = Flags { config: Some(defaults_file), ..Flags::default() };
+    let documented = config::load(&flags, &creds()).expect("the documented defaults load");
+    let defaults = config::load(&Flags::default(), &creds()).unwrap();
+    assert_eq!(values(&documented), values(&defaults), "the documented defaults are the real ones");
+    let set: Vec<&str> = documented.origins.keys().copied().collect();
+    for (key, _, _) in defaults.describe() {
+        // Keys without a default are documented as examples instead.
+        if key.starts_with("credentials.") || key == "PINECONE_CLIENT_SECRET" || key == "upstream.ca_file" {
+            continue;
+        }
+        assert!(set.contains(&key), "{key} has no `#key = default` line in {}", path.display());
+    }
+    for key in ["client_id", "client_id_file", "client_secret_file", "PINECONE_CLIENT_SECRET", "ca_file"] {
+        assert!(text.contains(key), "{key} is not documented");
+    }
+}
+
+#[test]
+fn every_config_file_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in walk(&dir) {
+        let text = std::fs::read_to_string(&entry).unwrap();
+        match entry.extension().and_then(|e| e.to_str()) {
+            Some("toml") => {
+                text.parse::<toml::Table>().unwrap_or_else(|e| panic!("{}: {e}", entry.display()));
+            }
+            _ => assert!(!text.is_empty(), "{} is empty", entry.display()),
+        }
+        checked += 1;
+    }
+    assert!(checked >= 1);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+    }
+    out
+}

@@ -1,0 +1,73 @@
+//! Errors the proxy makes itself: 502, 503 (twice), 504, each with its
+//! `x-pinecone-proxy-error` reason, Pinecone's error body and its metric.
+
+use crate::support::*;
+use http::StatusCode;
+use pinecone_admin_proxy::fake::TokenFault;
+use std::time::Duration;
+
+fn assert_proxy_error(status: StatusCode, headers: &http::HeaderMap, body: &[u8], want: StatusCode, reason: &str) {
+    assert_eq!(status, want, "{}", String::from_utf8_lossy(body));
+    assert_eq!(headers["x-pinecone-proxy-error"], reason);
+    assert_eq!(headers["content-type"], "application/json");
+    let v = json(body);
+    assert_eq!(v["status"], want.as_u16());
+    assert!(v["error"]["code"].is_string());
+    assert!(v["error"]["message"].as_str().unwrap().contains("pinecone-admin-proxy"));
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    let fake = fake(3600).await;
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let proxy = start_with(&env(&fake.token_url(), &closed, &[])).await;
+    let (status, headers, body) = TestClient::default().get(&url(&proxy, "/admin/projects")).await;
+    assert_proxy_error(status, &headers, &body, StatusCode::BAD_GATEWAY, "upstream_unreachable");
+    assert!(
+        json(&body)["error"]["message"].as_str().unwrap().contains("Connect"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(proxy.metrics.upstream_unreachable.get(), 1);
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let fake = fake(3600).await;
+    fake.state().set_admin_delay(Duration::from_secs(5));
+    let proxy = proxy_for(&fake, &[("PINECONE_PROXY_UPSTREAM_TIMEOUT", "200ms")]).await;
+    let (status, headers, body) = TestClient::default().get(&url(&proxy, "/admin/projects")).await;
+    assert_proxy_error(status, &headers, &body, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
+    assert_eq!(proxy.metrics.upstream_timeout.get(), 1);
+}
+
+#[tokio::test]
+async fn no_token_is_503_token_unavailable_with_retry_after() {
+    let fake = fake(3600).await;
+    fake.state().push_token_faults((0..10).map(|_| TokenFault::Status {
+        status: 503,
+        body: r#"{"error":"temporarily_unavailable"}"#.into(),
+        retry_after: Some("30".into()),
+    }));
+    let proxy = proxy_for(&fake, &[("PINECONE_PROXY_TOKEN_TIMEOUT", "300ms")]).await;
+    let (status, headers, body) = TestClient::default().get(&url(&proxy, "/admin/projects")).await;
+    assert_proxy_error(status, &headers, &body, StatusCode::SERVICE_UNAVAILABLE, "token_unavailable");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((20..=31).contains(&retry_after), "Retry-After {retry_after} follows the endpoint's 30 s");
+    assert_eq!(fake.state().admin_requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn rejected_credentials_are_503_credentials_rejected_at_once() {
+    let fake = fake(3600).await;
+    fake.state().set_client("demo-client-id", "a-different-secret");
+    let proxy = proxy_for(&fake, &[("PINECONE_PROXY_TOKEN_TIMEOUT", "30s")]).await;
+    let started = std::time::Instant::now();
+    let (status, headers, body) = TestClient::default().get(&url(&proxy, "/admin/projects")).await;
+    assert_proxy_error(status, &headers, &body, StatusCode::SERVICE_UNAVAILABLE, "credentials_rejected");
+    assert!(started.elapsed() < Duration::from_secs(5), "did not wait token.timeout");
+    assert_eq!(proxy.metrics.token_rejected.get(), 1);
+    let status = json(&TestClient::default().get(&ops_url(&proxy, "/status")).await.2);
+    assert_eq!(status["token"]["credentials_rejected"], true);
+    assert!(status["token"]["last_error"]["message"].as_str().unwrap().contains("access_denied"));
+}

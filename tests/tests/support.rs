@@ -1,0 +1,146 @@
+//! Shared helpers: a proxy started in-process on port 0, a plain HTTP client, a
+//! programmable upstream, and the path of the built binary.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use pinecone_admin_proxy::app::{self, Running};
+use pinecone_admin_proxy::client::{Body, empty, full};
+use pinecone_admin_proxy::config::{self, Env, Flags};
+use pinecone_admin_proxy::credentials::Credentials;
+use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FakePinecone};
+use pinecone_admin_proxy::serve::{self, Listener, Trigger};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pinecone-admin-proxy");
+
+pub fn localhost() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+pub async fn fake(expires_in: u64) -> FakePinecone {
+    FakePinecone::start(localhost(), expires_in).await.expect("fake starts")
+}
+
+/// The environment of a proxy that uses `token_url` and `upstream_url` with the demo
+/// credentials, on port 0, plus `extra`.
+pub fn env(token_url: &str, upstream_url: &str, extra: &[(&str, &str)]) -> Env {
+    let mut env = Env::default();
+    env.set("PINECONE_CLIENT_ID", DEMO_CLIENT_ID)
+        .set("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET)
+        .set("PINECONE_PROXY_TOKEN_URL", token_url)
+        .set("PINECONE_PROXY_UPSTREAM_URL", upstream_url)
+        .set("PINECONE_PROXY_LISTEN", "127.0.0.1:0")
+        .set("PINECONE_PROXY_OPS_LISTEN", "127.0.0.1:0");
+    for (k, v) in extra {
+        env.set(k, v);
+    }
+    env
+}
+
+pub async fn start_with(env: &Env) -> Running {
+    let config = config::load(&Flags::default(), env).expect("valid configuration");
+    let credentials = Credentials::load(&config.credentials).expect("credentials");
+    app::start(&config, credentials).await.expect("proxy starts")
+}
+
+/// A proxy in front of `fake` (token endpoint and upstream).
+pub async fn proxy_for(fake: &FakePinecone, extra: &[(&str, &str)]) -> Running {
+    start_with(&env(&fake.token_url(), &fake.api_url(), extra)).await
+}
+
+pub fn url(running: &Running, path: &str) -> String {
+    format!("http://{}{path}", running.listen.tcp())
+}
+
+pub fn ops_url(running: &Running, path: &str) -> String {
+    format!("http://{}{path}", running.ops.tcp())
+}
+
+/// A plain HTTP/1.1 client.
+#[derive(Clone)]
+pub struct TestClient(Client<HttpConnector, Body>);
+
+impl Default for TestClient {
+    fn default() -> Self {
+        Self(Client::builder(TokioExecutor::new()).build(HttpConnector::new()))
+    }
+}
+
+impl TestClient {
+    pub async fn send(&self, request: Request<Body>) -> Response<Incoming> {
+        self.0.request(request).await.expect("request sent")
+    }
+
+    pub async fn get(&self, url: &str) -> (StatusCode, HeaderMap, Bytes) {
+        collect(self.send(Request::get(url).body(empty()).unwrap()).await).await
+    }
+
+    pub async fn post(&self, url: &str, body: &str) -> (StatusCode, HeaderMap, Bytes) {
+        let request =
+            Request::post(url).header("content-type", "application/json").body(full(body.to_owned())).unwrap();
+        collect(self.send(request).await).await
+    }
+}
+
+pub async fn collect(response: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes) {
+    let (parts, body) = response.into_parts();
+    (parts.status, parts.headers, body.collect().await.expect("body").to_bytes())
+}
+
+pub fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+/// An upstream whose answers a test writes. Stops when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    stop: Trigger,
+}
+
+impl Upstream {
+    pub async fn start<F, Fut>(handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Trigger::default();
+        let service = tower::service_fn(move |request| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler(request).await) }
+        });
+        tokio::spawn(serve::serve(
+            "test-upstream",
+            Listener::Tcp(listener),
+            move |_| service.clone(),
+            stop.wait(),
+            Duration::from_secs(1),
+        ));
+        Self { addr, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.fire();
+    }
+}
+
+/// A free TCP port on loopback (bound, then released) for the binary's listeners.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -1,0 +1,97 @@
+//! An HTTPS upstream and token endpoint whose certificate comes from a CA made at test
+//! time, trusted through `upstream.ca_file`; HTTP/2 negotiated by ALPN.
+
+use crate::support::*;
+use http::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
+use pinecone_admin_proxy::fake;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::sync::Arc;
+
+struct TlsFake {
+    port: u16,
+    ca_pem: String,
+    alpn: Arc<Mutex<Vec<String>>>,
+    _fake: fake::FakePinecone,
+}
+
+/// The fake Pinecone's service behind TLS on `localhost`, with a fresh CA.
+async fn tls_fake() -> TlsFake {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "pinecone-admin-proxy test CA");
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+    let plain = fake(3600).await;
+    let service = fake::Service::new(plain.state().clone());
+    let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let alpn = Arc::new(Mutex::new(Vec::new()));
+    let seen = alpn.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, service, seen) = (acceptor.clone(), service.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let protocol = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+                seen.lock().push(protocol.unwrap_or_default());
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service))
+                    .await;
+            });
+        }
+    });
+    TlsFake { port, ca_pem: ca.pem(), alpn, _fake: plain }
+}
+
+#[tokio::test]
+async fn https_upstream_trusted_through_ca_file_speaks_h2() {
+    let tls = tls_fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &tls.ca_pem).unwrap();
+    let base = format!("https://localhost:{}", tls.port);
+    let proxy = start_with(&env(
+        &format!("{base}/oauth/token"),
+        &base,
+        &[("PINECONE_PROXY_UPSTREAM_CA_FILE", ca_file.to_str().unwrap())],
+    ))
+    .await;
+    let (status, _, body) = TestClient::default().get(&url(&proxy, "/admin/projects")).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["data"][0]["name"], "demo-project");
+    let alpn = tls.alpn.lock().clone();
+    assert!(!alpn.is_empty() && alpn.iter().all(|p| p == "h2"), "ALPN chose HTTP/2: {alpn:?}");
+    // Token requests and forwarded requests share one pooled connection.
+    TestClient::default().get(&url(&proxy, "/admin/organizations")).await;
+    assert_eq!(tls.alpn.lock().len(), 1, "one connection, kept alive");
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_502_upstream_unreachable() {
+    let tls = tls_fake().await;
+    let plain = fake(3600).await;
+    let proxy = start_with(&env(&plain.token_url(), &format!("https://localhost:{}", tls.port), &[])).await;
+    let (status, headers, body) = TestClient::default().get(&url(&proxy, "/admin/projects")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["x-pinecone-proxy-error"], "upstream_unreachable");
+    let message = json(&body)["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+}
