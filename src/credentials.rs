@@ -241,4 +241,43 @@ mod tests {
         let e = read_file(&p, "client secret").unwrap_err();
         assert!(e.to_string().contains("not UTF-8"));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watcher_takes_a_value_read_twice_and_never_an_empty_file() {
+        let (dir, cfg) = files("id", "one");
+        let c = Credentials::load(&cfg).unwrap();
+        let stop = crate::serve::Trigger::default();
+        let task = tokio::spawn(c.clone().watch(Duration::from_secs(1), stop.wait()));
+        let tick = || tokio::time::sleep(Duration::from_millis(1000));
+        // Act half-way between polls (at 0.5 s, 1.5 s, ...), so the order is never a tie.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // An empty file (a writer caught between truncate and write) is never taken.
+        std::fs::write(dir.path().join("secret"), "").unwrap();
+        for _ in 0..3 {
+            tick().await;
+        }
+        assert_eq!(c.current().generation, 1);
+        assert_eq!(c.current().client_secret.expose(), "one");
+
+        // A new value is taken on the second poll that reads it.
+        std::fs::write(dir.path().join("secret"), "two").unwrap();
+        tick().await;
+        assert_eq!(c.current().generation, 1, "read once: not yet");
+        tick().await;
+        assert_eq!(c.current().generation, 2);
+        assert_eq!(c.current().client_secret.expose(), "two");
+
+        // A value seen once and then replaced (half-written) is not taken.
+        std::fs::write(dir.path().join("secret"), "thr").unwrap();
+        tick().await;
+        std::fs::write(dir.path().join("secret"), "three").unwrap();
+        tick().await;
+        assert_eq!(c.current().client_secret.expose(), "two");
+        tick().await;
+        assert_eq!(c.current().client_secret.expose(), "three");
+        assert_eq!(c.current().generation, 3);
+        stop.fire();
+        task.await.unwrap();
+    }
 }

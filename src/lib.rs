@@ -11,6 +11,7 @@
 //!   engine that hands usable tokens to requests.
 //! - [`client`]: the pooled rustls HTTP client used for the upstream and the token endpoint.
 //! - [`proxy`]: forwarding: the request rewrite, header policy, streaming, proxy errors.
+//! - [`replay`]: request bodies kept in memory for one replay after an upstream 401.
 //! - [`ops`]: health, readiness, startup, metrics, status and quit endpoints.
 //! - [`metrics`]: the one `Metrics` struct that owns the Prometheus registry.
 //! - [`serve`]: listeners (TCP, Unix), the accept loop, graceful shutdown.
@@ -28,6 +29,7 @@ pub mod fake;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
+pub mod replay;
 pub mod secret;
 pub mod serve;
 pub mod timefmt;

@@ -9,13 +9,15 @@
 
 use crate::client::{Body, BoxError, HttpClient, error_chain, full};
 use crate::config::{UpstreamConfig, format_duration, is_loopback_host};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReplayResult};
+use crate::replay::RequestBody;
 use crate::token::{TokenSource, TokenUnavailable};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -183,6 +185,7 @@ struct Inner {
     api_version: HeaderValue,
     override_api_version: bool,
     timeout: Duration,
+    replay_limit: u64,
 }
 
 /// What the access log line says of a forwarded request.
@@ -191,6 +194,7 @@ struct Outcome {
     upstream_status: Option<u16>,
     token: Option<String>,
     error: Option<&'static str>,
+    replayed: bool,
 }
 
 /// Counts a request as in flight until dropped, so a cancelled request is not leaked.
@@ -215,6 +219,7 @@ impl Proxy {
                 api_version: cfg.api_version.clone(),
                 override_api_version: cfg.override_api_version,
                 timeout: cfg.timeout,
+                replay_limit: cfg.replay_limit,
             }),
         }
     }
@@ -259,6 +264,7 @@ impl Proxy {
             duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
             token = outcome.token.as_deref(),
             error = outcome.error,
+            replayed = outcome.replayed,
             "request",
         );
         response
@@ -286,21 +292,60 @@ impl Proxy {
             &inner.api_version,
             inner.override_api_version,
         );
-        let request = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        let body = RequestBody::read(body, inner.replay_limit).await.map_err(|e| {
+            ProxyError::bad_request(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}"))
+        })?;
+        let (body, kept) = body.into_parts();
+        // What a replay needs of the request; the headers are copied only if the body
+        // could be replayed at all.
+        let replay = kept.map(|kept| (parts.method.clone(), parts.uri.clone(), parts.headers.clone(), kept));
+        let response = self.send(Request::from_parts(parts, body)).await?;
+        outcome.upstream_status = Some(response.status().as_u16());
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(finish(response));
+        }
 
-        let response = match tokio::time::timeout(inner.timeout, inner.client.request(request)).await {
-            Err(_) => return Err(ProxyError::UpstreamTimeout(inner.timeout)),
-            Ok(Err(e)) => return Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
-            Ok(Ok(response)) => response,
+        // The upstream rejected the token. One new token is fetched for every request
+        // that saw this generation rejected; the request is sent once more with it.
+        inner.metrics.upstream_unauthorized.inc();
+        inner.tokens.invalidate(token.generation);
+        let Some((method, uri, mut headers, kept)) = replay else {
+            inner.metrics.replay(ReplayResult::TooLarge);
+            return Ok(finish(response));
         };
+        let Ok(fresh) = inner.tokens.newer_than(token.generation).await else {
+            inner.metrics.replay(ReplayResult::NoToken);
+            return Ok(finish(response));
+        };
+        drop(response);
+        headers.insert(header::AUTHORIZATION, fresh.authorization().clone());
+        let mut request = Request::new(kept.to_body());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        outcome.token = Some(fresh.fingerprint.clone());
+        outcome.replayed = true;
+        let response = self.send(request).await?;
         outcome.upstream_status = Some(response.status().as_u16());
         if response.status() == StatusCode::UNAUTHORIZED {
+            // Not invalidated again: the token was just issued, and a second fetch would
+            // only burn the token quota. The 401 goes back to the client.
             inner.metrics.upstream_unauthorized.inc();
-            inner.tokens.invalidate(token.generation);
+            inner.metrics.replay(ReplayResult::Unauthorized);
+        } else {
+            inner.metrics.replay(ReplayResult::Success);
         }
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()))
+        Ok(finish(response))
+    }
+
+    /// Sends one request upstream, waiting at most `upstream.timeout` for the headers.
+    async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        let inner = &self.inner;
+        match tokio::time::timeout(inner.timeout, inner.client.request(request)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(inner.timeout)),
+            Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
+            Ok(Ok(response)) => Ok(response),
+        }
     }
 
     /// Not an open proxy: no `CONNECT`, and an absolute-form target (HTTP/1) must name
@@ -347,6 +392,13 @@ impl Proxy {
             .build()
             .map_err(|_| ProxyError::bad_request(StatusCode::BAD_REQUEST, "invalid request target"))
     }
+}
+
+/// The upstream's response as the client gets it: hop-by-hop headers out, body streamed.
+fn finish(response: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
 }
 
 /// `POST /oauth/token` on the proxy: a fresh random placeholder, never the real token, so

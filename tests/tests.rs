@@ -10,10 +10,16 @@ mod binary;
 mod config_files;
 #[path = "tests/errors.rs"]
 mod errors;
+#[path = "tests/faults.rs"]
+mod faults;
 #[path = "tests/forwarding.rs"]
 mod forwarding;
 #[path = "tests/ops.rs"]
 mod ops;
+#[path = "tests/replay.rs"]
+mod replay;
+#[path = "tests/rotation.rs"]
+mod rotation;
 #[path = "tests/tls.rs"]
 mod tls;
 #[path = "tests/tokens.rs"]

@@ -9,7 +9,7 @@
 
 use super::Token;
 use super::fetch::{Fetch, FetchError};
-use super::schedule::{self, Budget, Plan};
+use super::schedule::{self, Budget, Plan, PlanToken};
 use crate::config::{TokenConfig, format_duration};
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
@@ -59,6 +59,9 @@ struct Shared {
     changed: watch::Sender<u64>,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    /// The token request budget. Kept here, not in the loop, so that the 60-second
+    /// window survives anything that restarts the loop.
+    budget: Mutex<Option<Budget>>,
 }
 
 /// The handle shared by the request path, the ops endpoints and the refresher.
@@ -95,6 +98,7 @@ impl TokenSource {
                 changed,
                 metrics,
                 timeout,
+                budget: Mutex::new(None),
             }),
         }
     }
@@ -137,6 +141,9 @@ impl TokenSource {
 
     async fn wait_for(&self, after: u64) -> Result<Arc<Token>, TokenUnavailable> {
         let mut changed = self.shared.changed.subscribe();
+        // Let the refresher look again: after a suspend its monotonic sleep has not ended,
+        // though the wall clock says the token has. It decides; it never fetches twice.
+        self.shared.wake.notify_one();
         let deadline = Instant::now() + self.shared.timeout;
         loop {
             if let Some(token) = self.current().filter(|t| t.generation > after) {
@@ -156,6 +163,11 @@ impl TokenSource {
         let next = self.shared.status.lock().next_fetch;
         let secs = next.and_then(|t| t.duration_since(SystemTime::now()).ok()).map_or(1, |d| d.as_secs() + 1);
         Duration::from_secs(secs.max(1))
+    }
+
+    /// A receiver that is told after every token request, whatever its outcome.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
     }
 
     /// Whether a token ever arrived (`/startupz`).
@@ -217,7 +229,7 @@ pub struct Refresher<F> {
     refresh_at: f64,
     refresh_jitter: f64,
     timeout: Duration,
-    budget: Budget,
+    max_per_minute: u32,
     jitter: bool,
 }
 
@@ -241,7 +253,7 @@ impl<F: Fetch> Refresher<F> {
             refresh_at: cfg.refresh_at,
             refresh_jitter: cfg.refresh_jitter,
             timeout: cfg.timeout,
-            budget: Budget::new(cfg.max_requests_per_minute),
+            max_per_minute: cfg.max_requests_per_minute,
             jitter: true,
         }
     }
@@ -257,30 +269,36 @@ impl<F: Fetch> Refresher<F> {
     }
 
     /// Runs until `shutdown` resolves. The first token request goes out at once.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut credentials = self.credentials.subscribe();
         let mut local = Local::default();
         let shared = self.source.shared.clone();
+        shared.budget.lock().get_or_insert_with(|| Budget::new(self.max_per_minute));
         loop {
             let now = Instant::now();
             let credentials_generation = credentials.borrow_and_update().generation;
             let token = shared.token.read().clone();
             let plan = Plan {
                 now,
-                token: token.as_ref().map(|t| (t.generation, local.refresh_due.unwrap_or(now), t.usable_until)),
+                token: token.as_ref().map(|t| PlanToken {
+                    generation: t.generation,
+                    refresh_due: local.refresh_due.unwrap_or(now),
+                    usable_until: t.usable_until,
+                    usable_now: t.usable(now),
+                }),
                 invalidated: shared.status.lock().invalidated,
                 credentials: credentials_generation,
                 credentials_tried: local.credentials_tried,
                 hold: local.hold,
             };
             let wanted = schedule::next_fetch(&plan);
-            let next = self.budget.earliest(wanted);
+            let next = shared.budget.lock().as_ref().map_or(wanted, |b| b.earliest(wanted));
             if next > wanted && wanted <= now && !local.budget_blocked {
                 local.budget_blocked = true;
                 shared.metrics.token_budget_exhausted.inc();
                 tracing::warn!(
-                    max_per_minute = self.budget.max(),
+                    max_per_minute = self.max_per_minute,
                     wait = %format_duration(next - now),
                     token_usable = token.as_ref().is_some_and(|t| t.usable(now)),
                     "token request budget exhausted (token.max_requests_per_minute); holding the next request back",
@@ -301,7 +319,9 @@ impl<F: Fetch> Refresher<F> {
             }
 
             local.budget_blocked = false;
-            self.budget.record(now);
+            if let Some(budget) = shared.budget.lock().as_mut() {
+                budget.record(now);
+            }
             let creds = credentials.borrow_and_update().clone();
             local.credentials_tried = creds.generation;
             shared.status.lock().credentials_tried = creds.generation;
@@ -567,5 +587,116 @@ mod tests {
         assert!(fetcher.calls() <= 3, "{} requests in a minute", fetcher.calls());
         tokio::time::sleep(S(600)).await;
         assert!(fetcher.calls() <= 3 * 11, "{}", fetcher.calls());
+    }
+
+    mod property {
+        //! For any lifetime, any pattern of failures, any fetch latency and any 401s: a token
+        //! handed out is never past its real expiry, and no 60-second window holds more
+        //! token requests than the budget.
+
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        #[derive(Debug, Clone)]
+        enum Outcome {
+            Ok,
+            Transient(Option<u64>),
+            Rejected,
+        }
+
+        fn outcome() -> impl Strategy<Value = Outcome> {
+            prop_oneof![
+                2 => Just(Outcome::Ok),
+                3 => proptest::option::of(0u64..900).prop_map(Outcome::Transient),
+                1 => Just(Outcome::Rejected),
+            ]
+        }
+
+        /// Records when each request was sent and when each token really expires (its
+        /// lifetime counted from the answer, which comes `delay` after the request).
+        #[derive(Debug, Default)]
+        struct Truth {
+            calls: Mutex<Vec<Instant>>,
+            expiries: Mutex<HashMap<String, Instant>>,
+            script: Mutex<VecDeque<Outcome>>,
+            lifetime: Duration,
+            delay: Duration,
+        }
+
+        impl Fetch for Arc<Truth> {
+            async fn fetch(&self, _: &crate::credentials::CredentialSet) -> Result<Fetched, FetchError> {
+                let n = {
+                    let mut calls = self.calls.lock();
+                    calls.push(Instant::now());
+                    calls.len()
+                };
+                tokio::time::sleep(self.delay).await;
+                match self.script.lock().pop_front().unwrap_or(Outcome::Ok) {
+                    Outcome::Ok => {
+                        let name = format!("token-{n}");
+                        self.expiries.lock().insert(name.clone(), Instant::now() + self.lifetime);
+                        Ok(Fetched { access_token: Secret::new(name), lifetime: self.lifetime })
+                    }
+                    Outcome::Transient(retry_after) => Err(FetchError::Transient {
+                        reason: "scripted".into(),
+                        retry_after: retry_after.map(Duration::from_secs),
+                    }),
+                    Outcome::Rejected => Err(FetchError::Rejected {
+                        status: 401,
+                        error: "access_denied".into(),
+                        description: "Unauthorized".into(),
+                    }),
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn no_expired_token_is_handed_out_and_the_budget_holds(
+                lifetime in 1u64..172_800,
+                script in proptest::collection::vec(outcome(), 0..200),
+                max_per_minute in 1u32..12,
+                steps in proptest::collection::vec((0.0f64..0.3, any::<bool>()), 1..300),
+                delay_ms in 0u64..3_000,
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+                rt.block_on(async move {
+                    let truth = Arc::new(Truth {
+                        script: Mutex::new(script.into()),
+                        lifetime: Duration::from_secs(lifetime),
+                        delay: Duration::from_millis(delay_ms),
+                        ..Truth::default()
+                    });
+                    let source = TokenSource::new(Arc::new(Metrics::new()), Duration::from_secs(10));
+                    let refresher = Refresher::new(source.clone(), truth.clone(), credentials(), &config(max_per_minute));
+                    let task = tokio::spawn(refresher.run(std::future::pending()));
+                    // Steps of up to 0.3 lifetimes; at each, a request looks at the token,
+                    // and sometimes the upstream rejects it.
+                    for (fraction, reject) in steps {
+                        let gap = Duration::from_secs(lifetime).mul_f64(fraction).max(Duration::from_millis(1));
+                        tokio::time::sleep(gap).await;
+                        if let Some(token) = source.current() {
+                            let name = token.authorization().to_str().unwrap().trim_start_matches("Bearer ").to_owned();
+                            let expires = truth.expiries.lock()[&name];
+                            assert!(Instant::now() < expires, "{name} handed out after its real expiry");
+                            if reject {
+                                source.invalidate(token.generation);
+                            }
+                        }
+                    }
+                    task.abort();
+                    let calls = truth.calls.lock().clone();
+                    let max = max_per_minute as usize;
+                    for window in calls.windows(max + 1) {
+                        assert!(
+                            window[max] - window[0] >= schedule::BUDGET_WINDOW,
+                            "{} requests within {:?}", max + 1, window[max] - window[0]
+                        );
+                    }
+                });
+            }
+        }
     }
 }

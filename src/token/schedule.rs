@@ -60,9 +60,8 @@ pub fn transient_delay(failures: u32, u: f64, retry_after: Option<Duration>) -> 
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
     pub now: Instant,
-    /// The current token: its generation, when it is due for refresh, when it stops
-    /// being usable.
-    pub token: Option<(u64, Instant, Instant)>,
+    /// The current token, if any.
+    pub token: Option<PlanToken>,
     /// The newest generation that the upstream rejected with 401.
     pub invalidated: u64,
     /// The generation of the credentials in force, and of those last tried.
@@ -73,17 +72,30 @@ pub struct Plan {
     pub hold: Option<(Instant, bool)>,
 }
 
+/// What the plan needs of the current token.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanToken {
+    pub generation: u64,
+    /// When it is due for refresh.
+    pub refresh_due: Instant,
+    /// When it stops being usable by the monotonic clock.
+    pub usable_until: Instant,
+    /// Whether it is usable now by both clocks (see [`crate::token::Token::usable`]): false
+    /// after a suspend or a wall-clock jump that the monotonic clock did not see.
+    pub usable_now: bool,
+}
+
 /// When the next token request is due (now or in the past means at once). The request
 /// budget is applied on top by [`Budget`].
 pub fn next_fetch(p: &Plan) -> Instant {
     let credentials_changed = p.credentials != p.credentials_tried;
     let wanted = match p.token {
         None => p.now,
-        Some((generation, refresh_due, usable_until)) => {
-            if credentials_changed || generation <= p.invalidated || p.now >= usable_until {
+        Some(t) => {
+            if credentials_changed || t.generation <= p.invalidated || !t.usable_now || p.now >= t.usable_until {
                 p.now
             } else {
-                refresh_due
+                t.refresh_due.min(t.usable_until)
             }
         }
     };
@@ -180,6 +192,10 @@ mod tests {
         Plan { now, token: None, invalidated: 0, credentials: 1, credentials_tried: 1, hold: None }
     }
 
+    fn tok(generation: u64, refresh_due: Instant, usable_until: Instant) -> Option<PlanToken> {
+        Some(PlanToken { generation, refresh_due, usable_until, usable_now: true })
+    }
+
     #[test]
     fn next_fetch_table() {
         let t0 = Instant::now();
@@ -187,19 +203,22 @@ mod tests {
         // No token: at once.
         assert_eq!(next_fetch(&plan(t0)), t0);
         // A usable token: at its refresh point.
-        let p = Plan { token: Some((1, at(500), at(900))), ..plan(t0) };
+        let p = Plan { token: tok(1, at(500), at(900)), ..plan(t0) };
         assert_eq!(next_fetch(&p), at(500));
+        // A token that the wall clock says is no longer usable (the machine slept): at once.
+        let p = Plan { token: Some(PlanToken { usable_now: false, ..tok(1, at(500), at(900)).unwrap() }), ..plan(t0) };
+        assert_eq!(next_fetch(&p), t0);
         // A token past its usable window: at once.
-        let p = Plan { token: Some((1, at(500), at(900))), ..plan(at(950)) };
+        let p = Plan { token: tok(1, at(500), at(900)), ..plan(at(950)) };
         assert_eq!(next_fetch(&p), at(950));
         // The upstream rejected this generation: at once.
-        let p = Plan { token: Some((3, at(500), at(900))), invalidated: 3, ..plan(t0) };
+        let p = Plan { token: tok(3, at(500), at(900)), invalidated: 3, ..plan(t0) };
         assert_eq!(next_fetch(&p), t0);
         // ...but not for an older generation.
-        let p = Plan { token: Some((3, at(500), at(900))), invalidated: 2, ..plan(t0) };
+        let p = Plan { token: tok(3, at(500), at(900)), invalidated: 2, ..plan(t0) };
         assert_eq!(next_fetch(&p), at(500));
         // New credentials: at once.
-        let p = Plan { token: Some((1, at(500), at(900))), credentials: 2, ..plan(t0) };
+        let p = Plan { token: tok(1, at(500), at(900)), credentials: 2, ..plan(t0) };
         assert_eq!(next_fetch(&p), t0);
         // A backoff hold delays even an urgent fetch.
         let p = Plan { hold: Some((at(4), false)), ..plan(t0) };
@@ -210,7 +229,7 @@ mod tests {
         let p = Plan { hold: Some((at(8), false)), credentials: 2, ..plan(t0) };
         assert_eq!(next_fetch(&p), at(8));
         // A hold earlier than the refresh point changes nothing.
-        let p = Plan { token: Some((1, at(500), at(900))), hold: Some((at(10), false)), ..plan(t0) };
+        let p = Plan { token: tok(1, at(500), at(900)), hold: Some((at(10), false)), ..plan(t0) };
         assert_eq!(next_fetch(&p), at(500));
     }
 

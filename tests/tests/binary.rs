@@ -284,11 +284,13 @@ async fn the_secret_and_tokens_never_appear_in_output_at_trace_level() {
             .unwrap();
         assert_eq!(collect(client.send(request).await).await.0, StatusCode::OK);
         client.post(&format!("{base}/admin/projects"), r#"{"name":"p"}"#).await;
-        // A revoked token: the upstream answers 401 and the proxy fetches a new one.
+        // A revoked token: the upstream answers 401, the proxy fetches a new one and
+        // replays the request with it.
         fake.state().revoke_all();
-        assert_eq!(client.get(&format!("{base}/admin/projects")).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(client.get(&format!("{base}/admin/projects")).await.0, StatusCode::OK);
         proc.line_with("token fetched").await;
-        proc.line_with("token fetched").await;
+        let second = proc.line_with("token fetched").await;
+        assert!(second.contains("generation") && second.contains('2'), "{second}");
         assert_eq!(client.get(&format!("{base}/admin/projects")).await.0, StatusCode::OK);
         client.get(&format!("http://{}/status", proc.ops)).await;
         client.get(&format!("http://{}/metrics", proc.ops)).await;

@@ -181,7 +181,10 @@ async fn request_streams_before_the_client_finishes() {
         }
     })
     .await;
-    let proxy = start_with(&env(&fake.token_url(), &upstream.url(), &[])).await;
+    // With a replay limit, a small body is read whole before it is sent; without one, it
+    // streams as it comes.
+    let proxy =
+        start_with(&env(&fake.token_url(), &upstream.url(), &[("PINECONE_PROXY_UPSTREAM_REPLAY_LIMIT", "0")])).await;
     let (mut tx, body) = http_body_util::channel::Channel::<Bytes, pinecone_admin_proxy::client::BoxError>::new(4);
     let request = Request::post(url(&proxy, "/upload")).body(body.boxed_unsync()).unwrap();
     let client = TestClient::default();
