@@ -20,6 +20,8 @@ mod ops;
 mod replay;
 #[path = "tests/rotation.rs"]
 mod rotation;
+#[path = "tests/soak.rs"]
+mod soak;
 #[path = "tests/tls.rs"]
 mod tls;
 #[path = "tests/tokens.rs"]

@@ -68,6 +68,8 @@ pub struct State {
     token_delay: Mutex<Duration>,
     admin_delay: Mutex<Duration>,
     pub(crate) faults: Mutex<VecDeque<TokenFault>>,
+    /// Every n-th token request answers 503 (0: never).
+    fail_every: AtomicU64,
     pub(crate) issued: Mutex<HashMap<String, Issued>>,
     /// Token requests received (whatever their outcome).
     pub token_requests: AtomicU64,
@@ -96,6 +98,7 @@ impl State {
             token_delay: Mutex::new(Duration::ZERO),
             admin_delay: Mutex::new(Duration::ZERO),
             faults: Mutex::new(VecDeque::new()),
+            fail_every: AtomicU64::new(0),
             issued: Mutex::new(HashMap::new()),
             token_requests: AtomicU64::new(0),
             tokens_issued: AtomicU64::new(0),
@@ -142,6 +145,15 @@ impl State {
     /// Queues scripted answers for the next token requests, in order.
     pub fn push_token_faults(&self, faults: impl IntoIterator<Item = TokenFault>) {
         self.faults.lock().extend(faults);
+    }
+
+    /// Makes every `n`-th token request answer 503 `temporarily_unavailable` (0: none).
+    pub fn set_token_failure_every(&self, n: u64) {
+        self.fail_every.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn fail_every(&self) -> u64 {
+        self.fail_every.load(Ordering::SeqCst)
     }
 
     /// Revokes every token issued so far: the Admin API answers 401 to them.

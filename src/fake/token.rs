@@ -24,7 +24,7 @@ impl Drop for InFlight<'_> {
 }
 
 pub(crate) async fn handle(state: &State, parts: &Parts, body: Bytes) -> Result<Response<Body>, BoxError> {
-    state.token_requests.fetch_add(1, Ordering::SeqCst);
+    let n = state.token_requests.fetch_add(1, Ordering::SeqCst) + 1;
     let now_inflight = state.token_inflight.fetch_add(1, Ordering::SeqCst) + 1;
     state.token_inflight_max.fetch_max(now_inflight, Ordering::SeqCst);
     let _inflight = InFlight(state);
@@ -48,6 +48,10 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: Bytes) -> Result<
         }
         Some(TokenFault::Delay(d)) => tokio::time::sleep(d).await,
         None => {}
+    }
+    let every = state.fail_every();
+    if every > 0 && n % every == 0 {
+        return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "scripted outage"));
     }
 
     if parts.method != Method::POST {
