@@ -93,10 +93,20 @@ async fn bind_unix(path: &Path, mode: u32) -> io::Result<Listener> {
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
-    let guard = UnixSocketFile(path.to_owned());
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(Listener::Unix(listener, guard))
+    // Bound under a temporary name, given its mode, then renamed into place: nobody can
+    // connect while the socket still has the permissions the umask gave it.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(Listener::Unix(listener, UnixSocketFile(path.to_owned())))
 }
 
 impl Listener {

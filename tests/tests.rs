@@ -14,6 +14,8 @@ mod errors;
 mod faults;
 #[path = "tests/forwarding.rs"]
 mod forwarding;
+#[path = "tests/lifecycle.rs"]
+mod lifecycle;
 #[path = "tests/ops.rs"]
 mod ops;
 #[path = "tests/replay.rs"]

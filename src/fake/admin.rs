@@ -1,8 +1,9 @@
-//! The fake Admin API (2025-10 operations): projects, organizations and API keys in
+//! The fake Admin API: projects, organizations and API keys (all versions) in
 //! memory, with FACTS.md's paths, status codes, shapes and error bodies. Every request is
 //! authenticated first: a missing, unknown, expired or revoked bearer token gets 401
 //! `UNAUTHENTICATED` / `Invalid API key.`. A missing `X-Pinecone-Api-Version` means the
-//! oldest supported version; an unknown one is a 400.
+//! oldest supported version; an unknown one is a 400. The 2026-07 operations are
+//! [`super::iam`]'s.
 
 // Handlers return their error response early with `?`; the fake is on no hot path, so a
 // large `Err` costs nothing that matters.
@@ -19,6 +20,9 @@ use std::time::{Instant, SystemTime};
 
 /// The versions the fake knows; the first is what a missing header means.
 pub const VERSIONS: &[&str] = &["2025-04", "2025-10", "2026-01.alpha", "2026-04", "2026-07"];
+/// The versions with users, invites, service accounts and role bindings (2026-04 in its
+/// later revision, and 2026-07).
+const IAM_VERSIONS: &[&str] = &["2026-04", "2026-07"];
 const ROLES: &[&str] = &[
     "ProjectEditor",
     "ProjectViewer",
@@ -34,6 +38,7 @@ pub struct Data {
     organizations: Vec<Value>,
     projects: Vec<Value>,
     api_keys: Vec<Value>,
+    pub(crate) iam: super::iam::Iam,
 }
 
 impl Data {
@@ -54,19 +59,33 @@ impl Data {
             api_keys: vec![json!({
                 "id": uuid(), "name": "demo-key", "project_id": project_id, "roles": ["ProjectEditor"],
             })],
+            iam: super::iam::Iam::seeded(org_id),
         }
+    }
+
+    /// The organization's id (the fake has one).
+    pub(crate) fn org_id(&self) -> &str {
+        self.organizations.first().and_then(|o| o["id"].as_str()).unwrap_or("-NM7af6f234168c4e44a")
+    }
+
+    pub(crate) fn has_project(&self, id: &str) -> bool {
+        find(&self.projects, id).is_some()
+    }
+
+    pub(crate) fn has_api_key(&self, id: &str) -> bool {
+        find(&self.api_keys, id).is_some()
     }
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     json(status, &json!({ "error": { "code": code, "message": message }, "status": status.as_u16() }))
 }
 
-fn invalid(message: &str) -> Response<Body> {
+pub(crate) fn invalid(message: &str) -> Response<Body> {
     error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
 }
 
-fn not_found(what: &str, id: &str) -> Response<Body> {
+pub(crate) fn not_found(what: &str, id: &str) -> Response<Body> {
     error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("{what} \"{id}\" not found."))
 }
 
@@ -127,10 +146,16 @@ fn route(state: &State, parts: &Parts, body: &[u8]) -> Response<Body> {
             }
         },
     };
-    let _ = version;
     let segments: Vec<&str> = parts.uri.path().trim_start_matches('/').split('/').collect();
     let mut data = state.data.lock();
     let m = &parts.method;
+    if IAM_VERSIONS.contains(&version) {
+        let query: Vec<(String, String)> =
+            form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+        if let Some(response) = super::iam::route(state, &mut data, m, &segments, &query, body) {
+            return response;
+        }
+    }
     match segments.as_slice() {
         ["admin", "projects"] if m == Method::GET => json(StatusCode::OK, &json!({ "data": data.projects })),
         ["admin", "projects"] if m == Method::POST => create_project(&mut data, body),
@@ -194,7 +219,7 @@ fn find(items: &[Value], id: &str) -> Option<usize> {
     items.iter().position(|v| v["id"] == id)
 }
 
-fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response<Body>> {
+pub(crate) fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response<Body>> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(invalid("The request body must be a JSON object.")),

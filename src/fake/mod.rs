@@ -8,6 +8,7 @@
 //! they share and the server.
 
 pub mod admin;
+pub mod iam;
 pub mod token;
 
 use crate::client::{Body, BoxError, full};
@@ -58,6 +59,7 @@ pub struct Recorded {
 pub(crate) struct Issued {
     pub(crate) expires: Instant,
     pub(crate) revoked: bool,
+    pub(crate) client_id: String,
 }
 
 /// The fake's state: knobs, counters and data. Shared by its handlers and the tests.
@@ -159,6 +161,13 @@ impl State {
     /// Revokes every token issued so far: the Admin API answers 401 to them.
     pub fn revoke_all(&self) {
         for t in self.issued.lock().values_mut() {
+            t.revoked = true;
+        }
+    }
+
+    /// Revokes every token issued to one client (a rotated or deleted service account).
+    pub fn revoke_client(&self, client_id: &str) {
+        for t in self.issued.lock().values_mut().filter(|t| t.client_id == client_id) {
             t.revoked = true;
         }
     }

@@ -91,10 +91,14 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: Bytes) -> Result<
 
     let expires_in = state.expires_in();
     let token = jwt(&fields["client_id"], expires_in);
-    state
-        .issued
-        .lock()
-        .insert(token.clone(), Issued { expires: Instant::now() + Duration::from_secs(expires_in), revoked: false });
+    state.issued.lock().insert(
+        token.clone(),
+        Issued {
+            expires: Instant::now() + Duration::from_secs(expires_in),
+            revoked: false,
+            client_id: fields["client_id"].clone(),
+        },
+    );
     state.tokens_issued.fetch_add(1, Ordering::SeqCst);
     Ok(json(StatusCode::OK, &json!({ "access_token": token, "expires_in": expires_in, "token_type": "Bearer" })))
 }

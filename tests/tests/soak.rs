@@ -55,7 +55,8 @@ async fn soak() {
     let end = Instant::now() + Duration::from_secs(seconds);
     let workers: Vec<_> = (0..8)
         .map(|_| {
-            let (requests, failures, url) = (requests.clone(), failures.clone(), format!("http://{listen}/admin/projects"));
+            let (requests, failures, url) =
+                (requests.clone(), failures.clone(), format!("http://{listen}/admin/projects"));
             tokio::spawn(async move {
                 let client = TestClient::default();
                 let mut tick = tokio::time::interval(Duration::from_millis(10));

@@ -1,0 +1,64 @@
+"""The unmodified Pinecone Python SDK (pinecone==10.2.0) through the proxy.
+
+Run against `pinecone-admin-proxy demo`: PROXY is the proxy's URL. The SDK gets
+placeholder credentials and exchanges them at the proxy's /oauth/token; the fake Pinecone
+behind the proxy answers 401 to any token it did not issue, so every call below that
+succeeds proves the upstream saw the proxy's token, never the SDK's placeholder.
+"""
+
+import itertools
+import os
+import sys
+
+from pinecone import Admin
+
+proxy = os.environ["PROXY"]
+admin = Admin(client_id="unused", client_secret="unused", host=proxy, oauth_url=proxy + "/oauth/token")
+
+
+def check(condition, what):
+    if not condition:
+        print(f"FAILED: {what}", file=sys.stderr)
+        sys.exit(1)
+    print(f"ok: {what}")
+
+
+projects = admin.projects.list()
+names = [p.name for p in projects]
+check("demo-project" in names, f"projects.list sees the demo project ({names})")
+
+project = admin.projects.create(name="sdk-project")
+check(project.name == "sdk-project" and project.id, "projects.create")
+check(admin.projects.describe(project_id=project.id).name == "sdk-project", "projects.describe")
+updated = admin.projects.update(project_id=project.id, name="sdk-project-renamed")
+check(updated.name == "sdk-project-renamed", "projects.update")
+
+key = admin.api_keys.create(project_id=project.id, name="sdk-key")
+check(key.key.name == "sdk-key" and key.value.startswith("pckey_"), "api_keys.create returns the key and its value")
+keys = admin.api_keys.list(project_id=project.id)
+check([k.name for k in keys] == ["sdk-key"], "api_keys.list")
+admin.api_keys.delete(api_key_id=key.key.id)
+check(len(list(admin.api_keys.list(project_id=project.id))) == 0, "api_keys.delete")
+
+admin.projects.delete(project_id=project.id)
+check("sdk-project-renamed" not in [p.name for p in admin.projects.list()], "projects.delete")
+
+orgs = list(admin.organizations.list())
+check(len(orgs) == 1, "organizations.list")
+
+users = list(admin.users.list())
+check(any(u.email == "owner@example.com" for u in users), "users.list")
+
+created = [admin.service_accounts.create(name=f"sdk-account-{i}") for i in range(3)]
+check(all(c.client_secret for c in created), "service_accounts.create returns a secret once")
+accounts = list(admin.service_accounts.list(limit=1))
+check(len(accounts) >= 4, f"service_accounts.list follows pagination with limit=1 ({len(accounts)} accounts)")
+rotated = admin.service_accounts.rotate_secret(service_account_id=created[0].service_account.id)
+check(rotated.client_secret and rotated.client_secret != created[0].client_secret, "service_accounts.rotate_secret")
+for c in created:
+    admin.service_accounts.delete(service_account_id=c.service_account.id)
+
+bindings = list(itertools.islice(admin.role_bindings.list(), 10))
+check(any(b.role == "OrgOwner" for b in bindings), "role_bindings.list")
+
+print("python SDK through the proxy: all checks passed")
