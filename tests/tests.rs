@@ -10,6 +10,8 @@ mod binary;
 mod config_files;
 #[path = "tests/errors.rs"]
 mod errors;
+#[path = "tests/fake_api.rs"]
+mod fake_api;
 #[path = "tests/faults.rs"]
 mod faults;
 #[path = "tests/forwarding.rs"]

@@ -1,0 +1,285 @@
+//! The fake Pinecone follows FACTS.md and the 2026-07 spec, or the other tests prove
+//! nothing: bearer validation, versions, error bodies, shapes, pagination, and service
+//! accounts that are real to its token endpoint.
+
+use crate::support::*;
+use http::{Method, Request, StatusCode};
+use pinecone_admin_proxy::client::{Body, empty, full};
+use pinecone_admin_proxy::fake::FakePinecone;
+use serde_json::{Value, json};
+
+struct Api {
+    fake: FakePinecone,
+    token: String,
+    client: TestClient,
+}
+
+impl Api {
+    async fn new() -> Self {
+        let fake = fake(3600).await;
+        let client = TestClient::default();
+        let (_, _, body) = client
+            .post(
+                &fake.token_url(),
+                r#"{"grant_type":"client_credentials","client_id":"demo-client-id","client_secret":"demo-client-secret","audience":"https://api.pinecone.io/"}"#,
+            )
+            .await;
+        let token = json(&body)["access_token"].as_str().unwrap().to_owned();
+        Self { fake, token, client }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        version: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.fake.api_url()))
+            .header("authorization", format!("Bearer {}", self.token));
+        if let Some(v) = version {
+            request = request.header("x-pinecone-api-version", v);
+        }
+        let body: Body = body.map_or_else(empty, |b| full(b.to_string()));
+        let (status, headers, bytes) = collect(self.client.send(request.body(body).unwrap()).await).await;
+        assert!(headers.contains_key("x-pinecone-request-id"));
+        (status, if bytes.is_empty() { Value::Null } else { json(&bytes) })
+    }
+}
+
+fn error_shape(v: &Value, status: u16, code: &str) {
+    assert_eq!(v["status"], status, "{v}");
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(v["error"]["message"].is_string());
+}
+
+#[tokio::test]
+async fn token_endpoint_errors_follow_facts() {
+    let fake = fake(3600).await;
+    let client = TestClient::default();
+    let cases = [
+        (
+            r#"{"grant_type":"client_credentials","client_id":"demo-client-id","client_secret":"wrong","audience":"https://api.pinecone.io/"}"#,
+            401,
+            "access_denied",
+        ),
+        (
+            r#"{"grant_type":"client_credentials","client_id":"nobody","client_secret":"x","audience":"https://api.pinecone.io/"}"#,
+            401,
+            "access_denied",
+        ),
+        (
+            r#"{"grant_type":"client_credentials","client_id":"demo-client-id","client_secret":"demo-client-secret","audience":"https://api.pinecone.io"}"#,
+            403,
+            "access_denied",
+        ),
+        (
+            r#"{"grant_type":"password","client_id":"demo-client-id","client_secret":"demo-client-secret","audience":"https://api.pinecone.io/"}"#,
+            403,
+            "unauthorized_client",
+        ),
+        (
+            r#"{"grant_type":"client_credentials","client_id":"demo-client-id","audience":"https://api.pinecone.io/"}"#,
+            400,
+            "invalid_request",
+        ),
+        ("not json", 400, "invalid_request"),
+    ];
+    for (body, status, error) in cases {
+        let (s, _, b) = client.post(&fake.token_url(), body).await;
+        assert_eq!(s.as_u16(), status, "{body}");
+        let v = json(&b);
+        assert_eq!(v["error"], error, "{body}");
+        assert!(v["error_description"].is_string());
+    }
+    let (_, _, b) = client
+        .post(&fake.token_url(), r#"{"grant_type":"client_credentials","client_id":"demo-client-id","client_secret":"demo-client-secret","audience":"https://api.pinecone.io"}"#)
+        .await;
+    assert_eq!(json(&b)["error_description"], "Service not enabled within domain: https://api.pinecone.io");
+    let (s, _, b) = client.post(&fake.token_url(), r#"{"grant_type":"client_credentials","client_id":"demo-client-id","client_secret":"demo-client-secret","audience":"https://api.pinecone.io/"}"#).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json(&b);
+    assert!(v["access_token"].as_str().unwrap().starts_with("eyJ"));
+    assert_eq!(v["expires_in"], 3600);
+    assert_eq!(v["token_type"], "Bearer");
+}
+
+#[tokio::test]
+async fn bearer_versions_and_the_2025_10_operations() {
+    let api = Api::new().await;
+    // No or a bad token: 401 UNAUTHENTICATED / Invalid API key.
+    let (s, _, b) = collect(
+        api.client.send(Request::get(format!("{}/admin/projects", api.fake.api_url())).body(empty()).unwrap()).await,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    error_shape(&json(&b), 401, "UNAUTHENTICATED");
+    assert_eq!(json(&b)["error"]["message"], "Invalid API key.");
+    // An unknown version: 400.
+    let (s, v) = api.call(Method::GET, "/admin/projects", Some("1999-01"), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    error_shape(&v, 400, "INVALID_ARGUMENT");
+    // Projects.
+    let (s, v) =
+        api.call(Method::POST, "/admin/projects", Some("2025-10"), Some(json!({"name": "p1", "max_pods": 2}))).await;
+    assert_eq!(s, StatusCode::OK);
+    for field in ["id", "name", "max_pods", "force_encryption_with_cmek", "organization_id", "created_at"] {
+        assert!(!v[field].is_null(), "{field}");
+    }
+    let id = v["id"].as_str().unwrap().to_owned();
+    let (s, v) = api.call(Method::POST, "/admin/projects", None, Some(json!({"name": ""}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    error_shape(&v, 400, "INVALID_ARGUMENT");
+    let (s, v) = api.call(Method::PATCH, &format!("/admin/projects/{id}"), None, Some(json!({"name": "p2"}))).await;
+    assert_eq!((s, v["name"].clone()), (StatusCode::OK, json!("p2")));
+    // API keys: 201 with the key and its value.
+    let (s, v) =
+        api.call(Method::POST, &format!("/admin/projects/{id}/api-keys"), None, Some(json!({"name": "k"}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(v["key"]["roles"], json!(["ProjectEditor"]));
+    assert!(v["value"].as_str().unwrap().starts_with("pckey_"));
+    let key = v["key"]["id"].as_str().unwrap().to_owned();
+    let (s, v) = api
+        .call(
+            Method::POST,
+            &format!("/admin/projects/{id}/api-keys"),
+            None,
+            Some(json!({"name": "k", "roles": ["Nope"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    error_shape(&v, 400, "INVALID_ARGUMENT");
+    assert_eq!(api.call(Method::DELETE, &format!("/admin/api-keys/{key}"), None, None).await.0, StatusCode::ACCEPTED);
+    assert_eq!(api.call(Method::DELETE, &format!("/admin/projects/{id}"), None, None).await.0, StatusCode::ACCEPTED);
+    let (s, v) = api.call(Method::GET, &format!("/admin/projects/{id}"), None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    error_shape(&v, 404, "NOT_FOUND");
+    let (s, v) = api.call(Method::GET, "/admin/organizations", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    for field in ["id", "name", "plan", "payment_status", "created_at", "support_tier"] {
+        assert!(!v["data"][0][field].is_null(), "{field}");
+    }
+    // The 2026-07 collections do not exist in older versions.
+    assert_eq!(api.call(Method::GET, "/admin/users", Some("2025-10"), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(api.call(Method::GET, "/admin/users", Some("2026-07"), None).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn pagination_follows_next_and_checks_limits() {
+    let api = Api::new().await;
+    let v7 = Some("2026-07");
+    for i in 0..5 {
+        let (s, _) =
+            api.call(Method::POST, "/admin/service-accounts", v7, Some(json!({"name": format!("sa-{i}")}))).await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let mut names = Vec::new();
+    let mut path = "/admin/service-accounts?limit=2".to_owned();
+    loop {
+        let (s, v) = api.call(Method::GET, &path, v7, None).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(v["data"].as_array().unwrap().len() <= 2);
+        names.extend(v["data"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_owned()));
+        match v["pagination"]["next"].as_str() {
+            Some(next) => path = format!("/admin/service-accounts?limit=2&paginationToken={next}"),
+            None => {
+                assert!(v["pagination"].is_null(), "null on the last page");
+                break;
+            }
+        }
+    }
+    assert_eq!(names.len(), 6, "the demo account and five more: {names:?}");
+    for bad in ["limit=0", "limit=101", "limit=x"] {
+        let (s, v) = api.call(Method::GET, &format!("/admin/service-accounts?{bad}"), v7, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        error_shape(&v, 400, "OUT_OF_RANGE");
+    }
+    let (s, v) = api.call(Method::GET, "/admin/service-accounts?paginationToken=garbage", v7, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    error_shape(&v, 400, "INVALID_ARGUMENT");
+}
+
+#[tokio::test]
+async fn service_accounts_are_real_credentials_and_rotation_revokes_their_tokens() {
+    let api = Api::new().await;
+    let v7 = Some("2026-07");
+    let (s, created) = api.call(Method::POST, "/admin/service-accounts", v7, Some(json!({"name": "ci"}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let id = created["service_account"]["id"].as_str().unwrap().to_owned();
+    let client_id = created["service_account"]["client_id"].as_str().unwrap().to_owned();
+    let secret = created["client_secret"].as_str().unwrap().to_owned();
+
+    // A proxy with the new account's credentials works...
+    let mut e = env(&api.fake.token_url(), &api.fake.api_url(), &[]);
+    e.set("PINECONE_CLIENT_ID", &client_id).set("PINECONE_CLIENT_SECRET", &secret);
+    let proxy = start_with(&e).await;
+    assert_eq!(api.client.get(&url(&proxy, "/admin/projects")).await.0, StatusCode::OK);
+    // ...until the secret is rotated: the old secret and its tokens stop working.
+    let (s, rotated) = api.call(Method::POST, &format!("/admin/service-accounts/{id}/rotate-secret"), v7, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_ne!(rotated["client_secret"], secret.as_str());
+    // The upstream's 401 goes back (the proxy's new token request was rejected, so there
+    // is nothing to replay with), and /status says why.
+    let (status, headers, body) = api.client.get(&url(&proxy, "/admin/projects")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!headers.contains_key("x-pinecone-proxy-error"));
+    error_shape(&json(&body), 401, "UNAUTHENTICATED");
+    let status = json(&api.client.get(&ops_url(&proxy, "/status")).await.2);
+    assert_eq!(status["token"]["credentials_rejected"], true);
+    assert!(status["token"]["last_error"]["message"].as_str().unwrap().contains("401 access_denied"));
+
+    // Role bindings: filters, conflicts, the last owner.
+    let (s, v) = api.call(Method::GET, "/admin/role-bindings?principal_id=x", v7, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    error_shape(&v, 400, "INVALID_ARGUMENT");
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/admin/role-bindings",
+            v7,
+            Some(json!({"principal_type": "service_account", "principal_id": id, "resource_type": "organization", "role": "OrgMember"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["principal_id"], id.as_str());
+    let (s, v) = api
+        .call(
+            Method::POST,
+            "/admin/role-bindings",
+            v7,
+            Some(json!({"principal_type": "service_account", "principal_id": id, "resource_type": "organization", "role": "OrgMember"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    error_shape(&v, 409, "ALREADY_EXISTS");
+    let (_, owners) = api.call(Method::GET, "/admin/role-bindings?role=OrgOwner", v7, None).await;
+    let owners = owners["data"].as_array().unwrap().clone();
+    assert_eq!(owners.len(), 2);
+    assert_eq!(
+        api.call(Method::DELETE, &format!("/admin/role-bindings/{}", owners[0]["id"].as_str().unwrap()), v7, None)
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+    let (s, v) = api
+        .call(Method::DELETE, &format!("/admin/role-bindings/{}", owners[1]["id"].as_str().unwrap()), v7, None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "the last OrgOwner stays");
+    error_shape(&v, 409, "ABORTED");
+
+    // Invites: create, resend, delete.
+    let (s, invite) = api
+        .call(Method::POST, "/admin/invites", v7, Some(json!({"email": "new@example.com", "role_bindings": [{"resource_type": "organization", "role": "OrgMember"}]})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(invite["status"], "pending");
+    let iid = invite["id"].as_str().unwrap();
+    assert_eq!(api.call(Method::POST, &format!("/admin/invites/{iid}/resend"), v7, None).await.0, StatusCode::OK);
+    let (s, v) =
+        api.call(Method::POST, "/admin/invites", v7, Some(json!({"email": "not-an-email", "role_bindings": []}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    error_shape(&v, 400, "INVALID_ARGUMENT");
+    assert_eq!(api.call(Method::DELETE, &format!("/admin/invites/{iid}"), v7, None).await.0, StatusCode::ACCEPTED);
+}
