@@ -19,6 +19,7 @@
 //! - [`wait`]: the `wait` command: poll a running proxy's `/readyz`.
 //! - [`fake`]: the fake Pinecone (token endpoint and in-memory Admin API) for `demo`,
 //!   `fake-pinecone` and the tests.
+//! - [`logging`]: the text and JSON log output, with a cheap timestamp.
 //! - [`timefmt`]: RFC 3339 formatting of wall-clock times.
 
 pub mod app;
@@ -26,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod fake;
+pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;

@@ -3,7 +3,7 @@
 //! configuration, 1 for failures at run time). Everything else is the library's.
 
 use clap::{Parser, Subcommand};
-use pinecone_admin_proxy::config::{self, Config, Env, Flags, LogFormat};
+use pinecone_admin_proxy::config::{self, Config, Env, Flags};
 use pinecone_admin_proxy::credentials::{Credentials, Reload};
 use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FakePinecone};
 use pinecone_admin_proxy::{app, wait};
@@ -69,7 +69,15 @@ fn main() -> ExitCode {
             return if usage_error { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One thread when the process may use one CPU (a sidecar's CPU limit or an affinity
+    // mask): a multi-threaded runtime with one worker only adds hand-offs.
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pinecone-admin-proxy: cannot start the runtime: {e}");
@@ -103,12 +111,7 @@ fn load(flags: &Flags, env: &Env) -> Result<(Config, Credentials), ExitCode> {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::builder().parse_lossy(&config.log.level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
-    }
+    pinecone_admin_proxy::logging::init(&config.log);
 }
 
 async fn run(flags: &Flags, env: &Env) -> ExitCode {

@@ -5,6 +5,7 @@
 
 use http::{Method, StatusCode};
 use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::sync::{Arc, OnceLock};
 
 /// `replays_total{result}`: what became of a request that saw a 401.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +38,13 @@ pub struct Metrics {
     pub upstream_unauthorized: IntCounter,
     replays: [IntCounter; 4],
     pub inflight: IntGauge,
+    /// `requests_total` handles by method and status, bound on first use, so the request
+    /// path does no label hashing after that.
+    bound: Arc<[OnceLock<IntCounter>]>,
 }
+
+/// Status codes 100..=599 for each method of [`METHODS`] and `OTHER`.
+const STATUSES: usize = 500;
 
 const METHODS: [&str; 9] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT"];
 
@@ -131,6 +138,7 @@ impl Metrics {
             ],
             inflight: IntGauge::with_opts(opts("inflight_requests", "Requests being forwarded now."))
                 .expect("valid metric"),
+            bound: (0..(METHODS.len() + 1) * STATUSES).map(|_| OnceLock::new()).collect(),
             requests,
             registry,
         };
@@ -159,8 +167,14 @@ impl Metrics {
     /// Counts one answered request. The method label is a closed set (unknown methods are
     /// `OTHER`), and the code is a status code, so the series stay few.
     pub fn request(&self, method: &Method, status: StatusCode) {
-        let method = METHODS.iter().find(|m| **m == method.as_str()).copied().unwrap_or("OTHER");
-        self.requests.with_label_values(&[method, status.as_str()]).inc();
+        let index = METHODS.iter().position(|m| *m == method.as_str()).unwrap_or(METHODS.len());
+        let label = METHODS.get(index).copied().unwrap_or("OTHER");
+        let bind = || self.requests.with_label_values(&[label, status.as_str()]);
+        match self.bound.get(index * STATUSES + usize::from(status.as_u16() - 100)) {
+            // Codes 600 to 999 are legal HTTP but unheard of: looked up each time.
+            Some(slot) if status.as_u16() < 600 => slot.get_or_init(bind).inc(),
+            _ => bind().inc(),
+        }
     }
 
     pub fn replay(&self, result: ReplayResult) {
@@ -186,10 +200,13 @@ mod tests {
         let m = Metrics::new();
         m.request(&Method::GET, StatusCode::OK);
         m.request(&Method::from_bytes(b"BREW").unwrap(), StatusCode::METHOD_NOT_ALLOWED);
+        m.request(&Method::GET, StatusCode::from_u16(999).unwrap());
+        m.request(&Method::GET, StatusCode::OK);
         m.replay(ReplayResult::Success);
         let text = String::from_utf8(m.render()).unwrap();
         for name in [
-            "pinecone_proxy_requests_total{code=\"200\",method=\"GET\"} 1",
+            "pinecone_proxy_requests_total{code=\"200\",method=\"GET\"} 2",
+            "pinecone_proxy_requests_total{code=\"999\",method=\"GET\"} 1",
             "pinecone_proxy_requests_total{code=\"405\",method=\"OTHER\"} 1",
             "pinecone_proxy_request_duration_seconds_bucket",
             "pinecone_proxy_upstream_errors_total{reason=\"upstream_unreachable\"} 0",

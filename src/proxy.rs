@@ -118,6 +118,11 @@ pub fn error_response(error: &ProxyError) -> Response<Body> {
 /// `Connection`, from a request or a response. `TE: trailers` is kept: it is end-to-end in
 /// meaning, and hyper sends HTTP/1.1 trailers only to a peer that announced it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Almost no request or response carries one: a single pass over the names decides,
+    // instead of hashing nine names for removal every time.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -149,6 +154,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The connection-specific header names (RFC 9110 §7.6.1, and the older `Keep-Alive`,
+/// `Proxy-Connection`, `Proxy-Authorization` and `Proxy-Authenticate`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 /// The request header policy: hop-by-hop headers out, the client's `Host` out (the
@@ -192,7 +210,7 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Outcome {
     upstream_status: Option<u16>,
-    token: Option<String>,
+    token: Option<Arc<crate::token::Token>>,
     error: Option<&'static str>,
     replayed: bool,
 }
@@ -235,7 +253,9 @@ impl Proxy {
         inner.metrics.inflight.inc();
         let _inflight = InFlight(&inner.metrics);
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        // A clone of the URI shares its bytes with the request: no copy of the path.
+        let uri = request.uri().clone();
+        let path = uri.path();
         let mut outcome = Outcome::default();
         let response = match self.forward(request, &mut outcome).await {
             Ok(response) => response,
@@ -262,7 +282,7 @@ impl Proxy {
             status = response.status().as_u16(),
             upstream_status = outcome.upstream_status,
             duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
-            token = outcome.token.as_deref(),
+            token = outcome.token.as_ref().map(|t| t.fingerprint.as_str()),
             error = outcome.error,
             replayed = outcome.replayed,
             "request",
@@ -283,7 +303,7 @@ impl Proxy {
         }
 
         let token = inner.tokens.get().await?;
-        outcome.token = Some(token.fingerprint.clone());
+        outcome.token = Some(token.clone());
         parts.uri = self.upstream_uri(&parts.uri)?;
         parts.version = Version::HTTP_11;
         rewrite_request_headers(
@@ -323,7 +343,7 @@ impl Proxy {
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        outcome.token = Some(fresh.fingerprint.clone());
+        outcome.token = Some(fresh.clone());
         outcome.replayed = true;
         let response = self.send(request).await?;
         outcome.upstream_status = Some(response.status().as_u16());
