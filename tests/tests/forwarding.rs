@@ -306,3 +306,75 @@ async fn h2c_clients_are_served() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["data"][0]["name"], "demo-project");
 }
+
+/// An upstream that counts the connections it accepts; `keep_alive` false closes each
+/// connection after one response.
+async fn counting_upstream(keep_alive: bool) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                    let status = match request.uri().path() {
+                        "/no-content" => StatusCode::NO_CONTENT,
+                        _ => StatusCode::OK,
+                    };
+                    let mut response = Response::new(if status == StatusCode::OK { full("hello") } else { empty() });
+                    *response.status_mut() = status;
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http1().keep_alive(keep_alive);
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let fake = fake(3600).await;
+    let (addr, accepted) = counting_upstream(true).await;
+    let proxy = start_with(&env(&fake.token_url(), &format!("http://{addr}"), &[])).await;
+    let client = TestClient::default();
+    for path in ["/a", "/no-content", "/b", "/no-content", "/c"] {
+        for method in ["GET", "HEAD"] {
+            let request = Request::builder().method(method).uri(url(&proxy, path)).body(empty()).unwrap();
+            assert!(collect(client.send(request).await).await.0.is_success());
+        }
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection for sequential requests");
+    for _ in 0..5 {
+        let requests: Vec<_> = (0..20)
+            .map(|_| {
+                let (client, url) = (client.clone(), url(&proxy, "/x"));
+                tokio::spawn(async move { client.get(&url).await.0 })
+            })
+            .collect();
+        for r in requests {
+            assert_eq!(r.await.unwrap(), StatusCode::OK);
+        }
+    }
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n <= 21, "{n} connections for 20 concurrent requests: the pool reuses them");
+}
+
+#[tokio::test]
+async fn connections_the_upstream_closes_are_replaced() {
+    let fake = fake(3600).await;
+    let (addr, accepted) = counting_upstream(false).await;
+    let proxy = start_with(&env(&fake.token_url(), &format!("http://{addr}"), &[])).await;
+    let client = TestClient::default();
+    for _ in 0..20 {
+        let (status, _, body) = client.get(&url(&proxy, "/a")).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(&body[..], b"hello");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
+}
