@@ -297,7 +297,7 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         self.check_target(&parts.method, &parts.uri, parts.version)?;
         if parts.method == Method::POST && parts.uri.path() == "/oauth/token" {
-            return Ok(token_shim(body).await);
+            return Ok(Box::pin(token_shim(body)).await);
         }
 
         let token = inner.tokens.get().await?;

@@ -96,7 +96,9 @@ impl Upstream {
     pub async fn send(&self, mut request: Request<Body>) -> Result<Response<Body>, String> {
         let mut fresh = false;
         loop {
-            let sender = if fresh { self.connect().await? } else { self.checkout().await? };
+            // Connecting is rare and its future (DNS, TLS, HTTP/2 handshakes) is large: boxed,
+            // it does not inflate, and get copied with, every request's future.
+            let sender = if fresh { Box::pin(self.connect()).await? } else { self.checkout().await? };
             match sender {
                 Sender::H1(mut sender) => {
                     request.headers_mut().insert(header::HOST, self.inner.host_header.clone());
@@ -151,7 +153,7 @@ impl Upstream {
                 return Ok(Sender::H1(sender));
             }
         }
-        self.connect().await
+        Box::pin(self.connect()).await
     }
 
     async fn connect(&self) -> Result<Sender, String> {

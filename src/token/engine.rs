@@ -115,7 +115,8 @@ impl TokenSource {
         if let Some(token) = self.current() {
             return Ok(token);
         }
-        self.wait_for(0).await
+        // Boxed: the waiting path is rare, and inline it would enlarge every request's future.
+        Box::pin(self.wait_for(0)).await
     }
 
     /// Reports that the upstream answered 401 to a request that carried token
@@ -136,7 +137,7 @@ impl TokenSource {
 
     /// A usable token newer than `generation`, waiting up to `token.timeout`.
     pub async fn newer_than(&self, generation: u64) -> Result<Arc<Token>, TokenUnavailable> {
-        self.wait_for(generation).await
+        Box::pin(self.wait_for(generation)).await
     }
 
     async fn wait_for(&self, after: u64) -> Result<Arc<Token>, TokenUnavailable> {
