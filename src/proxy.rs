@@ -7,17 +7,17 @@
 //! streams. Listening and connections are [`crate::serve`]'s business; the token's,
 //! [`crate::token`]'s.
 
-use crate::client::{Body, BoxError, full};
+use crate::client::{Body, BoxError, HttpClient, error_chain, full};
 use crate::config::{UpstreamConfig, format_duration, is_loopback_host};
 use crate::metrics::{Metrics, ReplayResult};
 use crate::replay::RequestBody;
 use crate::token::{TokenSource, TokenUnavailable};
-use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -194,9 +194,10 @@ pub struct Proxy {
 
 #[derive(Debug)]
 struct Inner {
-    upstream: Upstream,
+    client: HttpClient,
     tokens: TokenSource,
     metrics: Arc<Metrics>,
+    scheme: Scheme,
     authority: Authority,
     base_path: String,
     api_version: HeaderValue,
@@ -224,12 +225,13 @@ impl Drop for InFlight<'_> {
 }
 
 impl Proxy {
-    pub fn new(upstream: Upstream, tokens: TokenSource, metrics: Arc<Metrics>, cfg: &UpstreamConfig) -> Self {
+    pub fn new(client: HttpClient, tokens: TokenSource, metrics: Arc<Metrics>, cfg: &UpstreamConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
-                upstream,
+                client,
                 tokens,
                 metrics,
+                scheme: cfg.scheme.clone(),
                 authority: cfg.authority.clone(),
                 base_path: cfg.base_path.clone(),
                 api_version: cfg.api_version.clone(),
@@ -357,11 +359,11 @@ impl Proxy {
     }
 
     /// Sends one request upstream, waiting at most `upstream.timeout` for the headers.
-    async fn send(&self, request: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
         let inner = &self.inner;
-        match tokio::time::timeout(inner.timeout, inner.upstream.send(request)).await {
+        match tokio::time::timeout(inner.timeout, inner.client.request(request)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(inner.timeout)),
-            Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable(e)),
+            Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
             Ok(Ok(response)) => Ok(response),
         }
     }
@@ -392,9 +394,8 @@ impl Proxy {
         Ok(())
     }
 
-    /// The request target for the upstream, in origin form: the base path, then the
-    /// client's path and query byte for byte. ([`Upstream`] adds the scheme and authority
-    /// where HTTP/2 needs them, and `Host` for HTTP/1.1.)
+    /// The upstream scheme and authority, the base path, and the client's path and query
+    /// byte for byte.
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {
         let inner = &self.inner;
         let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
@@ -404,14 +405,20 @@ impl Proxy {
             PathAndQuery::try_from(format!("{}{pq}", inner.base_path))
                 .map_err(|_| ProxyError::bad_request(StatusCode::BAD_REQUEST, "invalid request target"))?
         };
-        Ok(Uri::from(path_and_query))
+        Uri::builder()
+            .scheme(inner.scheme.clone())
+            .authority(inner.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ProxyError::bad_request(StatusCode::BAD_REQUEST, "invalid request target"))
     }
 }
 
 /// The upstream's response as the client gets it: hop-by-hop headers out, body streamed.
-fn finish(mut response: Response<Body>) -> Response<Body> {
-    strip_hop_by_hop(response.headers_mut());
-    response
+fn finish(response: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
 }
 
 /// `POST /oauth/token` on the proxy: a fresh random placeholder, never the real token, so
