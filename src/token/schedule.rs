@@ -122,11 +122,6 @@ impl Budget {
         Self { max, sent: VecDeque::with_capacity(max) }
     }
 
-    /// The number of requests allowed in any 60-second window.
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     /// The earliest instant at or after `at` when a request fits in the budget.
     pub fn earliest(&self, at: Instant) -> Instant {
         if self.sent.len() < self.max {
