@@ -232,7 +232,6 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(&body[..], b"finished");
     assert_eq!(proc.exit_code().await, 0);
-    let _ = proc.ops;
 }
 
 #[tokio::test]

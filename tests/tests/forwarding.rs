@@ -289,7 +289,6 @@ async fn not_an_open_proxy() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(headers["x-pinecone-proxy-error"], "bad_request");
     assert_eq!(json(&body)["status"], 405);
-    let _: Body = empty();
 }
 
 #[tokio::test]

@@ -9,7 +9,6 @@ use hyper::body::Incoming;
 use pinecone_admin_proxy::client::full;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::time::Duration;
 
 #[tokio::test]
 async fn revocation_under_concurrent_load_costs_one_token_request() {
@@ -104,5 +103,4 @@ async fn an_always_401_upstream_never_loops_and_the_budget_holds() {
     let tokens = fake.state().token_requests.load(SeqCst);
     assert!(tokens <= 6, "{tokens} token requests: the budget (6 a minute) holds");
     assert!(proxy.metrics.token_budget_exhausted.get() >= 1 || tokens < 6);
-    let _ = Duration::ZERO;
 }
