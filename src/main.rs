@@ -60,6 +60,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     config::parse_duration(s)
 }
 
+/// `eprintln!`, after the log lines this thread has gathered, so that the order holds.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        pinecone_admin_proxy::logging::flush();
+        eprintln!($($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -77,15 +85,21 @@ fn main() -> ExitCode {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match pinecone_admin_proxy::logging::runtime_hooks(&mut builder).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("pinecone-admin-proxy: cannot start the runtime: {e}");
+            report!("pinecone-admin-proxy: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // Log lines gathered on a runtime thread go out before a panic's message.
+    let panic_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        pinecone_admin_proxy::logging::flush();
+        panic_hook(info);
+    }));
     let env = Env::from_process();
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match cli.command {
             None => run(&cli.flags, &env).await,
             Some(Command::Run(flags)) => run(&flags, &env).await,
@@ -94,17 +108,22 @@ fn main() -> ExitCode {
             Some(Command::CheckConfig(flags)) => check_config(&flags, &env),
             Some(Command::Wait { ops, timeout }) => wait_command(ops, timeout, &env).await,
         }
-    })
+    });
+    // Worker threads write what they gathered as they stop; a current-thread runtime's
+    // thread is this one.
+    drop(runtime);
+    pinecone_admin_proxy::logging::flush();
+    code
 }
 
 /// Loads the configuration and the credentials, or says why not in one line.
 fn load(flags: &Flags, env: &Env) -> Result<(Config, Credentials), ExitCode> {
     let config = config::load(flags, env).map_err(|e| {
-        eprintln!("pinecone-admin-proxy: configuration error: {e}");
+        report!("pinecone-admin-proxy: configuration error: {e}");
         ExitCode::from(EXIT_USAGE)
     })?;
     let credentials = Credentials::load(&config.credentials).map_err(|e| {
-        eprintln!("pinecone-admin-proxy: configuration error: {}: {e}", e.key());
+        report!("pinecone-admin-proxy: configuration error: {}: {e}", e.key());
         ExitCode::from(EXIT_USAGE)
     })?;
     Ok((config, credentials))
@@ -127,7 +146,7 @@ async fn serve_until_signal(config: &Config, credentials: Credentials) -> ExitCo
     let signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("pinecone-admin-proxy: cannot install signal handlers: {e}");
+            report!("pinecone-admin-proxy: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -138,7 +157,7 @@ async fn serve_until_signal(config: &Config, credentials: Credentials) -> ExitCo
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
-            eprintln!("pinecone-admin-proxy: {e}");
+            report!("pinecone-admin-proxy: {e}");
             ExitCode::FAILURE
         }
     }
@@ -202,7 +221,7 @@ async fn demo(flags: &Flags, env: &Env) -> ExitCode {
     let fake = match FakePinecone::start(SocketAddr::from(([127, 0, 0, 1], 0)), 3600).await {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("pinecone-admin-proxy: cannot start the fake Pinecone: {e}");
+            report!("pinecone-admin-proxy: cannot start the fake Pinecone: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -234,14 +253,14 @@ async fn demo(flags: &Flags, env: &Env) -> ExitCode {
     let signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("pinecone-admin-proxy: cannot install signal handlers: {e}");
+            report!("pinecone-admin-proxy: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
     let running = match app::start(&config, credentials).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("pinecone-admin-proxy: {e}");
+            report!("pinecone-admin-proxy: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -274,7 +293,7 @@ async fn fake_pinecone(listen: SocketAddr, expires_in: u64) -> ExitCode {
     let fake = match FakePinecone::start(listen, expires_in).await {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("pinecone-admin-proxy: cannot start the fake Pinecone on {listen}: {e}");
+            report!("pinecone-admin-proxy: cannot start the fake Pinecone on {listen}: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -286,7 +305,7 @@ async fn fake_pinecone(listen: SocketAddr, expires_in: u64) -> ExitCode {
     let signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("pinecone-admin-proxy: cannot install signal handlers: {e}");
+            report!("pinecone-admin-proxy: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -302,11 +321,11 @@ async fn wait_command(ops: Option<String>, timeout: Duration, env: &Env) -> Exit
     let addr = match config::parse_listen(&text) {
         Ok(config::Listen::Tcp(addr)) => addr,
         Ok(config::Listen::Unix(_)) => {
-            eprintln!("pinecone-admin-proxy: wait: --ops must be a TCP address");
+            report!("pinecone-admin-proxy: wait: --ops must be a TCP address");
             return ExitCode::from(EXIT_USAGE);
         }
         Err(e) => {
-            eprintln!("pinecone-admin-proxy: wait: --ops {e}");
+            report!("pinecone-admin-proxy: wait: --ops {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -314,7 +333,7 @@ async fn wait_command(ops: Option<String>, timeout: Duration, env: &Env) -> Exit
         println!("proxy at {addr} is ready");
         ExitCode::SUCCESS
     } else {
-        eprintln!("pinecone-admin-proxy: wait: not ready at {addr} within {}", config::format_duration(timeout));
+        report!("pinecone-admin-proxy: wait: not ready at {addr} within {}", config::format_duration(timeout));
         ExitCode::FAILURE
     }
 }

@@ -275,18 +275,17 @@ impl Proxy {
         let elapsed = start.elapsed();
         inner.metrics.request(&method, response.status());
         inner.metrics.request_duration.observe(elapsed.as_secs_f64());
-        tracing::info!(
-            target: "pinecone_admin_proxy::access",
-            method = %method,
-            path = %path,
-            status = response.status().as_u16(),
-            upstream_status = outcome.upstream_status,
-            duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
-            token = outcome.token.as_ref().map(|t| t.fingerprint.as_str()),
-            error = outcome.error,
-            replayed = outcome.replayed,
-            "request",
-        );
+        crate::logging::Access {
+            method: method.as_str(),
+            path,
+            status: response.status().as_u16(),
+            upstream_status: outcome.upstream_status,
+            duration: elapsed,
+            token: outcome.token.as_ref().map(|t| t.fingerprint.as_str()),
+            error: outcome.error,
+            replayed: outcome.replayed,
+        }
+        .log();
         response
     }
 
