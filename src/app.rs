@@ -12,6 +12,7 @@ use crate::ops::Ops;
 use crate::proxy::Proxy;
 use crate::serve::{self, BoundAddr, Trigger};
 use crate::token::{HttpFetcher, Refresher, TokenSource};
+use crate::upstream::Upstream;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -82,9 +83,9 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let metrics = Arc::new(Metrics::new());
     let client = crate::client::build(&config.upstream)?;
     let tokens = TokenSource::new(metrics.clone(), config.token.timeout);
-    let fetcher = HttpFetcher::new(client.clone(), &config.token, config.upstream.api_version.clone());
+    let fetcher = HttpFetcher::new(client, &config.token, config.upstream.api_version.clone());
     let refresher = Refresher::new(tokens.clone(), fetcher, credentials.clone(), &config.token);
-    let proxy = Proxy::new(client, tokens.clone(), metrics.clone(), &config.upstream);
+    let proxy = Proxy::new(Upstream::new(&config.upstream)?, tokens.clone(), metrics.clone(), &config.upstream);
     let quit = Trigger::default();
     let ops =
         Ops::new(tokens.clone(), metrics.clone(), credentials.clone(), config.upstream.url.to_string(), quit.clone());

@@ -1,5 +1,6 @@
-//! The one outbound HTTP client: a pooled, keep-alive hyper client over rustls, shared by
-//! the forwarding path and the token requests.
+//! The outbound HTTP client of the token requests: hyper-util's pooled client over rustls
+//! (forwarded requests use the leaner [`crate::upstream`] pool), and the body type and TLS
+//! configuration both share.
 //!
 //! Trust is the built-in web PKI roots plus `upstream.ca_file`. HTTP/1.1 and HTTP/2 are
 //! offered by ALPN; plain `http://` is reachable only because configuration allows it for
@@ -28,15 +29,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Builds the client. Fails only if the TLS configuration cannot be built.
 pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, rustls::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for cert in &cfg.extra_roots {
-        roots.add(cert.clone())?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = tls_config(cfg)?;
 
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -56,6 +49,20 @@ pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, rustls::Error> {
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(connector))
+}
+
+/// The rustls configuration: the web PKI roots plus `upstream.ca_file`, no ALPN (each
+/// connector sets its own).
+pub fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in &cfg.extra_roots {
+        roots.add(cert.clone())?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// A body of bytes already in memory.

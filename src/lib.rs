@@ -9,7 +9,8 @@
 //! - [`secret`]: values that are never printed, and their fingerprints.
 //! - [`token`]: what a token is, how one is fetched, when the next one is fetched, and the
 //!   engine that hands usable tokens to requests.
-//! - [`client`]: the pooled rustls HTTP client used for the upstream and the token endpoint.
+//! - [`client`]: the pooled rustls HTTP client of the token requests; shared body and TLS types.
+//! - [`upstream`]: the forwarding client: keep-alive HTTP/1.1 and HTTP/2 connections to the upstream.
 //! - [`proxy`]: forwarding: the request rewrite, header policy, streaming, proxy errors.
 //! - [`replay`]: request bodies kept in memory for one replay after an upstream 401.
 //! - [`ops`]: health, readiness, startup, metrics, status and quit endpoints.
@@ -36,4 +37,5 @@ pub mod secret;
 pub mod serve;
 pub mod timefmt;
 pub mod token;
+pub mod upstream;
 pub mod wait;

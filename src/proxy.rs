@@ -7,17 +7,17 @@
 //! streams. Listening and connections are [`crate::serve`]'s business; the token's,
 //! [`crate::token`]'s.
 
-use crate::client::{Body, BoxError, HttpClient, error_chain, full};
+use crate::client::{Body, BoxError, full};
 use crate::config::{UpstreamConfig, format_duration, is_loopback_host};
 use crate::metrics::{Metrics, ReplayResult};
 use crate::replay::RequestBody;
 use crate::token::{TokenSource, TokenUnavailable};
+use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -194,10 +194,9 @@ pub struct Proxy {
 
 #[derive(Debug)]
 struct Inner {
-    client: HttpClient,
+    upstream: Upstream,
     tokens: TokenSource,
     metrics: Arc<Metrics>,
-    scheme: Scheme,
     authority: Authority,
     base_path: String,
     api_version: HeaderValue,
@@ -225,13 +224,12 @@ impl Drop for InFlight<'_> {
 }
 
 impl Proxy {
-    pub fn new(client: HttpClient, tokens: TokenSource, metrics: Arc<Metrics>, cfg: &UpstreamConfig) -> Self {
+    pub fn new(upstream: Upstream, tokens: TokenSource, metrics: Arc<Metrics>, cfg: &UpstreamConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
-                client,
+                upstream,
                 tokens,
                 metrics,
-                scheme: cfg.scheme.clone(),
                 authority: cfg.authority.clone(),
                 base_path: cfg.base_path.clone(),
                 api_version: cfg.api_version.clone(),
@@ -358,11 +356,11 @@ impl Proxy {
     }
 
     /// Sends one request upstream, waiting at most `upstream.timeout` for the headers.
-    async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+    async fn send(&self, request: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let inner = &self.inner;
-        match tokio::time::timeout(inner.timeout, inner.client.request(request)).await {
+        match tokio::time::timeout(inner.timeout, inner.upstream.send(request)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(inner.timeout)),
-            Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable(error_chain(&e))),
+            Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable(e)),
             Ok(Ok(response)) => Ok(response),
         }
     }
@@ -393,8 +391,9 @@ impl Proxy {
         Ok(())
     }
 
-    /// The upstream scheme and authority, the base path, and the client's path and query
-    /// byte for byte.
+    /// The request target for the upstream, in origin form: the base path, then the
+    /// client's path and query byte for byte. ([`Upstream`] adds the scheme and authority
+    /// where HTTP/2 needs them, and `Host` for HTTP/1.1.)
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {
         let inner = &self.inner;
         let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
@@ -404,20 +403,14 @@ impl Proxy {
             PathAndQuery::try_from(format!("{}{pq}", inner.base_path))
                 .map_err(|_| ProxyError::bad_request(StatusCode::BAD_REQUEST, "invalid request target"))?
         };
-        Uri::builder()
-            .scheme(inner.scheme.clone())
-            .authority(inner.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| ProxyError::bad_request(StatusCode::BAD_REQUEST, "invalid request target"))
+        Ok(Uri::from(path_and_query))
     }
 }
 
 /// The upstream's response as the client gets it: hop-by-hop headers out, body streamed.
-fn finish(response: Response<Incoming>) -> Response<Body> {
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+fn finish(mut response: Response<Body>) -> Response<Body> {
+    strip_hop_by_hop(response.headers_mut());
+    response
 }
 
 /// `POST /oauth/token` on the proxy: a fresh random placeholder, never the real token, so

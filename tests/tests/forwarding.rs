@@ -305,6 +305,7 @@ async fn h2c_clients_are_served() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["data"][0]["name"], "demo-project");
 }
+
 /// An upstream that counts the connections it accepts; `keep_alive` false closes each
 /// connection after one response.
 async fn counting_upstream(keep_alive: bool) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {

@@ -79,9 +79,13 @@ async fn https_upstream_trusted_through_ca_file_speaks_h2() {
     assert_eq!(json(&body)["data"][0]["name"], "demo-project");
     let alpn = tls.alpn.lock().clone();
     assert!(!alpn.is_empty() && alpn.iter().all(|p| p == "h2"), "ALPN chose HTTP/2: {alpn:?}");
-    // Token requests and forwarded requests share one pooled connection.
-    TestClient::default().get(&url(&proxy, "/admin/organizations")).await;
-    assert_eq!(tls.alpn.lock().len(), 1, "one connection, kept alive");
+    // One connection for the token request, one for forwarding, each kept alive.
+    let connections = tls.alpn.lock().len();
+    assert_eq!(connections, 2);
+    for path in ["/admin/organizations", "/admin/projects", "/admin/organizations"] {
+        assert_eq!(TestClient::default().get(&url(&proxy, path)).await.0, StatusCode::OK);
+    }
+    assert_eq!(tls.alpn.lock().len(), connections, "no new connection: the HTTP/2 one is reused");
 }
 
 #[tokio::test]
