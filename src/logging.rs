@@ -220,7 +220,8 @@ impl Access<'_> {
             out.push_str(" upstream_status=");
             push_u64(out, status.into());
         }
-        write!(out, " duration_ms={}", Millis(self.duration))?;
+        out.push_str(" duration_ms=");
+        Millis(self.duration).push(out);
         if let Some(token) = self.token {
             out.push_str(" token=");
             debug_str(out, token)?;
@@ -246,7 +247,9 @@ impl Access<'_> {
             out.push_str(",\"upstream_status\":");
             push_u64(out, status.into());
         }
-        write!(out, ",\"duration_ms\":\"{}\"", Millis(self.duration))?;
+        out.push_str(",\"duration_ms\":\"");
+        Millis(self.duration).push(out);
+        out.push('"');
         if let Some(token) = self.token {
             out.push_str(",\"token\":");
             json_str(out, token);
@@ -270,19 +273,23 @@ thread_local! {
 /// A duration in milliseconds with three decimals, rounded to the microsecond.
 struct Millis(Duration);
 
+impl Millis {
+    fn push(&self, out: &mut String) {
+        let micros = (self.0.as_nanos() + 500) / 1000;
+        push_u64(out, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
+        let frac = (micros % 1000) as u16;
+        out.push('.');
+        out.push(char::from(b'0' + (frac / 100) as u8));
+        out.push(char::from(b'0' + (frac / 10 % 10) as u8));
+        out.push(char::from(b'0' + (frac % 10) as u8));
+    }
+}
+
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let micros = (self.0.as_nanos() + 500) / 1000;
-        let (ms, frac) = (micros / 1000, micros % 1000);
-        let mut digits = [b'0'; 3];
-        digits[0] += (frac / 100) as u8;
-        digits[1] += (frac / 10 % 10) as u8;
-        digits[2] += (frac % 10) as u8;
-        let mut whole = String::new();
-        push_u64(&mut whole, ms as u64);
-        f.write_str(&whole)?;
-        f.write_char('.')?;
-        f.write_str(std::str::from_utf8(&digits).unwrap_or("000"))
+        let mut s = String::with_capacity(24);
+        self.push(&mut s);
+        f.write_str(&s)
     }
 }
 

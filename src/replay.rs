@@ -32,6 +32,10 @@ pub struct Buffered {
 impl Buffered {
     /// A body that yields these chunks, then the trailers.
     pub fn to_body(&self) -> Body {
+        if self.chunks.is_empty() && self.trailers.is_none() {
+            // No allocation: the common GET.
+            return crate::client::empty();
+        }
         Replay { chunks: self.chunks.iter().cloned().collect(), trailers: self.trailers.clone() }.boxed_unsync()
     }
 

@@ -22,6 +22,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use rustls_pki_types::ServerName;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -102,14 +103,21 @@ impl Upstream {
             match sender {
                 Sender::H1(sender) => {
                     request.headers_mut().insert(header::HOST, self.inner.host_header.clone());
-                    // If this future is dropped (the client went away), the lease puts the
-                    // connection back: the next request waits until it has read the
-                    // abandoned response, instead of opening a new connection.
-                    let mut lease = Lease { sender: Some(sender), inner: self.inner.clone() };
-                    let sent = lease.sender.as_mut().expect("just leased").try_send_request(request);
-                    match sent.await {
+                    // If this future is dropped (the client went away) before the response
+                    // has come, the exchange finishes in the background and then puts the
+                    // connection back: hyper closes a connection whose queued request was
+                    // abandoned, and every abandoned request would cost a new connection.
+                    let mut sender = sender;
+                    let mut exchange = Exchange {
+                        response: Some(Box::pin(sender.try_send_request(request))),
+                        sender: Some(sender),
+                        inner: self.inner.clone(),
+                    };
+                    let sent = std::future::poll_fn(|cx| exchange.poll_response(cx)).await;
+                    exchange.response = None;
+                    let sender = exchange.sender.take().expect("still held");
+                    match sent {
                         Ok(response) => {
-                            let sender = lease.sender.take().expect("still leased");
                             let inner = self.inner.clone();
                             return Ok(response.map(|body| PooledBody::new(body, sender, inner).boxed_unsync()));
                         }
@@ -219,19 +227,60 @@ where
     Ok(Sender::H1(sender))
 }
 
-/// An HTTP/1.1 connection lent to one request; back in the pool when dropped.
-struct Lease {
+/// What abandoned exchanges may read of their responses before the connection is put back;
+/// beyond it, or beyond `DRAIN_TIMEOUT`, the connection is closed instead.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A request sent on an HTTP/1.1 connection, until its response headers arrive.
+struct Exchange<F>
+where
+    F: Future<Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>> + Send + 'static,
+{
+    response: Option<Pin<Box<F>>>,
     sender: Option<http1::SendRequest<Body>>,
     inner: Arc<Inner>,
 }
 
-impl Drop for Lease {
+impl<F> Exchange<F>
+where
+    F: Future<Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>> + Send + 'static,
+{
+    fn poll_response(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.response.as_mut().expect("polled after completion").as_mut().poll(cx)
+    }
+}
+
+impl<F> Drop for Exchange<F>
+where
+    F: Future<Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>> + Send + 'static,
+{
     fn drop(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            if !sender.is_closed() {
-                self.inner.idle.lock().push((sender, Instant::now()));
+        let (Some(response), Some(sender)) = (self.response.take(), self.sender.take()) else { return };
+        // Outside a runtime (or in one shutting down) there is nothing to finish.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let inner = self.inner.clone();
+        runtime.spawn(async move {
+            let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                let Ok(response) = response.await else { return false };
+                let mut body = response.into_body();
+                let mut read = 0;
+                while let Some(frame) = body.frame().await {
+                    match frame {
+                        Ok(frame) => read += frame.data_ref().map_or(0, Bytes::len),
+                        Err(_) => return false,
+                    }
+                    if read > DRAIN_LIMIT {
+                        return false;
+                    }
+                }
+                true
+            })
+            .await;
+            if drained == Ok(true) && !sender.is_closed() {
+                inner.idle.lock().push((sender, Instant::now()));
             }
-        }
+        });
     }
 }
 
@@ -285,5 +334,133 @@ impl http_body::Body for PooledBody {
 impl Drop for PooledBody {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Env, Flags};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::sync::{Notify, mpsc};
+
+    /// An upstream that counts its connections; `/hold` tells the test it arrived and
+    /// answers only when the test says so.
+    async fn upstream() -> (String, Arc<AtomicU64>, mpsc::UnboundedReceiver<()>, Arc<Notify>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (arrived_tx, arrived) = mpsc::unbounded_channel();
+        let release = Arc::new(Notify::new());
+        let (count, rel) = (accepted.clone(), release.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let (arrived_tx, rel) = (arrived_tx.clone(), rel.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let (arrived_tx, rel) = (arrived_tx.clone(), rel.clone());
+                        async move {
+                            if request.uri().path() == "/hold" {
+                                let _ = arrived_tx.send(());
+                                rel.notified().await;
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(crate::client::full("late")))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (format!("http://{addr}"), accepted, arrived, release)
+    }
+
+    fn pool(url: &str) -> Upstream {
+        let mut env = Env::default();
+        env.set("PINECONE_CLIENT_ID", "id")
+            .set("PINECONE_CLIENT_SECRET", "secret")
+            .set("PINECONE_PROXY_UPSTREAM_URL", url);
+        Upstream::new(&crate::config::load(&Flags::default(), &env).unwrap().upstream).unwrap()
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::get(path).body(crate::client::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_abandoned_before_its_response_does_not_cost_the_connection() {
+        let (url, accepted, mut arrived, release) = upstream().await;
+        let pool = pool(&url);
+        let response = pool.send(get("/first")).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        assert_eq!(pool.inner.idle.lock().len(), 1);
+
+        // The client goes away while the upstream is still working on its request.
+        let abandoned = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.send(get("/hold")).await.map(|_| ()) }
+        });
+        arrived.recv().await.unwrap();
+        abandoned.abort();
+        assert!(abandoned.await.unwrap_err().is_cancelled());
+        assert!(pool.inner.idle.lock().is_empty(), "the connection is still busy with the abandoned request");
+        release.notify_one();
+        // The response is read to its end in the background; then the connection is back.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while pool.inner.idle.lock().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the connection came back to the pool");
+
+        let response = pool.send(get("/after")).await.unwrap();
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "late");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for all three requests");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_response_too_large_to_drain_closes_its_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (arrived_tx, mut arrived) = mpsc::unbounded_channel();
+        let release = Arc::new(Notify::new());
+        let rel = release.clone();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+                let _ = arrived_tx.send(());
+                let rel = rel.clone();
+                async move {
+                    rel.notified().await;
+                    let big = Bytes::from(vec![b'x'; DRAIN_LIMIT + 1]);
+                    Ok::<_, std::convert::Infallible>(Response::new(crate::client::full(big)))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+        let pool = pool(&format!("http://{addr}"));
+        // Abandoned once the upstream has the request: its response is too large to read.
+        let abandoned = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.send(get("/big")).await.map(|_| ()) }
+        });
+        arrived.recv().await.unwrap();
+        abandoned.abort();
+        assert!(abandoned.await.unwrap_err().is_cancelled());
+        release.notify_one();
+        // The drain gives up and drops the connection; the pool stays empty and the next
+        // request opens a new one (which the one-connection upstream never accepts: so
+        // only check the pool).
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while tokio::runtime::Handle::current().metrics().num_alive_tasks() > 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the drain task ended");
+        assert!(pool.inner.idle.lock().is_empty());
     }
 }
