@@ -10,7 +10,7 @@
 use crate::client::{Body, BoxError, full};
 use crate::config::{UpstreamConfig, format_duration, is_loopback_host};
 use crate::metrics::{Metrics, ReplayResult};
-use crate::replay::RequestBody;
+use crate::replay::{Buffered, RequestBody};
 use crate::token::{TokenSource, TokenUnavailable};
 use crate::upstream::Upstream;
 use bytes::Bytes;
@@ -246,6 +246,19 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        match self.clone().respond(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+
+    /// `handle` as the service's future: owning the proxy, so that it is boxed as it is,
+    /// without a wrapper future (and a copy of this one) around it.
+    async fn respond<B>(self, request: Request<B>) -> Result<Response<Body>, Infallible>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let inner = &self.inner;
         let start = Instant::now();
         inner.metrics.inflight.inc();
@@ -284,7 +297,7 @@ impl Proxy {
             replayed: outcome.replayed,
         }
         .log();
-        response
+        Ok(response)
     }
 
     async fn forward<B>(&self, request: Request<B>, outcome: &mut Outcome) -> Result<Response<Body>, ProxyError>
@@ -309,9 +322,14 @@ impl Proxy {
             &inner.api_version,
             inner.override_api_version,
         );
-        let body = RequestBody::read(body, inner.replay_limit).await.map_err(|e| {
-            ProxyError::bad_request(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}"))
-        })?;
+        // Most Admin API requests have no body; reading one is boxed out of their future.
+        let body = if body.is_end_stream() {
+            RequestBody::Buffered(Buffered::default())
+        } else {
+            Box::pin(RequestBody::read(body, inner.replay_limit)).await.map_err(|e| {
+                ProxyError::bad_request(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}"))
+            })?
+        };
         let (body, kept) = body.into_parts();
         // What a replay needs of the request; the headers are copied only if the body
         // could be replayed at all.
@@ -322,15 +340,27 @@ impl Proxy {
             return Ok(finish(response));
         }
 
-        // The upstream rejected the token. One new token is fetched for every request
-        // that saw this generation rejected; the request is sent once more with it.
+        // Rare, and as large as all the rest: boxed out of every request's future.
+        Box::pin(self.replay(response, token.generation, replay, outcome)).await
+    }
+
+    /// After an upstream 401: one new token is fetched for every request that saw this
+    /// generation rejected, and the request is sent once more with it.
+    async fn replay(
+        &self,
+        response: Response<Body>,
+        rejected: u64,
+        replay: Option<(Method, Uri, HeaderMap, Buffered)>,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, ProxyError> {
+        let inner = &self.inner;
         inner.metrics.upstream_unauthorized.inc();
-        inner.tokens.invalidate(token.generation);
+        inner.tokens.invalidate(rejected);
         let Some((method, uri, mut headers, kept)) = replay else {
             inner.metrics.replay(ReplayResult::TooLarge);
             return Ok(finish(response));
         };
-        let Ok(fresh) = inner.tokens.newer_than(token.generation).await else {
+        let Ok(fresh) = inner.tokens.newer_than(rejected).await else {
             inner.metrics.replay(ReplayResult::NoToken);
             return Ok(finish(response));
         };
@@ -449,8 +479,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.handle(request).await) })
+        Box::pin(self.clone().respond(request))
     }
 }
 
