@@ -217,7 +217,8 @@ async fn handshake_h1<T>(io: T) -> Result<Sender, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut sender, connection) = http1::handshake(TokioIo::new(io)).await.map_err(|e| error_chain(&e))?;
+    let (mut sender, connection) =
+        http1::Builder::new().writev(false).handshake(TokioIo::new(io)).await.map_err(|e| error_chain(&e))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "upstream connection ended");
