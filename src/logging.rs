@@ -174,9 +174,9 @@ impl Access<'_> {
         match FORMAT.get() {
             Some(format) => LINE.with(|line| {
                 let Ok(mut line) = line.try_borrow_mut() else { return self.event() };
-                line.clear();
+                line.0.clear();
                 self.format(*format, SystemTime::now(), &mut line);
-                emit(line.as_bytes());
+                emit(&line.0);
             }),
             None => self.event(),
         }
@@ -199,14 +199,14 @@ impl Access<'_> {
     }
 
     /// The line tracing-subscriber would write for `event`, with `now` as its timestamp.
-    fn format(&self, format: LogFormat, now: SystemTime, out: &mut String) {
+    fn format(&self, format: LogFormat, now: SystemTime, out: &mut Line) {
         let _ = match format {
             LogFormat::Text => self.text(now, out),
             LogFormat::Json => self.json(now, out),
         };
     }
 
-    fn text(&self, now: SystemTime, out: &mut String) -> fmt::Result {
+    fn text(&self, now: SystemTime, out: &mut Line) -> fmt::Result {
         timestamp(now, out)?;
         out.push_str("  INFO ");
         out.push_str(ACCESS_TARGET);
@@ -234,7 +234,7 @@ impl Access<'_> {
         Ok(())
     }
 
-    fn json(&self, now: SystemTime, out: &mut String) -> fmt::Result {
+    fn json(&self, now: SystemTime, out: &mut Line) -> fmt::Result {
         out.push_str("{\"timestamp\":\"");
         timestamp(now, out)?;
         out.push_str("\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
@@ -267,14 +267,35 @@ impl Access<'_> {
 }
 
 thread_local! {
-    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+    static LINE: RefCell<Line> = const { RefCell::new(Line(Vec::new())) };
+}
+
+/// A line being built, as bytes: what is pushed is `str`, so it stays UTF-8 without being
+/// checked again.
+struct Line(Vec<u8>);
+
+impl Line {
+    fn push_str(&mut self, s: &str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn push(&mut self, c: char) {
+        self.push_str(c.encode_utf8(&mut [0; 4]));
+    }
+}
+
+impl fmt::Write for Line {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push_str(s);
+        Ok(())
+    }
 }
 
 /// A duration in milliseconds with three decimals, rounded to the microsecond.
 struct Millis(Duration);
 
 impl Millis {
-    fn push(&self, out: &mut String) {
+    fn push(&self, out: &mut Line) {
         let micros = (self.0.as_nanos() + 500) / 1000;
         push_u64(out, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
         let frac = (micros % 1000) as u16;
@@ -287,13 +308,13 @@ impl Millis {
 
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = String::with_capacity(24);
-        self.push(&mut s);
-        f.write_str(&s)
+        let mut line = Line(Vec::with_capacity(24));
+        self.push(&mut line);
+        f.write_str(std::str::from_utf8(&line.0).map_err(|_| fmt::Error)?)
     }
 }
 
-fn push_u64(out: &mut String, mut n: u64) {
+fn push_u64(out: &mut Line, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -304,12 +325,12 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
+    out.0.extend_from_slice(&digits[at..]);
 }
 
 /// A string as `Debug` writes it, without the formatting machinery when nothing needs
 /// escaping.
-fn debug_str(out: &mut String, s: &str) -> fmt::Result {
+fn debug_str(out: &mut Line, s: &str) -> fmt::Result {
     if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' && b != b'\'') {
         out.push('"');
         out.push_str(s);
@@ -321,7 +342,7 @@ fn debug_str(out: &mut String, s: &str) -> fmt::Result {
 }
 
 /// A string as serde_json writes it.
-fn json_str(out: &mut String, s: &str) {
+fn json_str(out: &mut Line, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push('"');
         out.push_str(s);
@@ -349,10 +370,11 @@ fn timestamp(now: SystemTime, w: &mut impl fmt::Write) -> fmt::Result {
             text.pop(); // the `Z`, written after the fraction
             *cache = (since.as_secs(), text);
         }
-        let micros = since.subsec_micros();
+        let mut micros = since.subsec_micros();
         let mut digits = [b'0'; 6];
-        for (i, d) in digits.iter_mut().enumerate() {
-            *d += (micros / 10u32.pow(5 - i as u32) % 10) as u8;
+        for d in digits.iter_mut().rev() {
+            *d += (micros % 10) as u8;
+            micros /= 10;
         }
         w.write_str(&cache.1)?;
         w.write_char('.')?;
@@ -470,8 +492,9 @@ mod tests {
                 };
                 tracing::dispatcher::with_default(&dispatch, || access.event());
                 let theirs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-                let mut ours = String::new();
-                access.format(format, SystemTime::now(), &mut ours);
+                let mut line = Line(Vec::new());
+                access.format(format, SystemTime::now(), &mut line);
+                let ours = String::from_utf8(line.0).unwrap();
                 // The timestamps differ; everything after them must not.
                 let skip = |s: &str| s.find("Z\"").or_else(|| s.find("Z ")).map(|i| s[i..].to_owned()).unwrap();
                 assert_eq!(skip(&ours), skip(&theirs), "{format:?}");
