@@ -7,8 +7,11 @@
 //! pool is a stack: an HTTP/1.1 connection is taken from it for a request and put back
 //! when the response body has been read to its end; an HTTP/2 connection is shared.
 //! A request that a pooled connection could not even start sending (the upstream had
-//! closed it) is sent again on a new connection, once. What to send and what an error
-//! means to the client is [`crate::proxy`]'s business.
+//! closed it) is sent again on a new connection, once. A request whose client went away
+//! before its response came is finished in the background (its response read and
+//! discarded, up to a limit) so that its connection goes back to the pool rather than being
+//! closed. What to send and what an error means to the client is [`crate::proxy`]'s
+//! business.
 
 use crate::client::{Body, BoxError, error_chain};
 use crate::config::UpstreamConfig;
