@@ -7,15 +7,17 @@
 //! would write it (a test holds the two to the same output); with no logger of ours
 //! installed (the library inside someone else's program) it is an ordinary `tracing` event.
 //!
-//! Lines written on a runtime thread are gathered in a per-thread buffer and written with
-//! one `write(2)` when the thread is about to go idle (tokio's `on_thread_park`), or when
+//! Lines logged on a runtime thread are gathered in one buffer and written with one
+//! `write(2)` when a runtime thread is about to go idle (tokio's `on_thread_park`), or when
 //! 32 KiB have gathered: under load, one system call carries many lines instead of one a
 //! request; at rest, a line is written as soon as the request that caused it is done.
-//! Other threads, and a runtime thread before its first park, write each line at once.
+//! Other threads, and a runtime thread before its first park, write what was gathered and
+//! their line at once, so that lines keep the order in which they were logged.
 //! What is logged, and that secrets never are, is the business of the code that logs.
 
 use crate::config::{LogConfig, LogFormat};
-use std::cell::RefCell;
+use parking_lot::Mutex;
+use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,57 +57,50 @@ fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'st
 
 /// Runtime hooks that let the runtime's threads gather lines between parks.
 pub fn runtime_hooks(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
-    builder.on_thread_park(flush).on_thread_unpark(|| OUT.with(|out| out.borrow_mut().gathering = true)).on_thread_stop(
-        || {
-            flush();
-            OUT.with(|out| out.borrow_mut().gathering = false);
-        },
-    )
+    builder.on_thread_park(flush).on_thread_unpark(|| GATHERING.set(true)).on_thread_stop(|| {
+        GATHERING.set(false);
+        flush();
+    })
 }
 
-/// Writes the lines this thread has gathered. Call before this thread exits or blocks
-/// outside the runtime, and from a panic hook, so that lines keep their order.
+/// Writes the lines gathered so far. Called when a runtime thread is about to park; call it
+/// before writing to standard error by other means, and from a panic hook, so that lines
+/// keep their order.
 pub fn flush() {
-    let _ = OUT.try_with(|out| {
-        if let Ok(mut out) = out.try_borrow_mut() {
-            if !out.buf.is_empty() {
-                write_out(&out.buf);
-                out.buf.clear();
-            }
-        }
-    });
+    let mut pending = PENDING.lock();
+    if !pending.is_empty() {
+        write_out(&pending);
+        pending.clear();
+    }
 }
 
-struct Out {
-    buf: Vec<u8>,
-    /// Set on a runtime thread once it has come back from a park: it will call `flush`
-    /// before it parks again.
-    gathering: bool,
-}
+/// Lines gathered from every thread, in the order they were logged (one buffer, not one
+/// per thread: with several runtime threads, per-thread buffers written at each thread's
+/// park would reorder lines across threads).
+static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 thread_local! {
-    static OUT: RefCell<Out> = const { RefCell::new(Out { buf: Vec::new(), gathering: false }) };
+    /// Set on a runtime thread once it has come back from a park: it will call `flush`
+    /// before it parks again.
+    static GATHERING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Writes one line (or several), gathered on a runtime thread, at once elsewhere.
+/// Writes one line (or several): gathered on a runtime thread, at once (after what was
+/// gathered) elsewhere.
 fn emit(line: &[u8]) {
-    let written = OUT.try_with(|out| {
-        let Ok(mut out) = out.try_borrow_mut() else { return false };
-        if !out.gathering {
-            return false;
-        }
-        if out.buf.len() + line.len() > BUFFER_LIMIT {
-            write_out(&out.buf);
-            out.buf.clear();
-            if line.len() > BUFFER_LIMIT {
-                write_out(line);
-                return true;
-            }
-        }
-        out.buf.extend_from_slice(line);
-        true
-    });
-    if written != Ok(true) {
+    let gathering = GATHERING.try_with(Cell::get).unwrap_or(false);
+    let mut pending = PENDING.lock();
+    if gathering && pending.len() + line.len() <= BUFFER_LIMIT {
+        pending.extend_from_slice(line);
+        return;
+    }
+    if !pending.is_empty() {
+        write_out(&pending);
+        pending.clear();
+    }
+    if gathering && line.len() <= BUFFER_LIMIT {
+        pending.extend_from_slice(line);
+    } else {
         write_out(line);
     }
 }
@@ -509,12 +504,12 @@ mod tests {
 
     #[test]
     fn lines_gathered_on_a_parking_thread_are_written_in_order_at_the_park() {
-        // A thread of our own: the thread-local buffer is the one under test.
+        // A thread of our own, so that what it writes is recorded apart.
         std::thread::spawn(|| {
             let written = || WRITTEN.with(|w| w.borrow_mut().drain(..).collect::<Vec<_>>());
             emit(b"zero\n");
             assert_eq!(written(), [b"zero\n".to_vec()], "before its first park a thread writes at once");
-            OUT.with(|out| out.borrow_mut().gathering = true);
+            GATHERING.set(true);
             emit(b"one\n");
             emit(b"two\n");
             assert!(written().is_empty());
@@ -528,6 +523,16 @@ mod tests {
             assert_eq!(written(), [vec![b'y'; BUFFER_LIMIT - 5]]);
             flush();
             assert!(written().is_empty(), "an empty buffer writes nothing");
+            // Another thread's line goes after what this one gathered: one order for all.
+            emit(b"four\n");
+            std::thread::spawn(|| {
+                emit(b"five\n");
+                let written = WRITTEN.with(|w| w.borrow_mut().drain(..).collect::<Vec<_>>());
+                assert_eq!(written, [b"four\n".to_vec(), b"five\n".to_vec()]);
+            })
+            .join()
+            .unwrap();
+            assert!(written().is_empty());
         })
         .join()
         .unwrap();

@@ -308,3 +308,43 @@ async fn the_secret_and_tokens_never_appear_in_output_at_trace_level() {
         }
     }
 }
+
+#[tokio::test]
+async fn access_lines_are_written_while_the_proxy_runs_in_order_and_all_before_it_exits() {
+    let fake = fake(3600).await;
+    let envs = [
+        ("PINECONE_CLIENT_ID", DEMO_CLIENT_ID),
+        ("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET),
+        ("PINECONE_PROXY_TOKEN_URL", &fake.token_url()),
+        ("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url()),
+    ];
+    let mut proc = spawn(&envs).await;
+    let client = TestClient::default();
+    // Lines are gathered while the proxy works and written when it runs out of work: each
+    // arrives while the proxy sits idle after its request, not at exit.
+    for path in ["/admin/projects", "/admin/api-keys-first", "/admin/projects?second"] {
+        client.get(&format!("http://{}{path}", proc.listen)).await;
+        let line = proc.line_with("pinecone_admin_proxy::access").await;
+        let expected = path.split('?').next().unwrap();
+        assert!(line.contains(&format!(" path={expected} ")), "in order: {line}");
+    }
+    // A burst, then the exit: every line of the burst is out before the last line.
+    let burst: Vec<_> = (0..50)
+        .map(|i| {
+            let (client, url) = (client.clone(), format!("http://{}/admin/projects?burst={i}", proc.listen));
+            tokio::spawn(async move { client.get(&url).await.0 })
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    proc.signal("TERM");
+    assert_eq!(proc.exit_code().await, 0);
+    proc.line_with("shutdown complete").await;
+    assert!(proc.lines.recv().await.is_none(), "the exit line is the last line");
+    let all = proc.all.lock().clone();
+    let access = all.lines().filter(|l| l.contains("pinecone_admin_proxy::access")).count();
+    assert_eq!(access, 53, "every request has its line:\n{all}");
+    let last_access = all.rfind("pinecone_admin_proxy::access").unwrap();
+    assert!(last_access < all.find("shutdown signal received").unwrap(), "lines in order:\n{all}");
+}
