@@ -79,6 +79,16 @@ pub fn flush() {
 /// park would reorder lines across threads).
 static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
+/// `flush` for a panic hook: a panic on the thread that holds the buffer must not deadlock.
+pub fn flush_unless_busy() {
+    if let Some(mut pending) = PENDING.try_lock() {
+        if !pending.is_empty() {
+            write_out(&pending);
+            pending.clear();
+        }
+    }
+}
+
 thread_local! {
     /// Set on a runtime thread once it has come back from a park: it will call `flush`
     /// before it parks again.
@@ -533,6 +543,14 @@ mod tests {
             .join()
             .unwrap();
             assert!(written().is_empty());
+            // A panic while the buffer is held: the hook's flush gives way instead of hanging.
+            emit(b"six\n");
+            let held = PENDING.lock();
+            flush_unless_busy();
+            drop(held);
+            assert!(written().is_empty());
+            flush_unless_busy();
+            assert_eq!(written(), [b"six\n".to_vec()]);
         })
         .join()
         .unwrap();

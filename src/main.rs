@@ -60,7 +60,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     config::parse_duration(s)
 }
 
-/// `eprintln!`, after the log lines this thread has gathered, so that the order holds.
+/// `eprintln!`, after the log lines gathered so far, so that the order holds.
 macro_rules! report {
     ($($arg:tt)*) => {{
         pinecone_admin_proxy::logging::flush();
@@ -92,10 +92,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Log lines gathered on a runtime thread go out before a panic's message.
+    // Log lines gathered so far go out before a panic's message.
     let panic_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        pinecone_admin_proxy::logging::flush();
+        pinecone_admin_proxy::logging::flush_unless_busy();
         panic_hook(info);
     }));
     let env = Env::from_process();
@@ -109,8 +109,8 @@ fn main() -> ExitCode {
             Some(Command::Wait { ops, timeout }) => wait_command(ops, timeout, &env).await,
         }
     });
-    // Worker threads write what they gathered as they stop; a current-thread runtime's
-    // thread is this one.
+    // Worker threads flush as they stop; what a current-thread runtime (this thread)
+    // gathered since its last park goes out here.
     drop(runtime);
     pinecone_admin_proxy::logging::flush();
     code
