@@ -393,6 +393,17 @@ mod tests {
         Request::get(path).body(crate::client::empty()).unwrap()
     }
 
+    /// Sends a request and drops it once the upstream says it arrived, before any response.
+    async fn abandon(pool: &Upstream, path: &'static str, arrived: &mut mpsc::UnboundedReceiver<()>) {
+        let abandoned = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.send(get(path)).await.map(|_| ()) }
+        });
+        arrived.recv().await.unwrap();
+        abandoned.abort();
+        assert!(abandoned.await.unwrap_err().is_cancelled(), "dropped before its response");
+    }
+
     #[tokio::test]
     async fn a_request_abandoned_before_its_response_does_not_cost_the_connection() {
         let (url, accepted, mut arrived, release) = upstream().await;
@@ -402,13 +413,7 @@ mod tests {
         assert_eq!(pool.inner.idle.lock().len(), 1);
 
         // The client goes away while the upstream is still working on its request.
-        let abandoned = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.send(get("/hold")).await.map(|_| ()) }
-        });
-        arrived.recv().await.unwrap();
-        abandoned.abort();
-        assert!(abandoned.await.unwrap_err().is_cancelled());
+        abandon(&pool, "/hold", &mut arrived).await;
         assert!(pool.inner.idle.lock().is_empty(), "the connection is still busy with the abandoned request");
         release.notify_one();
         // The response is read to its end in the background; then the connection is back.
@@ -447,13 +452,7 @@ mod tests {
         });
         let pool = pool(&format!("http://{addr}"));
         // Abandoned once the upstream has the request: its response is too large to read.
-        let abandoned = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.send(get("/big")).await.map(|_| ()) }
-        });
-        arrived.recv().await.unwrap();
-        abandoned.abort();
-        assert!(abandoned.await.unwrap_err().is_cancelled());
+        abandon(&pool, "/big", &mut arrived).await;
         release.notify_one();
         // The drain gives up and drops the connection; the pool stays empty and the next
         // request opens a new one (which the one-connection upstream never accepts: so

@@ -209,13 +209,13 @@ fn route(state: &State, parts: &Parts, body: &[u8]) -> Response<Body> {
     }
 }
 
-fn accepted() -> Response<Body> {
+pub(crate) fn accepted() -> Response<Body> {
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::ACCEPTED;
     r
 }
 
-fn find(items: &[Value], id: &str) -> Option<usize> {
+pub(crate) fn find(items: &[Value], id: &str) -> Option<usize> {
     items.iter().position(|v| v["id"] == id)
 }
 

@@ -9,7 +9,7 @@
 // Handlers return their error response early with `?`; the fake is on no hot path.
 #![allow(clippy::result_large_err)]
 
-use super::admin::{Data, error, invalid, not_found, object};
+use super::admin::{Data, accepted, error, find, invalid, not_found, object};
 use super::{DEMO_CLIENT_ID, State, json, uuid};
 use crate::client::Body;
 use http::{Method, Response, StatusCode};
@@ -71,14 +71,17 @@ fn binding(principal_type: &str, principal_id: &str, resource_type: &str, resour
     })
 }
 
-fn find(items: &[Value], id: &str) -> Option<usize> {
-    items.iter().position(|v| v["id"] == id)
-}
-
-fn accepted() -> Response<Body> {
-    let mut r = Response::new(crate::client::empty());
-    *r.status_mut() = StatusCode::ACCEPTED;
-    r
+/// Deletes a user or an invite, and the role bindings that name it.
+fn delete_principal(
+    items: &mut Vec<Value>,
+    role_bindings: &mut Vec<Value>,
+    id: &str,
+    what: &str,
+) -> Result<Response<Body>, Response<Body>> {
+    let i = find(items, id).ok_or_else(|| not_found(what, id))?;
+    items.remove(i);
+    role_bindings.retain(|b| b["principal_id"] != id);
+    Ok(accepted())
 }
 
 fn conflict(code: &str, message: &str) -> Response<Body> {
@@ -98,25 +101,15 @@ pub(crate) fn route(
     let r = match segments {
         ["admin", "users"] if m == Method::GET => list_users(data, query),
         ["admin", "users", id] if m == Method::GET => get(&data.iam.users, id, "User"),
-        ["admin", "users", id] if m == Method::DELETE => match find(&data.iam.users, id) {
-            Some(i) => {
-                data.iam.users.remove(i);
-                data.iam.role_bindings.retain(|b| b["principal_id"] != *id);
-                Ok(accepted())
-            }
-            None => Err(not_found("User", id)),
-        },
+        ["admin", "users", id] if m == Method::DELETE => {
+            delete_principal(&mut data.iam.users, &mut data.iam.role_bindings, id, "User")
+        }
         ["admin", "invites"] if m == Method::GET => page(&data.iam.invites, query, &[]),
         ["admin", "invites"] if m == Method::POST => create_invite(data, body),
         ["admin", "invites", id] if m == Method::GET => get(&data.iam.invites, id, "Invite"),
-        ["admin", "invites", id] if m == Method::DELETE => match find(&data.iam.invites, id) {
-            Some(i) => {
-                data.iam.invites.remove(i);
-                data.iam.role_bindings.retain(|b| b["principal_id"] != *id);
-                Ok(accepted())
-            }
-            None => Err(not_found("Invite", id)),
-        },
+        ["admin", "invites", id] if m == Method::DELETE => {
+            delete_principal(&mut data.iam.invites, &mut data.iam.role_bindings, id, "Invite")
+        }
         ["admin", "invites", id, "resend"] if m == Method::POST => resend_invite(data, id),
         ["admin", "service-accounts"] if m == Method::GET => page(&data.iam.service_accounts, query, &[]),
         ["admin", "service-accounts"] if m == Method::POST => create_service_account(state, data, body),

@@ -234,24 +234,12 @@ async fn service_accounts_are_real_credentials_and_rotation_revokes_their_tokens
     let (s, v) = api.call(Method::GET, "/admin/role-bindings?principal_id=x", v7, None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     error_shape(&v, 400, "INVALID_ARGUMENT");
-    let (s, b) = api
-        .call(
-            Method::POST,
-            "/admin/role-bindings",
-            v7,
-            Some(json!({"principal_type": "service_account", "principal_id": id, "resource_type": "organization", "role": "OrgMember"})),
-        )
-        .await;
+    let binding = json!({"principal_type": "service_account", "principal_id": id, "resource_type": "organization", "role": "OrgMember"});
+    let (s, b) = api.call(Method::POST, "/admin/role-bindings", v7, Some(binding.clone())).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(b["principal_id"], id.as_str());
-    let (s, v) = api
-        .call(
-            Method::POST,
-            "/admin/role-bindings",
-            v7,
-            Some(json!({"principal_type": "service_account", "principal_id": id, "resource_type": "organization", "role": "OrgMember"})),
-        )
-        .await;
+    // The same binding again.
+    let (s, v) = api.call(Method::POST, "/admin/role-bindings", v7, Some(binding)).await;
     assert_eq!(s, StatusCode::CONFLICT);
     error_shape(&v, 409, "ALREADY_EXISTS");
     let (_, owners) = api.call(Method::GET, "/admin/role-bindings?role=OrgOwner", v7, None).await;
