@@ -12,7 +12,7 @@ use crate::config::{UpstreamConfig, format_duration, is_loopback_host};
 use crate::metrics::{Metrics, ReplayResult};
 use crate::replay::{Buffered, RequestBody};
 use crate::token::{TokenSource, TokenUnavailable};
-use crate::upstream::Upstream;
+use crate::upstream::{SendError, Upstream};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
@@ -169,9 +169,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// The request header policy: hop-by-hop headers out, the client's `Host` out (the
-/// client sets the upstream's), our `Authorization` in, and the API version in unless the
-/// client chose one (or always, with `override_api_version`).
+/// The request header policy: hop-by-hop headers out, our `Authorization` in, and the API version in unless the
+/// client chose one (or always, with `override_api_version`). The client's `Host` is left
+/// for [`Upstream::send`], which replaces it with the upstream's in the same lookup.
 pub fn rewrite_request_headers(
     headers: &mut HeaderMap,
     authorization: &HeaderValue,
@@ -179,10 +179,12 @@ pub fn rewrite_request_headers(
     override_api_version: bool,
 ) {
     strip_hop_by_hop(headers);
-    headers.remove(header::HOST);
     headers.insert(header::AUTHORIZATION, authorization.clone());
-    if override_api_version || !headers.contains_key(&X_PINECONE_API_VERSION) {
+    if override_api_version {
         headers.insert(X_PINECONE_API_VERSION.clone(), api_version.clone());
+    } else {
+        // One lookup, where `contains_key` and then `insert` would hash the name twice.
+        headers.entry(X_PINECONE_API_VERSION.clone()).or_insert_with(|| api_version.clone());
     }
 }
 
@@ -388,11 +390,10 @@ impl Proxy {
     /// Sends one request upstream, waiting at most `upstream.timeout` for the headers.
     async fn send(&self, request: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let inner = &self.inner;
-        match tokio::time::timeout(inner.timeout, inner.upstream.send(request)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout(inner.timeout)),
-            Ok(Err(e)) => Err(ProxyError::UpstreamUnreachable(e)),
-            Ok(Ok(response)) => Ok(response),
-        }
+        inner.upstream.send(request, inner.timeout).await.map_err(|e| match e {
+            SendError::Timeout => ProxyError::UpstreamTimeout(inner.timeout),
+            SendError::Unreachable(e) => ProxyError::UpstreamUnreachable(e),
+        })
     }
 
     /// Not an open proxy: no `CONNECT`, and an absolute-form target (HTTP/1) must name
@@ -520,7 +521,6 @@ mod tests {
         assert_eq!(h.get("te").unwrap(), "trailers");
         for gone in [
             "proxy-authorization",
-            "host",
             "connection",
             "keep-alive",
             "x-private",
@@ -531,6 +531,7 @@ mod tests {
             assert!(!h.contains_key(gone), "{gone} should be removed");
         }
         assert_eq!(h.get_all("x-custom").iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(h.get("host").unwrap(), "127.0.0.1:8484", "left for the upstream client to replace");
         assert_eq!(h.get("content-type").unwrap(), "application/json");
     }
 

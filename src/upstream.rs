@@ -10,8 +10,9 @@
 //! closed it) is sent again on a new connection, once. A request whose client went away
 //! before its response came is finished in the background (its response read and
 //! discarded, up to a limit) so that its connection goes back to the pool rather than being
-//! closed. What to send and what an error means to the client is [`crate::proxy`]'s
-//! business.
+//! closed. Each HTTP/1.1 connection carries one timer for `upstream.timeout`, moved to
+//! each request's deadline in turn. What to send and what an error means to the client is
+//! [`crate::proxy`]'s business.
 
 use crate::client::{Body, BoxError, error_chain};
 use crate::config::UpstreamConfig;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// How long an idle connection is kept: shorter than the ~120 s after which cloud load
 /// balancers drop idle connections, so we close first.
@@ -51,7 +52,7 @@ struct Inner {
     authority: Authority,
     host_header: HeaderValue,
     connect_timeout: Duration,
-    idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
+    idle: Mutex<Vec<(Conn, Instant)>>,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
 }
 
@@ -62,8 +63,23 @@ impl std::fmt::Debug for Inner {
 }
 
 enum Sender {
-    H1(http1::SendRequest<Body>),
+    H1(Conn),
     H2(http2::SendRequest<Body>),
+}
+
+/// An HTTP/1.1 connection and the timer that bounds the wait for each of its responses.
+struct Conn {
+    sender: http1::SendRequest<Body>,
+    timer: Pin<Box<Sleep>>,
+}
+
+/// Why a request got no response from the upstream.
+#[derive(Debug)]
+pub enum SendError {
+    /// No response headers within the timeout.
+    Timeout,
+    /// Not sent, or the connection failed: one line for the client.
+    Unreachable(String),
 }
 
 impl Upstream {
@@ -96,84 +112,120 @@ impl Upstream {
     }
 
     /// Sends `request` (its URI in origin form: path and query) and returns the response
-    /// headers; the body streams from the connection. An error is one line for the client.
-    pub async fn send(&self, mut request: Request<Body>) -> Result<Response<Body>, String> {
+    /// headers, or [`SendError::Timeout`] if they have not come within `timeout`; the body
+    /// streams from the connection.
+    pub async fn send(&self, mut request: Request<Body>, timeout: Duration) -> Result<Response<Body>, SendError> {
+        let deadline = Instant::now() + timeout;
         let mut fresh = false;
         loop {
             // Connecting is rare and its future (DNS, TLS, HTTP/2 handshakes) is large: boxed,
             // it does not inflate, and get copied with, every request's future.
-            let sender = if fresh { Box::pin(self.connect()).await? } else { self.checkout().await? };
-            match sender {
-                Sender::H1(sender) => {
-                    request.headers_mut().insert(header::HOST, self.inner.host_header.clone());
-                    // If this future is dropped (the client went away) before the response
-                    // has come, the exchange finishes in the background and then puts the
-                    // connection back: hyper closes a connection whose queued request was
-                    // abandoned, and every abandoned request would cost a new connection.
-                    let mut sender = sender;
-                    let mut exchange = Exchange {
-                        response: Some(Box::pin(sender.try_send_request(request))),
-                        sender: Some(sender),
-                        inner: self.inner.clone(),
-                    };
-                    let sent = std::future::poll_fn(|cx| exchange.poll_response(cx)).await;
-                    exchange.response = None;
-                    let sender = exchange.sender.take().expect("still held");
-                    match sent {
-                        Ok(response) => {
-                            let inner = self.inner.clone();
-                            return Ok(response.map(|body| PooledBody::new(body, sender, inner).boxed_unsync()));
-                        }
-                        Err(mut e) => match e.take_message() {
-                            // Never sent: the pooled connection was closed under us.
-                            Some(unsent) if !fresh => {
-                                request = unsent;
-                                fresh = true;
-                            }
-                            _ => return Err(error_chain(&e.into_error())),
-                        },
+            let pooled = if fresh { None } else { self.checkout() };
+            let sender = match pooled {
+                Some(sender) => sender,
+                None => match Box::pin(tokio::time::timeout_at(deadline, self.connect(deadline))).await {
+                    Ok(connected) => connected.map_err(SendError::Unreachable)?,
+                    Err(_) => return Err(SendError::Timeout),
+                },
+            };
+            let mut conn = match sender {
+                Sender::H1(conn) => conn,
+                // HTTP/2 is boxed out of the HTTP/1.1 request's future, which it would double.
+                Sender::H2(sender) => return Box::pin(self.send_h2(sender, request, deadline)).await,
+            };
+            // One timer per connection, moved to this request's deadline: extending a
+            // registered deadline is a store, where a timer per request is an insertion into
+            // and a removal from the runtime's timer wheel.
+            conn.timer.as_mut().reset(deadline);
+            // Usually ready at once: put back the moment its last response ended.
+            let ready = std::future::poll_fn(|cx| match conn.sender.poll_ready(cx) {
+                Poll::Ready(ready) => Poll::Ready(Some(ready)),
+                Poll::Pending => conn.timer.as_mut().poll(cx).map(|()| None),
+            })
+            .await;
+            match ready {
+                Some(Ok(())) => {}
+                // Closed under us: nothing was sent, so another connection may be tried.
+                Some(Err(_)) => continue,
+                None => return Err(SendError::Timeout),
+            }
+            request.headers_mut().insert(header::HOST, self.inner.host_header.clone());
+            // If this future is dropped (the client went away) before the response has come,
+            // the exchange finishes in the background and then puts the connection back: hyper
+            // closes a connection whose queued request was abandoned, and every abandoned
+            // request would cost a new connection.
+            let mut exchange = Exchange {
+                response: Some(Box::pin(conn.sender.try_send_request(request))),
+                conn: Some(conn),
+                inner: self.inner.clone(),
+            };
+            let sent = std::future::poll_fn(|cx| exchange.poll_response(cx)).await;
+            exchange.response = None;
+            let conn = exchange.conn.take().expect("still held");
+            match sent {
+                Some(Ok(response)) => {
+                    let inner = self.inner.clone();
+                    return Ok(response.map(|body| PooledBody::new(body, conn, inner).boxed_unsync()));
+                }
+                // The connection is dropped with the request it is still busy with.
+                None => return Err(SendError::Timeout),
+                Some(Err(mut e)) => match e.take_message() {
+                    // Never sent: the pooled connection was closed under us.
+                    Some(unsent) if !fresh => {
+                        request = unsent;
+                        fresh = true;
                     }
-                }
-                Sender::H2(mut sender) => {
-                    let pq = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-                    *request.uri_mut() = Uri::builder()
-                        .scheme(self.inner.scheme.clone())
-                        .authority(self.inner.authority.clone())
-                        .path_and_query(pq)
-                        .build()
-                        .map_err(|e| e.to_string())?;
-                    sender.ready().await.map_err(|e| error_chain(&e))?;
-                    let response = sender.send_request(request).await.map_err(|e| error_chain(&e))?;
-                    return Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()));
-                }
+                    _ => return Err(SendError::Unreachable(error_chain(&e.into_error()))),
+                },
             }
         }
     }
 
-    /// A connection to send on: the shared HTTP/2 one, an idle HTTP/1.1 one, or a new one.
-    async fn checkout(&self) -> Result<Sender, String> {
+    async fn send_h2(
+        &self,
+        mut sender: http2::SendRequest<Body>,
+        mut request: Request<Body>,
+        deadline: Instant,
+    ) -> Result<Response<Body>, SendError> {
+        let pq = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::builder()
+            .scheme(self.inner.scheme.clone())
+            .authority(self.inner.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| SendError::Unreachable(e.to_string()))?;
+        // `:authority` names the upstream; the client's `Host` is not forwarded.
+        request.headers_mut().remove(header::HOST);
+        let exchange = async {
+            sender.ready().await.map_err(|e| error_chain(&e))?;
+            sender.send_request(request).await.map_err(|e| error_chain(&e))
+        };
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(response)) => Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync())),
+            Ok(Err(e)) => Err(SendError::Unreachable(e)),
+            Err(_) => Err(SendError::Timeout),
+        }
+    }
+
+    /// A connection to send on: the shared HTTP/2 one or an idle HTTP/1.1 one; `None` if a
+    /// new one is needed.
+    fn checkout(&self) -> Option<Sender> {
         let h2 = self.inner.h2.lock().clone();
         if let Some(h2) = h2 {
             if !h2.is_closed() {
-                return Ok(Sender::H2(h2));
+                return Some(Sender::H2(h2));
             }
             *self.inner.h2.lock() = None;
         }
         loop {
-            let Some((mut sender, since)) = self.inner.idle.lock().pop() else { break };
-            if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
-                continue;
-            }
-            // Put back the moment its last response ended; ready as soon as the connection
-            // task has noticed.
-            if sender.ready().await.is_ok() {
-                return Ok(Sender::H1(sender));
+            let (conn, since) = self.inner.idle.lock().pop()?;
+            if !conn.sender.is_closed() && since.elapsed() <= IDLE_TIMEOUT {
+                return Some(Sender::H1(conn));
             }
         }
-        Box::pin(self.connect()).await
     }
 
-    async fn connect(&self) -> Result<Sender, String> {
+    async fn connect(&self, deadline: Instant) -> Result<Sender, String> {
         let inner = &self.inner;
         let addrs = tokio::net::lookup_host((inner.host.as_str(), inner.port))
             .await
@@ -192,7 +244,7 @@ impl Upstream {
         }
         let tcp = tcp.ok_or(last)?;
         let _ = tcp.set_nodelay(true);
-        let Some((connector, name)) = &inner.tls else { return handshake_h1(tcp).await };
+        let Some((connector, name)) = &inner.tls else { return handshake_h1(tcp, deadline).await };
         let tls = connector
             .connect(name.clone(), tcp)
             .await
@@ -212,11 +264,11 @@ impl Upstream {
             *inner.h2.lock() = Some(sender.clone());
             return Ok(Sender::H2(sender));
         }
-        handshake_h1(tls).await
+        handshake_h1(tls, deadline).await
     }
 }
 
-async fn handshake_h1<T>(io: T) -> Result<Sender, String>
+async fn handshake_h1<T>(io: T, deadline: Instant) -> Result<Sender, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -228,7 +280,7 @@ where
         }
     });
     sender.ready().await.map_err(|e| error_chain(&e))?;
-    Ok(Sender::H1(sender))
+    Ok(Sender::H1(Conn { sender, timer: Box::pin(tokio::time::sleep_until(deadline)) }))
 }
 
 /// What abandoned exchanges may read of their responses before the connection is put back;
@@ -242,7 +294,7 @@ where
     F: Future<Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>> + Send + 'static,
 {
     response: Option<Pin<Box<F>>>,
-    sender: Option<http1::SendRequest<Body>>,
+    conn: Option<Conn>,
     inner: Arc<Inner>,
 }
 
@@ -250,8 +302,13 @@ impl<F> Exchange<F>
 where
     F: Future<Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>> + Send + 'static,
 {
-    fn poll_response(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.response.as_mut().expect("polled after completion").as_mut().poll(cx)
+    /// The response, or `None` when the connection's timer ran out first.
+    fn poll_response(&mut self, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        if let Poll::Ready(response) = self.response.as_mut().expect("polled after completion").as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        let conn = self.conn.as_mut().expect("held until the response");
+        conn.timer.as_mut().poll(cx).map(|()| None)
     }
 }
 
@@ -260,7 +317,7 @@ where
     F: Future<Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>> + Send + 'static,
 {
     fn drop(&mut self) {
-        let (Some(response), Some(sender)) = (self.response.take(), self.sender.take()) else { return };
+        let (Some(response), Some(conn)) = (self.response.take(), self.conn.take()) else { return };
         // Outside a runtime (or in one shutting down) there is nothing to finish.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let inner = self.inner.clone();
@@ -281,8 +338,8 @@ where
                 true
             })
             .await;
-            if drained == Ok(true) && !sender.is_closed() {
-                inner.idle.lock().push((sender, Instant::now()));
+            if drained == Ok(true) && !conn.sender.is_closed() {
+                inner.idle.lock().push((conn, Instant::now()));
             }
         });
     }
@@ -293,19 +350,19 @@ where
 /// until hyper has finished with the rest, or finds it closed and discards it).
 struct PooledBody {
     body: Incoming,
-    sender: Option<http1::SendRequest<Body>>,
+    conn: Option<Conn>,
     inner: Arc<Inner>,
 }
 
 impl PooledBody {
-    fn new(body: Incoming, sender: http1::SendRequest<Body>, inner: Arc<Inner>) -> Self {
-        Self { body, sender: Some(sender), inner }
+    fn new(body: Incoming, conn: Conn, inner: Arc<Inner>) -> Self {
+        Self { body, conn: Some(conn), inner }
     }
 
     fn release(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            if !sender.is_closed() {
-                self.inner.idle.lock().push((sender, Instant::now()));
+        if let Some(conn) = self.conn.take() {
+            if !conn.sender.is_closed() {
+                self.inner.idle.lock().push((conn, Instant::now()));
             }
         }
     }
@@ -320,7 +377,7 @@ impl http_body::Body for PooledBody {
         match &frame {
             None => self.release(),
             Some(Ok(_)) if self.body.is_end_stream() => self.release(),
-            Some(Err(_)) => self.sender = None,
+            Some(Err(_)) => self.conn = None,
             Some(Ok(_)) => {}
         }
         Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
@@ -389,6 +446,8 @@ mod tests {
         Upstream::new(&crate::config::load(&Flags::default(), &env).unwrap().upstream).unwrap()
     }
 
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
     fn get(path: &str) -> Request<Body> {
         Request::get(path).body(crate::client::empty()).unwrap()
     }
@@ -397,7 +456,7 @@ mod tests {
     async fn abandon(pool: &Upstream, path: &'static str, arrived: &mut mpsc::UnboundedReceiver<()>) {
         let abandoned = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.send(get(path)).await.map(|_| ()) }
+            async move { pool.send(get(path), TIMEOUT).await.map(|_| ()) }
         });
         arrived.recv().await.unwrap();
         abandoned.abort();
@@ -408,7 +467,7 @@ mod tests {
     async fn a_request_abandoned_before_its_response_does_not_cost_the_connection() {
         let (url, accepted, mut arrived, release) = upstream().await;
         let pool = pool(&url);
-        let response = pool.send(get("/first")).await.unwrap();
+        let response = pool.send(get("/first"), TIMEOUT).await.unwrap();
         response.into_body().collect().await.unwrap();
         assert_eq!(pool.inner.idle.lock().len(), 1);
 
@@ -425,7 +484,7 @@ mod tests {
         .await
         .expect("the connection came back to the pool");
 
-        let response = pool.send(get("/after")).await.unwrap();
+        let response = pool.send(get("/after"), TIMEOUT).await.unwrap();
         assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "late");
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for all three requests");
     }

@@ -41,6 +41,29 @@ async fn slow_upstream_is_504() {
     assert_eq!(proxy.metrics.upstream_timeout.get(), 1);
 }
 
+/// Each request on a kept-alive upstream connection gets the whole timeout from its own
+/// start: the connection's timer is moved on, not left at the first request's deadline.
+#[tokio::test]
+async fn a_kept_alive_connection_times_each_request_from_its_start() {
+    let fake = fake(3600).await;
+    fake.state().set_admin_delay(Duration::from_millis(600));
+    let proxy = proxy_for(&fake, &[("PINECONE_PROXY_UPSTREAM_TIMEOUT", "1s")]).await;
+    let client = TestClient::default();
+    // Three in a row on one connection: the second ends 1.2 s after the first began.
+    for _ in 0..3 {
+        let (status, _, body) = client.get(&url(&proxy, "/admin/projects")).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    }
+    fake.state().set_admin_delay(Duration::from_secs(5));
+    let (status, headers, body) = client.get(&url(&proxy, "/admin/projects")).await;
+    assert_proxy_error(status, &headers, &body, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
+    // The timed-out connection is not reused with its request still pending.
+    fake.state().set_admin_delay(Duration::ZERO);
+    let (status, _, _) = client.get(&url(&proxy, "/admin/projects")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(proxy.metrics.upstream_timeout.get(), 1);
+}
+
 #[tokio::test]
 async fn no_token_is_503_token_unavailable_with_retry_after() {
     let fake = fake(3600).await;
