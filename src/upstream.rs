@@ -35,7 +35,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 /// How long an idle connection is kept: shorter than the ~120 s after which cloud load
-/// balancers drop idle connections, so we close first.
+/// balancers drop idle connections, so we close first. Counted from when its last request
+/// was sent (which is never later than when it went idle): one clock read per request
+/// serves for this and for the request's deadline.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The upstream connection pool. Cheap to clone.
@@ -52,7 +54,7 @@ struct Inner {
     authority: Authority,
     host_header: HeaderValue,
     connect_timeout: Duration,
-    idle: Mutex<Vec<(Conn, Instant)>>,
+    idle: Mutex<Vec<Conn>>,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
 }
 
@@ -71,6 +73,8 @@ enum Sender {
 struct Conn {
     sender: http1::SendRequest<Body>,
     timer: Pin<Box<Sleep>>,
+    /// When its last request was sent.
+    used: Instant,
 }
 
 /// Why a request got no response from the upstream.
@@ -115,12 +119,13 @@ impl Upstream {
     /// headers, or [`SendError::Timeout`] if they have not come within `timeout`; the body
     /// streams from the connection.
     pub async fn send(&self, mut request: Request<Body>, timeout: Duration) -> Result<Response<Body>, SendError> {
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        let deadline = now + timeout;
         let mut fresh = false;
         loop {
             // Connecting is rare and its future (DNS, TLS, HTTP/2 handshakes) is large: boxed,
             // it does not inflate, and get copied with, every request's future.
-            let pooled = if fresh { None } else { self.checkout() };
+            let pooled = if fresh { None } else { self.checkout(now) };
             let sender = match pooled {
                 Some(sender) => sender,
                 None => match Box::pin(tokio::time::timeout_at(deadline, self.connect(deadline))).await {
@@ -137,6 +142,7 @@ impl Upstream {
             // registered deadline is a store, where a timer per request is an insertion into
             // and a removal from the runtime's timer wheel.
             conn.timer.as_mut().reset(deadline);
+            conn.used = now;
             // Usually ready at once: put back the moment its last response ended.
             let ready = std::future::poll_fn(|cx| match conn.sender.poll_ready(cx) {
                 Poll::Ready(ready) => Poll::Ready(Some(ready)),
@@ -209,7 +215,7 @@ impl Upstream {
 
     /// A connection to send on: the shared HTTP/2 one or an idle HTTP/1.1 one; `None` if a
     /// new one is needed.
-    fn checkout(&self) -> Option<Sender> {
+    fn checkout(&self, now: Instant) -> Option<Sender> {
         let h2 = self.inner.h2.lock().clone();
         if let Some(h2) = h2 {
             if !h2.is_closed() {
@@ -218,8 +224,8 @@ impl Upstream {
             *self.inner.h2.lock() = None;
         }
         loop {
-            let (conn, since) = self.inner.idle.lock().pop()?;
-            if !conn.sender.is_closed() && since.elapsed() <= IDLE_TIMEOUT {
+            let conn = self.inner.idle.lock().pop()?;
+            if !conn.sender.is_closed() && now.saturating_duration_since(conn.used) <= IDLE_TIMEOUT {
                 return Some(Sender::H1(conn));
             }
         }
@@ -280,7 +286,7 @@ where
         }
     });
     sender.ready().await.map_err(|e| error_chain(&e))?;
-    Ok(Sender::H1(Conn { sender, timer: Box::pin(tokio::time::sleep_until(deadline)) }))
+    Ok(Sender::H1(Conn { sender, timer: Box::pin(tokio::time::sleep_until(deadline)), used: Instant::now() }))
 }
 
 /// What abandoned exchanges may read of their responses before the connection is put back;
@@ -339,7 +345,7 @@ where
             })
             .await;
             if drained == Ok(true) && !conn.sender.is_closed() {
-                inner.idle.lock().push((conn, Instant::now()));
+                inner.idle.lock().push(conn);
             }
         });
     }
@@ -362,7 +368,7 @@ impl PooledBody {
     fn release(&mut self) {
         if let Some(conn) = self.conn.take() {
             if !conn.sender.is_closed() {
-                self.inner.idle.lock().push((conn, Instant::now()));
+                self.inner.idle.lock().push(conn);
             }
         }
     }
