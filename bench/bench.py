@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target/release/pinecone-admin-proxy")
 OHA = os.environ.get("OHA", "oha")
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 WARMUP = 2
 UPSTREAM, PROXY, NGINX, OPS, SINK = 18080, 18484, 18081, 19484, 18090
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -230,11 +230,14 @@ def streaming(env):
     return up, down, hwm
 
 
-def median_row(runs, key="rps"):
-    """The run in the middle by `key`; token requests and new connections summed over all
-    rounds, so that none in any round goes unseen; RSS under load the highest seen."""
-    ordered = sorted(runs, key=lambda r: r[key])
-    row = dict(ordered[len(ordered) // 2])
+def median_row(runs):
+    """Each timing the median of its own over the rounds (a round that was slow for one
+    figure does not choose the others); token requests, new connections and errors summed
+    over all rounds, so that none in any round goes unseen; RSS under load the highest seen."""
+    row = dict(runs[0])
+    for key in ("rps", "p50", "p99", "p999", "cpu_us", "rss_idle"):
+        if row[key] is not None:
+            row[key] = statistics.median(r[key] for r in runs)
     if row["tokens"] is not None:
         row["tokens"] = sum(r["tokens"] for r in runs)
     if row["new_upstream"] is not None:
@@ -311,7 +314,7 @@ http {{
 
         upstream_pid = procs[0].pid
         # Rounds interleave the three targets, so that a slow spell of a shared machine hits
-        # all of them; each row is the median round (by req/s) of its target.
+        # all of them; each figure of a row is its median over the rounds.
         targets = (("direct", UPSTREAM, [upstream_pid], auth, False), ("nginx", NGINX, nginx_pids, {}, False),
                    ("proxy", PROXY, [proxy.pid], {}, True))
         rows = []
@@ -327,12 +330,12 @@ http {{
             for name, port, pids, headers, _ in targets:
                 runs[name].append(fixed_rate(name, port, pids, headers))
         for name, *_ in targets:
-            rows.append(median_row(runs[name], key="p99"))
+            rows.append(median_row(runs[name]))
         up, down, hwm = streaming(env)
 
         print(f"\npinecone-admin-proxy benchmark: GET /admin/projects; upstream, proxy and nginx on CPU 1, load "
-              f"on CPU 0; each row the median of {ROUNDS} interleaved rounds of {DURATION} s after {WARMUP} s warm-up "
-              f"(fixed rate: median by p99)\n")
+              f"on CPU 0; each figure the median of {ROUNDS} interleaved rounds of {DURATION} s after {WARMUP} s "
+              f"warm-up\n")
         print("| target | conns | req/s | p50 µs | p99 µs | p99.9 µs | errors | CPU µs/req | RSS idle KiB "
               "| RSS load KiB | token reqs | new upstream conns | req/s vs nginx | req/s vs direct |")
         print("|" + " --- |" * 14)
