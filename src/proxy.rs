@@ -169,9 +169,10 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// The request header policy: hop-by-hop headers out, our `Authorization` in, and the API version in unless the
-/// client chose one (or always, with `override_api_version`). The client's `Host` is left
-/// for [`Upstream::send`], which replaces it with the upstream's in the same lookup.
+/// The request header policy: hop-by-hop headers out, our `Authorization` in, and the API
+/// version in unless the client chose one (or always, with `override_api_version`). The
+/// client's `Host` is left for [`Upstream::send`], which replaces it with the upstream's in
+/// the same lookup.
 pub fn rewrite_request_headers(
     headers: &mut HeaderMap,
     authorization: &HeaderValue,

@@ -291,6 +291,10 @@ impl<C> Drop for Watched<C> {
 /// kept timer's deadline later is a store, where a new one is an insertion into and a
 /// removal from the runtime's timer wheel (and an allocation). All of them have the same
 /// duration, so a reused timer's deadline only ever moves later.
+///
+/// A kept timer stays in the wheel until its deadline, holding the waker of the connection
+/// that last used it: at most `SPARE_TIMERS` finished connections' task records (their
+/// buffers are freed) stay allocated for up to `HEADER_READ_TIMEOUT` longer.
 #[derive(Clone, Default)]
 struct SpareTimers(Arc<Mutex<Vec<Pin<Box<tokio::time::Sleep>>>>>);
 
