@@ -298,8 +298,8 @@ impl<C> Drop for Watched<C> {
 #[derive(Clone, Default)]
 struct SpareTimers(Arc<Mutex<Vec<Pin<Box<tokio::time::Sleep>>>>>);
 
-/// More than the connections open at once would be wasted.
-const SPARE_TIMERS: usize = 1024;
+/// Enough for the connections of a busy sidecar; past it, a timer is dropped as before.
+const SPARE_TIMERS: usize = 256;
 
 impl hyper::rt::Timer for SpareTimers {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
