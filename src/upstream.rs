@@ -126,6 +126,7 @@ impl Upstream {
             // Connecting is rare and its future (DNS, TLS, HTTP/2 handshakes) is large: boxed,
             // it does not inflate, and get copied with, every request's future.
             let pooled = if fresh { None } else { self.checkout(now) };
+            let connected = pooled.is_none();
             let sender = match pooled {
                 Some(sender) => sender,
                 None => match Box::pin(tokio::time::timeout_at(deadline, self.connect(deadline))).await {
@@ -151,7 +152,9 @@ impl Upstream {
             .await;
             match ready {
                 Some(Ok(())) => {}
-                // Closed under us: nothing was sent, so another connection may be tried.
+                // A pooled connection closed under us: nothing was sent, so the next idle one
+                // (or a new one) may be tried. A new one that closes is the upstream's answer.
+                Some(Err(e)) if connected => return Err(SendError::Unreachable(error_chain(&e))),
                 Some(Err(_)) => continue,
                 None => return Err(SendError::Timeout),
             }
