@@ -70,6 +70,9 @@ enum Sender {
 }
 
 /// An HTTP/1.1 connection and the timer that bounds the wait for each of its responses.
+/// Between requests the timer stays registered with its last deadline and the last
+/// request's waker, so a finished client connection's task record can stay allocated for up
+/// to `upstream.timeout` (its buffers are freed): bounded by the number of pooled connections.
 struct Conn {
     sender: http1::SendRequest<Body>,
     timer: Pin<Box<Sleep>>,
