@@ -67,11 +67,7 @@ pub fn runtime_hooks(builder: &mut tokio::runtime::Builder) -> &mut tokio::runti
 /// before writing to standard error by other means, and from a panic hook, so that lines
 /// keep their order.
 pub fn flush() {
-    let mut pending = PENDING.lock();
-    if !pending.is_empty() {
-        write_out(&pending);
-        pending.clear();
-    }
+    write_pending(&mut PENDING.lock());
 }
 
 /// Lines gathered from every thread, in the order they were logged (one buffer, not one
@@ -82,10 +78,14 @@ static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 /// `flush` for a panic hook: a panic on the thread that holds the buffer must not deadlock.
 pub fn flush_unless_busy() {
     if let Some(mut pending) = PENDING.try_lock() {
-        if !pending.is_empty() {
-            write_out(&pending);
-            pending.clear();
-        }
+        write_pending(&mut pending);
+    }
+}
+
+fn write_pending(pending: &mut Vec<u8>) {
+    if !pending.is_empty() {
+        write_out(pending);
+        pending.clear();
     }
 }
 
@@ -104,10 +104,7 @@ fn emit(line: &[u8]) {
         pending.extend_from_slice(line);
         return;
     }
-    if !pending.is_empty() {
-        write_out(&pending);
-        pending.clear();
-    }
+    write_pending(&mut pending);
     if gathering && line.len() <= BUFFER_LIMIT {
         pending.extend_from_slice(line);
     } else {

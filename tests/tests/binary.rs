@@ -127,6 +127,17 @@ struct Proc {
     listen: std::net::SocketAddr,
 }
 
+/// The binary with the demo credentials, a token endpoint, an upstream and `extra`.
+async fn spawn_demo(token_url: &str, upstream: &str, extra: &[(&str, &str)]) -> Proc {
+    let base = [
+        ("PINECONE_CLIENT_ID", DEMO_CLIENT_ID),
+        ("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET),
+        ("PINECONE_PROXY_TOKEN_URL", token_url),
+        ("PINECONE_PROXY_UPSTREAM_URL", upstream),
+    ];
+    spawn(&[&base[..], extra].concat()).await
+}
+
 async fn spawn(envs: &[(&str, &str)]) -> Proc {
     let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let ops: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -204,14 +215,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
         }
     })
     .await;
-    let envs = [
-        ("PINECONE_CLIENT_ID", DEMO_CLIENT_ID),
-        ("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET),
-        ("PINECONE_PROXY_TOKEN_URL", &fake.token_url()),
-        ("PINECONE_PROXY_UPSTREAM_URL", &upstream.url()),
-        ("PINECONE_PROXY_SHUTDOWN_GRACE", "20s"),
-    ];
-    let mut proc = spawn(&envs).await;
+    let mut proc = spawn_demo(&fake.token_url(), &upstream.url(), &[("PINECONE_PROXY_SHUTDOWN_GRACE", "20s")]).await;
     let client = TestClient::default();
     let in_flight = {
         let url = format!("http://{}/slow", proc.listen);
@@ -264,15 +268,8 @@ async fn sighup_rereads_the_secret_file() {
 async fn the_secret_and_tokens_never_appear_in_output_at_trace_level() {
     for format in ["text", "json"] {
         let fake = fake(3600).await;
-        let envs = [
-            ("PINECONE_CLIENT_ID", DEMO_CLIENT_ID),
-            ("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET),
-            ("PINECONE_PROXY_TOKEN_URL", &fake.token_url()),
-            ("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url()),
-            ("RUST_LOG", "trace"),
-            ("PINECONE_PROXY_LOG_FORMAT", format),
-        ];
-        let mut proc = spawn(&envs).await;
+        let extra = [("RUST_LOG", "trace"), ("PINECONE_PROXY_LOG_FORMAT", format)];
+        let mut proc = spawn_demo(&fake.token_url(), &fake.api_url(), &extra).await;
         let client = TestClient::default();
         let base = format!("http://{}", proc.listen);
         let (_, _, shim) = client.post(&format!("{base}/oauth/token"), "{}").await;
@@ -312,13 +309,7 @@ async fn the_secret_and_tokens_never_appear_in_output_at_trace_level() {
 #[tokio::test]
 async fn access_lines_are_written_while_the_proxy_runs_in_order_and_all_before_it_exits() {
     let fake = fake(3600).await;
-    let envs = [
-        ("PINECONE_CLIENT_ID", DEMO_CLIENT_ID),
-        ("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET),
-        ("PINECONE_PROXY_TOKEN_URL", &fake.token_url()),
-        ("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url()),
-    ];
-    let mut proc = spawn(&envs).await;
+    let mut proc = spawn_demo(&fake.token_url(), &fake.api_url(), &[]).await;
     let client = TestClient::default();
     // Lines are gathered while the proxy works and written when it runs out of work: each
     // arrives while the proxy sits idle after its request, not at exit.
