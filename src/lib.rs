@@ -11,6 +11,7 @@
 //!   engine that hands usable tokens to requests.
 //! - [`client`]: the pooled rustls HTTP client of the token requests; shared body and TLS types.
 //! - [`upstream`]: the forwarding client: keep-alive HTTP/1.1 and HTTP/2 connections to the upstream.
+//! - [`h1`]: one HTTP/1.1 exchange with the upstream: the request written, the response framed.
 //! - [`proxy`]: forwarding: the request rewrite, header policy, streaming, proxy errors.
 //! - [`replay`]: request bodies kept in memory for one replay after an upstream 401.
 //! - [`ops`]: health, readiness, startup, metrics, status and quit endpoints.
@@ -28,6 +29,7 @@ pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod fake;
+pub mod h1;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

@@ -6,8 +6,10 @@
 //! and a new connection on every request, several future layers). With one upstream, a
 //! pool is a stack: an HTTP/1.1 connection is taken from it for a request and put back
 //! when the response body has been read to its end; an HTTP/2 connection is shared.
-//! A request that a pooled connection could not even start sending (the upstream had
-//! closed it) is sent again on a new connection, once. A request whose client went away
+//! HTTP/1.1 exchanges are [`crate::h1`]'s; HTTP/2 is hyper's. An idle connection the
+//! upstream has closed is found (and dropped) when it is taken from the stack. A request
+//! without a body that a reused connection lost unanswered is sent again on a new
+//! connection, once, if that is safe (see [`crate::h1::ExchangeError`]). A request whose client went away
 //! before its response came is finished in the background (its response read and
 //! discarded, up to a limit) so that its connection goes back to the pool rather than being
 //! closed. Each HTTP/1.1 connection carries one timer for `upstream.timeout`, moved to
@@ -16,23 +18,21 @@
 
 use crate::client::{Body, BoxError, error_chain};
 use crate::config::UpstreamConfig;
+use crate::h1::{Conn, Exchange, Idle, Io, Outgoing};
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, header};
-use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use rustls_pki_types::ServerName;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// How long an idle connection is kept: shorter than the ~120 s after which cloud load
 /// balancers drop idle connections, so we close first. Counted from when its last request
@@ -54,7 +54,7 @@ struct Inner {
     authority: Authority,
     host_header: HeaderValue,
     connect_timeout: Duration,
-    idle: Mutex<Vec<Conn>>,
+    idle: Idle,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
 }
 
@@ -67,17 +67,6 @@ impl std::fmt::Debug for Inner {
 enum Sender {
     H1(Conn),
     H2(http2::SendRequest<Body>),
-}
-
-/// An HTTP/1.1 connection and the timer that bounds the wait for each of its responses.
-/// Between requests the timer stays registered with its last deadline and the last
-/// request's waker, so a finished client connection's task record can stay allocated for up
-/// to `upstream.timeout` (its buffers are freed): bounded by the number of pooled connections.
-struct Conn {
-    sender: http1::SendRequest<Body>,
-    timer: Pin<Box<Sleep>>,
-    /// When its last request was sent.
-    used: Instant,
 }
 
 /// Why a request got no response from the upstream.
@@ -112,7 +101,7 @@ impl Upstream {
                 scheme: cfg.scheme.clone(),
                 authority: cfg.authority.clone(),
                 connect_timeout: cfg.connect_timeout,
-                idle: Mutex::new(Vec::new()),
+                idle: Idle::default(),
                 h2: Mutex::new(None),
             }),
         })
@@ -121,15 +110,17 @@ impl Upstream {
     /// Sends `request` (its URI in origin form: path and query) and returns the response
     /// headers, or [`SendError::Timeout`] if they have not come within `timeout`; the body
     /// streams from the connection.
-    pub async fn send(&self, mut request: Request<Body>, timeout: Duration) -> Result<Response<Body>, SendError> {
+    pub async fn send(&self, request: Request<Body>, timeout: Duration) -> Result<Response<Body>, SendError> {
         let now = Instant::now();
         let deadline = now + timeout;
-        let mut fresh = false;
+        let mut request = Some(request);
+        // A request with no body that a reused connection failed to deliver, encoded.
+        let mut again: Option<Outgoing> = None;
         loop {
             // Connecting is rare and its future (DNS, TLS, HTTP/2 handshakes) is large: boxed,
             // it does not inflate, and get copied with, every request's future.
-            let pooled = if fresh { None } else { self.checkout(now) };
-            let connected = pooled.is_none();
+            let pooled = if again.is_some() { None } else { self.checkout(now) };
+            let reused = pooled.is_some();
             let sender = match pooled {
                 Some(sender) => sender,
                 None => match Box::pin(tokio::time::timeout_at(deadline, self.connect(deadline))).await {
@@ -140,55 +131,52 @@ impl Upstream {
             let mut conn = match sender {
                 Sender::H1(conn) => conn,
                 // HTTP/2 is boxed out of the HTTP/1.1 request's future, which it would double.
-                Sender::H2(sender) => return Box::pin(self.send_h2(sender, request, deadline)).await,
+                Sender::H2(sender) => {
+                    let Some(request) = request.take() else {
+                        return Err(SendError::Unreachable("the connection was closed before a response".into()));
+                    };
+                    return Box::pin(self.send_h2(sender, request, deadline)).await;
+                }
             };
             // One timer per connection, moved to this request's deadline: extending a
             // registered deadline is a store, where a timer per request is an insertion into
             // and a removal from the runtime's timer wheel.
             conn.timer.as_mut().reset(deadline);
             conn.used = now;
-            // Usually ready at once: put back the moment its last response ended.
-            let ready = std::future::poll_fn(|cx| match conn.sender.poll_ready(cx) {
-                Poll::Ready(ready) => Poll::Ready(Some(ready)),
-                Poll::Pending => conn.timer.as_mut().poll(cx).map(|()| None),
+            let out = match (again.take(), request.take()) {
+                (Some(out), _) => out,
+                (None, Some(request)) => {
+                    let buf = std::mem::take(conn.wbuf_mut());
+                    Outgoing::encode(request, &self.inner.host_header, buf)
+                        .map_err(|e| SendError::Unreachable(e.message))?
+                }
+                (None, None) => unreachable!("a request or its encoding is always at hand"),
+            };
+            // If this future is dropped (the client went away) before the response has come,
+            // the exchange finishes in the background and then puts the connection back:
+            // otherwise every abandoned request would cost a new connection.
+            let mut exchange = Abandonable { exchange: Some(Exchange::new(conn, out)), idle: self.inner.idle.clone() };
+            let result = std::future::poll_fn(|cx| {
+                let exchange = exchange.exchange.as_mut().expect("held until the head");
+                if let Poll::Ready(head) = exchange.poll_head(cx) {
+                    return Poll::Ready(Some(head));
+                }
+                exchange.conn_mut().timer.as_mut().poll(cx).map(|()| None)
             })
             .await;
-            match ready {
-                Some(Ok(())) => {}
-                // A pooled connection closed under us: nothing was sent, so the next idle one
-                // (or a new one) may be tried. A new one that closes is the upstream's answer.
-                Some(Err(e)) if connected => return Err(SendError::Unreachable(error_chain(&e))),
-                Some(Err(_)) => continue,
-                None => return Err(SendError::Timeout),
-            }
-            request.headers_mut().insert(header::HOST, self.inner.host_header.clone());
-            // If this future is dropped (the client went away) before the response has come,
-            // the exchange finishes in the background and then puts the connection back: hyper
-            // closes a connection whose queued request was abandoned, and every abandoned
-            // request would cost a new connection.
-            let mut exchange = Exchange {
-                response: Some(Box::pin(conn.sender.try_send_request(request))),
-                conn: Some(conn),
-                inner: self.inner.clone(),
-            };
-            let sent = std::future::poll_fn(|cx| exchange.poll_response(cx)).await;
-            exchange.response = None;
-            let conn = exchange.conn.take().expect("still held");
-            match sent {
-                Some(Ok(response)) => {
-                    let inner = self.inner.clone();
-                    return Ok(response.map(|body| PooledBody::new(body, conn, inner).boxed_unsync()));
-                }
+            let exchange = exchange.exchange.take().expect("held until the head");
+            match result {
+                Some(Ok(head)) => return Ok(exchange.into_response(head, self.inner.idle.clone())),
                 // The connection is dropped with the request it is still busy with.
                 None => return Err(SendError::Timeout),
-                Some(Err(mut e)) => match e.take_message() {
-                    // Never sent: the pooled connection was closed under us.
-                    Some(unsent) if !fresh => {
-                        request = unsent;
-                        fresh = true;
-                    }
-                    _ => return Err(SendError::Unreachable(error_chain(&e.into_error()))),
-                },
+                // A reused connection the upstream had closed, or closed as the request went
+                // out: sent again, once, on a new connection, if nothing can have been done
+                // with it (see `ExchangeError::may_retry`). A new connection that fails is the
+                // upstream's answer.
+                Some(Err(e)) if e.may_retry && reused && exchange.is_replayable() => {
+                    again = Some(exchange.into_outgoing());
+                }
+                Some(Err(e)) => return Err(SendError::Unreachable(e.message)),
             }
         }
     }
@@ -230,8 +218,8 @@ impl Upstream {
             *self.inner.h2.lock() = None;
         }
         loop {
-            let conn = self.inner.idle.lock().pop()?;
-            if !conn.sender.is_closed() && now.saturating_duration_since(conn.used) <= IDLE_TIMEOUT {
+            let mut conn = self.inner.idle.lock().pop()?;
+            if now.saturating_duration_since(conn.used) <= IDLE_TIMEOUT && conn.is_usable() {
                 return Some(Sender::H1(conn));
             }
         }
@@ -256,7 +244,7 @@ impl Upstream {
         }
         let tcp = tcp.ok_or(last)?;
         let _ = tcp.set_nodelay(true);
-        let Some((connector, name)) = &inner.tls else { return handshake_h1(tcp, deadline).await };
+        let Some((connector, name)) = &inner.tls else { return Ok(Sender::H1(Conn::new(Io::Tcp(tcp), deadline))) };
         let tls = connector
             .connect(name.clone(), tcp)
             .await
@@ -276,23 +264,8 @@ impl Upstream {
             *inner.h2.lock() = Some(sender.clone());
             return Ok(Sender::H2(sender));
         }
-        handshake_h1(tls, deadline).await
+        Ok(Sender::H1(Conn::new(Io::Tls(Box::new(tls)), deadline)))
     }
-}
-
-async fn handshake_h1<T>(io: T, deadline: Instant) -> Result<Sender, String>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (mut sender, connection) =
-        http1::Builder::new().writev(false).handshake(TokioIo::new(io)).await.map_err(|e| error_chain(&e))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "upstream connection ended");
-        }
-    });
-    sender.ready().await.map_err(|e| error_chain(&e))?;
-    Ok(Sender::H1(Conn { sender, timer: Box::pin(tokio::time::sleep_until(deadline)), used: Instant::now() }))
 }
 
 /// What abandoned exchanges may read of their responses before the connection is put back;
@@ -300,113 +273,38 @@ where
 const DRAIN_LIMIT: usize = 1024 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A request sent on an HTTP/1.1 connection, until its response headers arrive.
-struct Exchange<F>
-where
-    F: Future<Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>> + Send + 'static,
-{
-    response: Option<Pin<Box<F>>>,
-    conn: Option<Conn>,
-    inner: Arc<Inner>,
+/// An exchange in progress. Dropped with its request written and no response yet (the
+/// client went away), it reads the response in the background, up to `DRAIN_LIMIT` and
+/// `DRAIN_TIMEOUT`, and the connection goes back to the pool; else the connection closes.
+struct Abandonable {
+    exchange: Option<Exchange>,
+    idle: Idle,
 }
 
-impl<F> Exchange<F>
-where
-    F: Future<Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>> + Send + 'static,
-{
-    /// The response, or `None` when the connection's timer ran out first.
-    fn poll_response(&mut self, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
-        if let Poll::Ready(response) = self.response.as_mut().expect("polled after completion").as_mut().poll(cx) {
-            return Poll::Ready(Some(response));
-        }
-        let conn = self.conn.as_mut().expect("held until the response");
-        conn.timer.as_mut().poll(cx).map(|()| None)
-    }
-}
-
-impl<F> Drop for Exchange<F>
-where
-    F: Future<Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>> + Send + 'static,
-{
+impl Drop for Abandonable {
     fn drop(&mut self) {
-        let (Some(response), Some(conn)) = (self.response.take(), self.conn.take()) else { return };
+        let Some(mut exchange) = self.exchange.take() else { return };
+        if !exchange.is_written() {
+            return;
+        }
         // Outside a runtime (or in one shutting down) there is nothing to finish.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let inner = self.inner.clone();
+        let idle = self.idle.clone();
         runtime.spawn(async move {
-            let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-                let Ok(response) = response.await else { return false };
-                let mut body = response.into_body();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                let head = std::future::poll_fn(|cx| exchange.poll_head(cx)).await.ok()?;
+                let mut body = exchange.into_response(head, idle).into_body();
                 let mut read = 0;
                 while let Some(frame) = body.frame().await {
-                    match frame {
-                        Ok(frame) => read += frame.data_ref().map_or(0, Bytes::len),
-                        Err(_) => return false,
-                    }
+                    read += frame.ok()?.data_ref().map_or(0, Bytes::len);
                     if read > DRAIN_LIMIT {
-                        return false;
+                        return None;
                     }
                 }
-                true
+                Some(())
             })
             .await;
-            if drained == Ok(true) && !conn.sender.is_closed() {
-                inner.idle.lock().push(conn);
-            }
         });
-    }
-}
-
-/// A response body that puts its HTTP/1.1 connection back in the pool once it has been
-/// read to the end, or when it is dropped before (the next user of the connection waits
-/// until hyper has finished with the rest, or finds it closed and discards it).
-struct PooledBody {
-    body: Incoming,
-    conn: Option<Conn>,
-    inner: Arc<Inner>,
-}
-
-impl PooledBody {
-    fn new(body: Incoming, conn: Conn, inner: Arc<Inner>) -> Self {
-        Self { body, conn: Some(conn), inner }
-    }
-
-    fn release(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if !conn.sender.is_closed() {
-                self.inner.idle.lock().push(conn);
-            }
-        }
-    }
-}
-
-impl http_body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
-        match &frame {
-            None => self.release(),
-            Some(Ok(_)) if self.body.is_end_stream() => self.release(),
-            Some(Err(_)) => self.conn = None,
-            Some(Ok(_)) => {}
-        }
-        Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        self.release();
     }
 }
 
@@ -414,6 +312,7 @@ impl Drop for PooledBody {
 mod tests {
     use super::*;
     use crate::config::{Env, Flags};
+    use hyper::body::Incoming;
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::sync::{Notify, mpsc};
 
@@ -515,7 +414,7 @@ mod tests {
                 let rel = rel.clone();
                 async move {
                     rel.notified().await;
-                    let big = Bytes::from(vec![b'x'; DRAIN_LIMIT + 1]);
+                    let big = Bytes::from(vec![b'x'; 4 * DRAIN_LIMIT]);
                     Ok::<_, std::convert::Infallible>(Response::new(crate::client::full(big)))
                 }
             });
