@@ -331,9 +331,9 @@ impl Outgoing {
     }
 }
 
-/// One request on one connection until its response head has come. If dropped before that
-/// with the request written, the caller may [`Exchange::abandon`] it: its response is
-/// then read in the background and the connection put back.
+/// One request on one connection until its response head has come. Dropped, it closes the
+/// connection; [`crate::upstream`] instead finishes an exchange whose request was written
+/// in full ([`Exchange::is_written`]) in the background, so the connection can go back.
 #[derive(Debug)]
 pub struct Exchange {
     conn: Conn,
