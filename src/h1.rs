@@ -144,6 +144,8 @@ impl Conn {
         let n = ready!(std::pin::pin!(self.io.read_buf(&mut self.rbuf)).poll(cx))?;
         if n == spare && self.read_size < MAX_READ {
             self.read_size *= 2;
+        } else if n < self.read_size / 8 && self.read_size > MIN_READ {
+            self.read_size /= 2;
         }
         Poll::Ready(Ok(n))
     }
@@ -465,8 +467,8 @@ impl Exchange {
                 Err(Parse::TooManyHeaders) => parse_response::<MAX_HEADERS>(&mut self.conn.rbuf),
                 parsed => parsed,
             };
-            let (status, version, headers) = match parsed {
-                Ok(Some(head)) => head,
+            let response = match parsed {
+                Ok(Some(response)) => response,
                 Ok(None) => return Ok(None),
                 Err(Parse::Interim) => continue,
                 Err(Parse::TooManyHeaders) => {
@@ -474,9 +476,9 @@ impl Exchange {
                 }
                 Err(Parse::Invalid(message)) => return Err(ExchangeError::fatal(message)),
             };
-            return response_framing(status, version, headers, self.out.is_head).map(
-                |(response, framing, reusable)| Some(Head { response, framing, reusable: reusable && self.write_done }),
-            );
+            return response_framing(response, self.out.is_head).map(|(response, framing, reusable)| {
+                Some(Head { response, framing, reusable: reusable && self.write_done })
+            });
         }
     }
 
@@ -516,7 +518,7 @@ enum Parse {
 
 /// Parses a response head from the front of `rbuf` with room for `N` headers, and removes
 /// it from the buffer; `Ok(None)` until it is complete.
-fn parse_response<const N: usize>(rbuf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderMap)>, Parse> {
+fn parse_response<const N: usize>(rbuf: &mut BytesMut) -> Result<Option<Response<()>>, Parse> {
     let mut slots = [httparse::EMPTY_HEADER; N];
     let mut parsed = httparse::Response::new(&mut slots);
     let len = match parsed.parse(rbuf) {
@@ -547,6 +549,8 @@ fn parse_response<const N: usize>(rbuf: &mut BytesMut) -> Result<Option<(StatusC
     for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
         *span = (offset(h.name.as_bytes()), h.name.len() as u32, offset(h.value), h.value.len() as u32);
     }
+    // A reason phrase other than the status's own is kept, and hyper's server sends it on.
+    let reason = parsed.reason.filter(|r| Some(*r) != status.canonical_reason()).map(|r| r.as_bytes().to_vec());
     let head = rbuf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(name_at, name_len, value_at, value_len) in &spans[..count] {
@@ -557,19 +561,23 @@ fn parse_response<const N: usize>(rbuf: &mut BytesMut) -> Result<Option<(StatusC
             .map_err(|_| Parse::Invalid("a response header value is invalid".into()))?;
         headers.append(name, value);
     }
-    Ok(Some((status, version, headers)))
+    let mut response = Response::new(());
+    if let Some(reason) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
+        response.extensions_mut().insert(reason);
+    }
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Some(response))
 }
 
 /// The framing and reusability of a response (RFC 9112 §6.3). A `Content-Length` that a
 /// `Transfer-Encoding` overrides is removed, and the connection is not reused after such a
 /// response (it "ought to be handled as an error", and may be a splitting attempt).
-fn response_framing(
-    status: StatusCode,
-    version: Version,
-    mut headers: HeaderMap,
-    is_head: bool,
-) -> Result<(Response<()>, Framing, bool), ExchangeError> {
-    let mut reusable = version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
+fn response_framing(mut response: Response<()>, is_head: bool) -> Result<(Response<()>, Framing, bool), ExchangeError> {
+    let (status, version) = (response.status(), response.version());
+    let headers = response.headers_mut();
+    let mut reusable = version == Version::HTTP_11 && !has_token(headers, header::CONNECTION, "close");
     let framing = if is_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Framing::Length(0)
     } else if headers.contains_key(header::TRANSFER_ENCODING) {
@@ -590,7 +598,7 @@ fn response_framing(
             Framing::Close
         }
     } else {
-        match content_length(&headers) {
+        match content_length(headers) {
             Ok(Some(length)) => Framing::Length(length),
             Ok(None) => {
                 reusable = false;
@@ -599,10 +607,6 @@ fn response_framing(
             Err(()) => return Err(ExchangeError::fatal("the response's content-length is invalid")),
         }
     };
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    *response.version_mut() = version;
-    *response.headers_mut() = headers;
     Ok((response, framing, reusable))
 }
 
@@ -990,6 +994,7 @@ mod tests {
         .await;
         let (response, body) = fetch(&s.pool, get("/a")).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.extensions().get::<hyper::ext::ReasonPhrase>().is_none(), "the canonical reason");
         assert_eq!(body.unwrap(), "hello, world");
         let (_, body) = fetch(&s.pool, get("/b")).await.unwrap();
         assert_eq!(body.unwrap(), "ok");
@@ -1103,7 +1108,7 @@ mod tests {
             keep(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
             // A HEAD response's content-length is the GET's, with no body.
             keep(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"),
-            keep(b"HTTP/1.1 204 No Content\r\nx-empty:\r\n\r\n"),
+            keep(b"HTTP/1.1 204 Nothing Here\r\nx-empty:\r\n\r\n"),
             keep(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 1000\r\n\r\n"),
             keep(OK),
         ])
@@ -1120,6 +1125,8 @@ mod tests {
             (response.status(), &response.headers()["x-empty"]),
             (StatusCode::NO_CONTENT, &HeaderValue::from_static(""))
         );
+        let reason = response.extensions().get::<hyper::ext::ReasonPhrase>().unwrap();
+        assert_eq!(reason.as_bytes(), b"Nothing Here");
         assert_eq!(fetch(&s.pool, get("/")).await.unwrap().0.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(fetch(&s.pool, get("/")).await.unwrap().1.unwrap(), "ok");
         assert_eq!(s.accepted.load(Ordering::SeqCst), 1, "all on one connection");
