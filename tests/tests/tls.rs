@@ -1,5 +1,6 @@
 //! An HTTPS upstream and token endpoint whose certificate comes from a CA made at test
-//! time, trusted through `upstream.ca_file`; HTTP/2 negotiated by ALPN.
+//! time, trusted through `upstream.ca_file`; HTTP/2 negotiated by ALPN, or HTTP/1.1 where
+//! the upstream offers only that.
 
 use crate::support::*;
 use http::StatusCode;
@@ -19,8 +20,9 @@ struct TlsFake {
     _fake: fake::FakePinecone,
 }
 
-/// The fake Pinecone's service behind TLS on `localhost`, with a fresh CA.
-async fn tls_fake() -> TlsFake {
+/// The fake Pinecone's service behind TLS on `localhost`, with a fresh CA, offering the
+/// given ALPN protocols.
+async fn tls_fake(protocols: &[&[u8]]) -> TlsFake {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(DnType::CommonName, "pinecone-admin-proxy test CA");
@@ -36,7 +38,7 @@ async fn tls_fake() -> TlsFake {
         .with_no_client_auth()
         .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
         .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 
     let plain = fake(3600).await;
@@ -63,7 +65,7 @@ async fn tls_fake() -> TlsFake {
 
 #[tokio::test]
 async fn https_upstream_trusted_through_ca_file_speaks_h2() {
-    let tls = tls_fake().await;
+    let tls = tls_fake(&[b"h2", b"http/1.1"]).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &tls.ca_pem).unwrap();
@@ -89,8 +91,35 @@ async fn https_upstream_trusted_through_ca_file_speaks_h2() {
 }
 
 #[tokio::test]
+async fn an_https_upstream_offering_only_http1_gets_kept_alive_http1_over_tls() {
+    let tls = tls_fake(&[b"http/1.1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &tls.ca_pem).unwrap();
+    let base = format!("https://localhost:{}", tls.port);
+    let proxy = start_with(&env(
+        &format!("{base}/oauth/token"),
+        &base,
+        &[("PINECONE_PROXY_UPSTREAM_CA_FILE", ca_file.to_str().unwrap())],
+    ))
+    .await;
+    let client = TestClient::default();
+    let (status, _, body) = client.get(&url(&proxy, "/admin/projects")).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["data"][0]["name"], "demo-project");
+    // A body goes up and comes back through rustls.
+    let (status, _, body) = client.post(&url(&proxy, "/admin/projects"), r#"{"name": "over-tls"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["name"], "over-tls");
+    let (_, _, body) = client.get(&url(&proxy, "/admin/projects")).await;
+    assert_eq!(json(&body)["data"].as_array().unwrap().len(), 2);
+    let alpn = tls.alpn.lock().clone();
+    assert_eq!(alpn, ["http/1.1", "http/1.1"], "one connection for the token, one for forwarding");
+}
+
+#[tokio::test]
 async fn an_untrusted_certificate_is_502_upstream_unreachable() {
-    let tls = tls_fake().await;
+    let tls = tls_fake(&[b"h2", b"http/1.1"]).await;
     let plain = fake(3600).await;
     let proxy = start_with(&env(&plain.token_url(), &format!("https://localhost:{}", tls.port), &[])).await;
     let (status, headers, body) = TestClient::default().get(&url(&proxy, "/admin/projects")).await;
