@@ -240,9 +240,7 @@ impl Outgoing {
             (Some(length), _) => Framing::Length(length),
             (None, _) if empty => Framing::Length(0),
             (None, Some(length)) => {
-                buf.extend_from_slice(b"content-length: ");
-                buf.extend_from_slice(itoa(length, &mut [0; 20]));
-                buf.extend_from_slice(b"\r\n");
+                let _ = write!(buf, "content-length: {length}\r\n");
                 Framing::Length(length)
             }
             (None, None) => {
@@ -638,19 +636,6 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// `n` in decimal, without a `String`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
 }
 
 /// What one step of decoding the buffered bytes gave.

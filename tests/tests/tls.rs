@@ -63,19 +63,26 @@ async fn tls_fake(protocols: &[&[u8]]) -> TlsFake {
     TlsFake { port, ca_pem: ca.pem(), alpn, _fake: plain }
 }
 
-#[tokio::test]
-async fn https_upstream_trusted_through_ca_file_speaks_h2() {
-    let tls = tls_fake(&[b"h2", b"http/1.1"]).await;
+/// A proxy whose token endpoint and upstream are `tls`, trusting its CA through
+/// `upstream.ca_file`.
+async fn proxy_trusting(tls: &TlsFake) -> pinecone_admin_proxy::app::Running {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &tls.ca_pem).unwrap();
     let base = format!("https://localhost:{}", tls.port);
-    let proxy = start_with(&env(
+    // The file is read at start; the directory may go when this returns.
+    start_with(&env(
         &format!("{base}/oauth/token"),
         &base,
         &[("PINECONE_PROXY_UPSTREAM_CA_FILE", ca_file.to_str().unwrap())],
     ))
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn https_upstream_trusted_through_ca_file_speaks_h2() {
+    let tls = tls_fake(&[b"h2", b"http/1.1"]).await;
+    let proxy = proxy_trusting(&tls).await;
     let (status, _, body) = TestClient::default().get(&url(&proxy, "/admin/projects")).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json(&body)["data"][0]["name"], "demo-project");
@@ -93,16 +100,7 @@ async fn https_upstream_trusted_through_ca_file_speaks_h2() {
 #[tokio::test]
 async fn an_https_upstream_offering_only_http1_gets_kept_alive_http1_over_tls() {
     let tls = tls_fake(&[b"http/1.1"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &tls.ca_pem).unwrap();
-    let base = format!("https://localhost:{}", tls.port);
-    let proxy = start_with(&env(
-        &format!("{base}/oauth/token"),
-        &base,
-        &[("PINECONE_PROXY_UPSTREAM_CA_FILE", ca_file.to_str().unwrap())],
-    ))
-    .await;
+    let proxy = proxy_trusting(&tls).await;
     let client = TestClient::default();
     let (status, _, body) = client.get(&url(&proxy, "/admin/projects")).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
