@@ -92,7 +92,6 @@ impl AsyncWrite for Io {
 /// last deadline and the last request's waker, so a finished client connection's task
 /// record can stay allocated for up to `upstream.timeout` (its buffers are freed): bounded
 /// by the number of pooled connections.
-#[derive(Debug)]
 pub struct Conn {
     io: Io,
     rbuf: BytesMut,
@@ -101,6 +100,17 @@ pub struct Conn {
     pub timer: Pin<Box<Sleep>>,
     /// When its last request was sent.
     pub used: Instant,
+}
+
+/// Without the buffers' bytes: the last request written, with its bearer token, may be there.
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("tls", &matches!(self.io, Io::Tls(_)))
+            .field("buffered", &self.rbuf.len())
+            .field("used", &self.used)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Conn {
@@ -193,8 +203,7 @@ impl ExchangeError {
 }
 
 /// A request as bytes to write: its head (and, if it has no body, all of it), then its
-/// body's frames.
-#[derive(Debug)]
+/// body's frames. Its `Debug` shows no bytes: they carry the bearer token.
 pub struct Outgoing {
     bytes: Vec<u8>,
     body: Option<Body>,
@@ -205,6 +214,24 @@ pub struct Outgoing {
     pub replayable: bool,
     is_head: bool,
     idempotent: bool,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("bytes", &self.bytes.len())
+            .field("framing", &self.framing)
+            .field("replayable", &self.replayable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Appends `name: value` and its CRLF.
+fn push_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    buf.extend_from_slice(name.as_str().as_bytes());
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value.as_bytes());
+    buf.extend_from_slice(b"\r\n");
 }
 
 impl Outgoing {
@@ -224,10 +251,7 @@ impl Outgoing {
         buf.extend_from_slice(b"\r\n");
         for (name, value) in &parts.headers {
             if name != header::HOST {
-                buf.extend_from_slice(name.as_str().as_bytes());
-                buf.extend_from_slice(b": ");
-                buf.extend_from_slice(value.as_bytes());
-                buf.extend_from_slice(b"\r\n");
+                push_field(&mut buf, name, value);
             }
         }
         let declared = content_length(&parts.headers)
@@ -245,6 +269,7 @@ impl Outgoing {
             }
             (None, None) => {
                 buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                // For a request only the kind of framing matters, not a decoder's state.
                 Framing::Chunked(Chunk::Data(0))
             }
         };
@@ -316,10 +341,7 @@ impl Outgoing {
                             | header::CONNECTION
                             | header::TE
                     ) {
-                        self.bytes.extend_from_slice(name.as_str().as_bytes());
-                        self.bytes.extend_from_slice(b": ");
-                        self.bytes.extend_from_slice(value.as_bytes());
-                        self.bytes.extend_from_slice(b"\r\n");
+                        push_field(&mut self.bytes, name, value);
                     }
                 }
                 self.bytes.extend_from_slice(b"\r\n");
@@ -369,9 +391,7 @@ impl Exchange {
 
     /// The request back, to be written on another connection; the connection is dropped.
     pub fn into_outgoing(self) -> Outgoing {
-        let mut out = self.out;
-        out.framing = if out.replayable { Framing::Length(0) } else { out.framing };
-        out
+        self.out
     }
 
     /// Writes the request and reads the response head. Both go on together: an upstream
@@ -484,7 +504,9 @@ impl Exchange {
     /// body has been read to its end (if the exchange allows reuse).
     pub fn into_response(self, head: Head, idle: Idle) -> Response<Body> {
         let Exchange { mut conn, out, .. } = self;
+        // Kept for its capacity; what it held (the token too) is not kept reachable.
         conn.wbuf = out.bytes;
+        conn.wbuf.clear();
         let body = ResponseBody { conn: Some(conn), framing: head.framing, reusable: head.reusable, idle };
         head.response.map(|()| http_body_util::BodyExt::boxed_unsync(body))
     }
@@ -1197,6 +1219,21 @@ mod tests {
         let error = fetch(&s.pool, post).await.map(|_| ()).unwrap_err();
         assert!(error.contains("closed before a response"), "{error}");
         assert_eq!(s.accepted.load(Ordering::SeqCst), 1, "a POST that may have been acted on is not sent again");
+    }
+
+    #[tokio::test]
+    async fn debug_output_never_shows_the_request_bytes() {
+        let tcp = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            TcpStream::connect(listener.local_addr().unwrap()).await.unwrap()
+        };
+        let mut request = get("/");
+        request.headers_mut().insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer the-token"));
+        let out = Outgoing::encode(request, &HeaderValue::from_static("upstream"), Vec::new()).unwrap();
+        assert!(String::from_utf8_lossy(&out.bytes).contains("the-token"), "the request carries it");
+        let exchange = Exchange::new(Conn::new(Io::Tcp(tcp), Instant::now()), out);
+        let shown = format!("{exchange:?}");
+        assert!(!shown.contains("the-token") && !shown.contains("116, 104, 101"), "{shown}");
     }
 
     #[test]

@@ -9,12 +9,12 @@
 //! HTTP/1.1 exchanges are [`crate::h1`]'s; HTTP/2 is hyper's. An idle connection the
 //! upstream has closed is found (and dropped) when it is taken from the stack. A request
 //! without a body that a reused connection lost unanswered is sent again on a new
-//! connection, once, if that is safe (see [`crate::h1::ExchangeError`]). A request whose client went away
-//! before its response came is finished in the background (its response read and
-//! discarded, up to a limit) so that its connection goes back to the pool rather than being
-//! closed. Each HTTP/1.1 connection carries one timer for `upstream.timeout`, moved to
-//! each request's deadline in turn. What to send and what an error means to the client is
-//! [`crate::proxy`]'s business.
+//! connection, once, if that is safe (see [`crate::h1::ExchangeError`]). A request whose
+//! client went away before its response came is finished in the background (its response
+//! read and discarded, up to a limit) so that its connection goes back to the pool rather
+//! than being closed. Each HTTP/1.1 connection carries one timer for `upstream.timeout`,
+//! moved to each request's deadline in turn. What to send and what an error means to the
+//! client is [`crate::proxy`]'s business.
 
 use crate::client::{Body, BoxError, error_chain};
 use crate::config::UpstreamConfig;
@@ -269,7 +269,8 @@ impl Upstream {
 }
 
 /// What abandoned exchanges may read of their responses before the connection is put back;
-/// beyond it, or beyond `DRAIN_TIMEOUT`, the connection is closed instead.
+/// beyond it, or beyond `DRAIN_TIMEOUT`, the connection is closed instead (unless the rest
+/// of the response has already been read into its buffer, when it can go back after all).
 const DRAIN_LIMIT: usize = 1024 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
