@@ -92,7 +92,6 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
 
     let background = Trigger::default();
     let refresher_task = tokio::spawn(refresher.run(background.wait()));
-    let anchor_task = tokio::spawn(timer_anchor(background.wait()));
     let watcher_task = tokio::spawn(credentials.clone().watch(CREDENTIAL_POLL, background.wait()));
 
     let stop_proxy = Trigger::default();
@@ -134,29 +133,11 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
         let _ = proxy_task.await;
         stop_ops.fire();
         background.fire();
-        let _ = tokio::join!(ops_task, refresher_task, watcher_task, anchor_task);
+        let _ = tokio::join!(ops_task, refresher_task, watcher_task);
         tracing::info!("shutdown complete");
     });
 
     Ok(Running { listen, ops: ops_addr, tokens, metrics, credentials, quit, task })
-}
-
-/// Keeps a timer due within a second, always. Tokio wakes its event loop (an eventfd
-/// write, and an extra `epoll_wait` return) whenever a new timer is due earlier than the
-/// earliest one it knew when it last slept. Each request sets two timers (hyper's
-/// header-read timeout and `upstream.timeout`), due in 30 s and 60 s: with nothing due
-/// sooner, nearly every request paid for that wake-up (measured: 0.75 eventfd writes per
-/// request at 16 connections). One tick a second costs almost nothing.
-async fn timer_anchor(shutdown: impl Future<Output = ()>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = &mut shutdown => return,
-        }
-    }
 }
 
 /// Starts the proxy and runs it until `shutdown` resolves (or `/quitquitquit`), then shuts

@@ -60,14 +60,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     config::parse_duration(s)
 }
 
-/// `eprintln!`, after the log lines gathered so far, so that the order holds.
-macro_rules! report {
-    ($($arg:tt)*) => {{
-        pinecone_admin_proxy::logging::flush();
-        eprintln!($($arg)*);
-    }};
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -85,19 +77,13 @@ fn main() -> ExitCode {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    let runtime = match pinecone_admin_proxy::logging::runtime_hooks(&mut builder).enable_all().build() {
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            report!("pinecone-admin-proxy: cannot start the runtime: {e}");
+            eprintln!("pinecone-admin-proxy: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    // Log lines gathered so far go out before a panic's message.
-    let panic_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        pinecone_admin_proxy::logging::flush_unless_busy();
-        panic_hook(info);
-    }));
     let env = Env::from_process();
     let code = runtime.block_on(async move {
         match cli.command {
@@ -109,21 +95,17 @@ fn main() -> ExitCode {
             Some(Command::Wait { ops, timeout }) => wait_command(ops, timeout, &env).await,
         }
     });
-    // Worker threads flush as they stop; what a current-thread runtime (this thread)
-    // gathered since its last park goes out here.
-    drop(runtime);
-    pinecone_admin_proxy::logging::flush();
     code
 }
 
 /// Loads the configuration and the credentials, or says why not in one line.
 fn load(flags: &Flags, env: &Env) -> Result<(Config, Credentials), ExitCode> {
     let config = config::load(flags, env).map_err(|e| {
-        report!("pinecone-admin-proxy: configuration error: {e}");
+        eprintln!("pinecone-admin-proxy: configuration error: {e}");
         ExitCode::from(EXIT_USAGE)
     })?;
     let credentials = Credentials::load(&config.credentials).map_err(|e| {
-        report!("pinecone-admin-proxy: configuration error: {}: {e}", e.key());
+        eprintln!("pinecone-admin-proxy: configuration error: {}: {e}", e.key());
         ExitCode::from(EXIT_USAGE)
     })?;
     Ok((config, credentials))
@@ -146,7 +128,7 @@ async fn serve_until_signal(config: &Config, credentials: Credentials) -> ExitCo
     let signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
-            report!("pinecone-admin-proxy: cannot install signal handlers: {e}");
+            eprintln!("pinecone-admin-proxy: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -157,7 +139,7 @@ async fn serve_until_signal(config: &Config, credentials: Credentials) -> ExitCo
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
-            report!("pinecone-admin-proxy: {e}");
+            eprintln!("pinecone-admin-proxy: {e}");
             ExitCode::FAILURE
         }
     }
@@ -221,7 +203,7 @@ async fn demo(flags: &Flags, env: &Env) -> ExitCode {
     let fake = match FakePinecone::start(SocketAddr::from(([127, 0, 0, 1], 0)), 3600).await {
         Ok(f) => f,
         Err(e) => {
-            report!("pinecone-admin-proxy: cannot start the fake Pinecone: {e}");
+            eprintln!("pinecone-admin-proxy: cannot start the fake Pinecone: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -253,14 +235,14 @@ async fn demo(flags: &Flags, env: &Env) -> ExitCode {
     let signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
-            report!("pinecone-admin-proxy: cannot install signal handlers: {e}");
+            eprintln!("pinecone-admin-proxy: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
     let running = match app::start(&config, credentials).await {
         Ok(r) => r,
         Err(e) => {
-            report!("pinecone-admin-proxy: {e}");
+            eprintln!("pinecone-admin-proxy: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -293,7 +275,7 @@ async fn fake_pinecone(listen: SocketAddr, expires_in: u64) -> ExitCode {
     let fake = match FakePinecone::start(listen, expires_in).await {
         Ok(f) => f,
         Err(e) => {
-            report!("pinecone-admin-proxy: cannot start the fake Pinecone on {listen}: {e}");
+            eprintln!("pinecone-admin-proxy: cannot start the fake Pinecone on {listen}: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -305,7 +287,7 @@ async fn fake_pinecone(listen: SocketAddr, expires_in: u64) -> ExitCode {
     let signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => {
-            report!("pinecone-admin-proxy: cannot install signal handlers: {e}");
+            eprintln!("pinecone-admin-proxy: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -321,11 +303,11 @@ async fn wait_command(ops: Option<String>, timeout: Duration, env: &Env) -> Exit
     let addr = match config::parse_listen(&text) {
         Ok(config::Listen::Tcp(addr)) => addr,
         Ok(config::Listen::Unix(_)) => {
-            report!("pinecone-admin-proxy: wait: --ops must be a TCP address");
+            eprintln!("pinecone-admin-proxy: wait: --ops must be a TCP address");
             return ExitCode::from(EXIT_USAGE);
         }
         Err(e) => {
-            report!("pinecone-admin-proxy: wait: --ops {e}");
+            eprintln!("pinecone-admin-proxy: wait: --ops {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -333,7 +315,7 @@ async fn wait_command(ops: Option<String>, timeout: Duration, env: &Env) -> Exit
         println!("proxy at {addr} is ready");
         ExitCode::SUCCESS
     } else {
-        report!("pinecone-admin-proxy: wait: not ready at {addr} within {}", config::format_duration(timeout));
+        eprintln!("pinecone-admin-proxy: wait: not ready at {addr} within {}", config::format_duration(timeout));
         ExitCode::FAILURE
     }
 }

@@ -289,17 +289,18 @@ impl Proxy {
         let elapsed = start.elapsed();
         inner.metrics.request(&method, response.status());
         inner.metrics.request_duration.observe(elapsed.as_secs_f64());
-        crate::logging::Access {
-            method: method.as_str(),
-            path,
-            status: response.status().as_u16(),
-            upstream_status: outcome.upstream_status,
-            duration: elapsed,
-            token: outcome.token.as_ref().map(|t| t.fingerprint.as_str()),
-            error: outcome.error,
-            replayed: outcome.replayed,
-        }
-        .log();
+        tracing::info!(
+            target: crate::logging::ACCESS_TARGET,
+            method = %method,
+            path = %path,
+            status = response.status().as_u16(),
+            upstream_status = outcome.upstream_status,
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
+            token = outcome.token.as_ref().map(|t| t.fingerprint.as_str()),
+            error = outcome.error,
+            replayed = outcome.replayed,
+            "request",
+        );
         Ok(response)
     }
 

@@ -11,18 +11,12 @@ use crate::config::Listen;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulConnection;
+use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -153,7 +147,9 @@ impl Trigger {
 }
 
 /// Serves connections on `listener` with services made by `make_service(peer)` until
-/// `stop` resolves, then drains for up to `grace`.
+/// `stop` resolves, then drains for up to `grace`: hyper-util's [`GracefulShutdown`] tells
+/// every connection to finish its requests and close (an idle keep-alive connection closes
+/// at once), and what is still open when `grace` is over is aborted.
 pub async fn serve<S, F>(
     name: &'static str,
     listener: Listener,
@@ -167,9 +163,9 @@ pub async fn serve<S, F>(
     S::Future: Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(SpareTimers::default()).header_read_timeout(HEADER_READ_TIMEOUT).writev(false);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
-    let drain = Arc::new(Drain::default());
+    let graceful = GracefulShutdown::new();
     let mut tasks = JoinSet::new();
     tokio::pin!(stop);
 
@@ -189,8 +185,7 @@ pub async fn serve<S, F>(
             }
         };
         let service = TowerToHyperService::new(make_service(peer));
-        let connection = builder.serve_connection(io, service).into_owned();
-        let connection = drain.watch(connection);
+        let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
         tasks.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(listener = name, error = %e, "connection ended with an error");
@@ -198,164 +193,18 @@ pub async fn serve<S, F>(
         });
     }
     drop(listener);
-    let open = drain.open.load(Ordering::Relaxed);
+    let open = graceful.count();
     if open > 0 {
-        tracing::info!(listener = name, connections = open, grace = %crate::config::format_duration(grace), "draining connections");
+        tracing::info!(listener = name, connections = open, grace = ?grace, "draining connections");
     }
-    drain.start();
-    let drained = async { while tasks.join_next().await.is_some() {} };
+    let drained = async {
+        graceful.shutdown().await;
+        while tasks.join_next().await.is_some() {}
+    };
     if tokio::time::timeout(grace, drained).await.is_err() {
-        tracing::warn!(
-            listener = name,
-            connections = tasks.len(),
-            "shutdown grace period over; closing the remaining connections"
-        );
+        tracing::warn!(listener = name, "shutdown grace period over; closing the remaining connections");
     }
     tasks.shutdown().await;
-}
-
-/// Tells the open connections to finish their requests and close.
-///
-/// hyper-util's `GracefulShutdown` polls a `watch` channel's `changed()` future each time a
-/// connection is polled, a few times per request; here a connection reads one flag, and
-/// leaves its waker once, to be woken when the flag is set.
-#[derive(Default)]
-struct Drain {
-    draining: AtomicBool,
-    next_id: AtomicU64,
-    open: AtomicUsize,
-    wakers: Mutex<HashMap<u64, Waker>>,
-}
-
-impl Drain {
-    fn start(&self) {
-        self.draining.store(true, Ordering::Release);
-        let wakers = std::mem::take(&mut *self.wakers.lock());
-        for waker in wakers.into_values() {
-            waker.wake();
-        }
-    }
-
-    /// Serves `connection`, and once [`Drain::start`] is called, shuts it down gracefully.
-    fn watch<C: GracefulConnection>(self: &Arc<Self>, connection: C) -> Watched<C> {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        Watched {
-            connection: Box::pin(connection),
-            drain: self.clone(),
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            told: false,
-            registered: None,
-        }
-    }
-}
-
-/// A connection that a [`Drain`] can tell to finish.
-struct Watched<C> {
-    connection: Pin<Box<C>>,
-    drain: Arc<Drain>,
-    id: u64,
-    told: bool,
-    registered: Option<Waker>,
-}
-
-impl<C: GracefulConnection> Future for Watched<C> {
-    type Output = Result<(), C::Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        if !this.told {
-            if !this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                this.drain.wakers.lock().insert(this.id, cx.waker().clone());
-                this.registered = Some(cx.waker().clone());
-            }
-            // Read after registering: a drain started in between is not missed.
-            if this.drain.draining.load(Ordering::Acquire) {
-                this.connection.as_mut().graceful_shutdown();
-                this.told = true;
-            }
-        }
-        this.connection.as_mut().poll(cx)
-    }
-}
-
-impl<C> Drop for Watched<C> {
-    fn drop(&mut self) {
-        self.drain.open.fetch_sub(1, Ordering::Relaxed);
-        if self.registered.is_some() {
-            self.drain.wakers.lock().remove(&self.id);
-        }
-    }
-}
-
-/// hyper's header-read timer, one per request, drawn from timers kept for reuse: moving a
-/// kept timer's deadline later is a store, where a new one is an insertion into and a
-/// removal from the runtime's timer wheel (and an allocation). All of them have the same
-/// duration, so a reused timer's deadline only ever moves later.
-///
-/// A kept timer stays in the wheel until its deadline, holding the waker of the connection
-/// that last used it: at most `SPARE_TIMERS` finished connections' task records (their
-/// buffers are freed) stay allocated for up to `HEADER_READ_TIMEOUT` longer.
-#[derive(Clone, Default)]
-struct SpareTimers(Arc<Mutex<Vec<Pin<Box<tokio::time::Sleep>>>>>);
-
-/// Enough for the connections of a busy sidecar; past it, a timer is dropped as before.
-const SPARE_TIMERS: usize = 256;
-
-impl hyper::rt::Timer for SpareTimers {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(self.now() + duration)
-    }
-
-    /// tokio's clock, which tests can pause.
-    fn now(&self) -> std::time::Instant {
-        tokio::time::Instant::now().into_std()
-    }
-
-    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let spare = self.0.lock().pop();
-        let sleep = match spare {
-            Some(mut sleep) => {
-                sleep.as_mut().reset(deadline);
-                sleep
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        };
-        Box::pin(KeptSleep { sleep: Some(sleep), spare: self.0.clone() })
-    }
-
-    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, deadline: std::time::Instant) {
-        match sleep.as_mut().downcast_mut_pin::<KeptSleep>() {
-            Some(kept) => kept.get_mut().sleep.as_mut().expect("held until dropped").as_mut().reset(deadline.into()),
-            None => *sleep = self.sleep_until(deadline),
-        }
-    }
-}
-
-/// A timer that goes back to its [`SpareTimers`] when hyper drops it.
-struct KeptSleep {
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    spare: Arc<Mutex<Vec<Pin<Box<tokio::time::Sleep>>>>>,
-}
-
-impl Future for KeptSleep {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.sleep.as_mut().expect("held until dropped").as_mut().poll(cx)
-    }
-}
-
-impl hyper::rt::Sleep for KeptSleep {}
-
-impl Drop for KeptSleep {
-    fn drop(&mut self) {
-        let Some(sleep) = self.sleep.take() else { return };
-        let mut spare = self.spare.lock();
-        if spare.len() < SPARE_TIMERS {
-            spare.push(sleep);
-        }
-    }
 }
 
 /// One accepted connection as a hyper IO, and the peer's address for TCP.
@@ -381,48 +230,8 @@ async fn accept(listener: &Listener) -> io::Result<(Io, Option<SocketAddr>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::rt::Timer;
     use std::convert::Infallible;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    fn pending(sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>) -> bool {
-        sleep.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending()
-    }
-
-    /// A kept timer goes back to work with the new deadline, not the one it had, whether
-    /// it had fired or not.
-    #[tokio::test(start_paused = true)]
-    async fn a_reused_header_timer_keeps_its_new_deadline() {
-        let timers = SpareTimers::default();
-        let mut first = timers.sleep(Duration::from_secs(30));
-        assert!(pending(&mut first));
-        drop(first);
-        assert_eq!(timers.0.lock().len(), 1, "kept");
-
-        tokio::time::advance(Duration::from_secs(10)).await;
-        let mut second = timers.sleep(Duration::from_secs(30));
-        assert!(timers.0.lock().is_empty(), "reused");
-        assert!(pending(&mut second));
-        // Past the first deadline (30 s), short of the second (40 s).
-        tokio::time::advance(Duration::from_secs(25)).await;
-        assert!(pending(&mut second));
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(!pending(&mut second), "fires at its own deadline");
-
-        // The fired timer, kept and reused, waits again.
-        drop(second);
-        let mut third = timers.sleep(Duration::from_secs(30));
-        assert!(timers.0.lock().is_empty(), "reused");
-        assert!(pending(&mut third));
-        tokio::time::advance(Duration::from_secs(29)).await;
-        assert!(pending(&mut third));
-        // hyper's reset moves it too.
-        timers.reset(&mut third, (tokio::time::Instant::now() + Duration::from_secs(10)).into_std());
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(pending(&mut third));
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(!pending(&mut third));
-    }
 
     /// At shutdown, an idle kept-alive connection is closed at once, not left for the
     /// grace period to run out.
