@@ -85,7 +85,7 @@ fn main() -> ExitCode {
         }
     };
     let env = Env::from_process();
-    let code = runtime.block_on(async move {
+    runtime.block_on(async move {
         match cli.command {
             None => run(&cli.flags, &env).await,
             Some(Command::Run(flags)) => run(&flags, &env).await,
@@ -94,8 +94,7 @@ fn main() -> ExitCode {
             Some(Command::CheckConfig(flags)) => check_config(&flags, &env),
             Some(Command::Wait { ops, timeout }) => wait_command(ops, timeout, &env).await,
         }
-    });
-    code
+    })
 }
 
 /// Loads the configuration and the credentials, or says why not in one line.
