@@ -1,14 +1,13 @@
 //! The outbound HTTP client of the token requests: hyper-util's pooled client over rustls
-//! (forwarded requests use the leaner [`crate::upstream`] pool), and the body type and TLS
+//! (forwarded requests use the one-upstream [`crate::upstream`] pool), and the TLS
 //! configuration both share.
 //!
 //! Trust is the built-in web PKI roots plus `upstream.ca_file`. HTTP/1.1 and HTTP/2 are
 //! offered by ALPN; plain `http://` is reachable only because configuration allows it for
 //! loopback hosts alone.
 
+use crate::body::Body;
 use crate::config::UpstreamConfig;
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -16,10 +15,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Errors inside bodies: hyper's, or our own.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type of every request the client sends and every response the proxy answers.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// How long an idle upstream connection is kept. Shorter than the 120 s or so after which
@@ -63,18 +58,6 @@ pub fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, rustls::
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-/// A body of bytes already in memory.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    use http_body_util::BodyExt;
-    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
-}
-
-/// An empty body.
-pub fn empty() -> Body {
-    use http_body_util::BodyExt;
-    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// The error and its causes in one line ("client error (Connect): tcp connect error:

@@ -9,9 +9,9 @@
 //! - [`secret`]: values that are never printed, and their fingerprints.
 //! - [`token`]: what a token is, how one is fetched, when the next one is fetched, and the
 //!   engine that hands usable tokens to requests.
-//! - [`client`]: the pooled rustls HTTP client of the token requests; shared body and TLS types.
-//! - [`upstream`]: the forwarding client: keep-alive HTTP/1.1 and HTTP/2 connections to the upstream.
-//! - [`h1`]: one HTTP/1.1 exchange with the upstream: the request written, the response framed.
+//! - [`body`]: the body type every request and response shares.
+//! - [`client`]: the rustls HTTP client of the token requests, and the TLS trust both clients use.
+//! - [`upstream`]: the forwarding client: a pool of hyper HTTP/1.1 and HTTP/2 connections to the upstream.
 //! - [`proxy`]: forwarding: the request rewrite, header policy, streaming, proxy errors.
 //! - [`replay`]: request bodies kept in memory for one replay after an upstream 401.
 //! - [`ops`]: health, readiness, startup, metrics, status and quit endpoints.
@@ -25,11 +25,11 @@
 //! - [`timefmt`]: RFC 3339 formatting of wall-clock times.
 
 pub mod app;
+pub mod body;
 pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod fake;
-pub mod h1;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

@@ -7,7 +7,7 @@
 //! application shares the network namespace, while anything else in the cluster that can
 //! reach a non-loopback `ops_listen` (needed for kubelet probes) must not stop the proxy.
 
-use crate::client::{Body, full};
+use crate::body::{Body, full};
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
 use crate::serve::Trigger;

@@ -7,7 +7,7 @@
 //! streams. Listening and connections are [`crate::serve`]'s business; the token's,
 //! [`crate::token`]'s.
 
-use crate::client::{Body, BoxError, full};
+use crate::body::{Body, BoxError, full};
 use crate::config::{UpstreamConfig, format_duration, is_loopback_host};
 use crate::metrics::{Metrics, ReplayResult};
 use crate::replay::{Buffered, RequestBody};

@@ -4,7 +4,7 @@
 //! larger while reading) is streamed, the part already read first, and is not replayable.
 //! What to do after a 401 is [`crate::proxy`]'s decision.
 
-use crate::client::{Body, BoxError};
+use crate::body::{Body, BoxError};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
@@ -34,7 +34,7 @@ impl Buffered {
     pub fn to_body(&self) -> Body {
         if self.chunks.is_empty() && self.trailers.is_none() {
             // No allocation: the common GET.
-            return crate::client::empty();
+            return crate::body::empty();
         }
         Replay { chunks: self.chunks.iter().cloned().collect(), trailers: self.trailers.clone() }.boxed_unsync()
     }

@@ -6,7 +6,7 @@
 //! owned by a `JoinSet`, so nothing outlives it. What a request means is left to the
 //! services ([`crate::proxy`], [`crate::ops`]).
 
-use crate::client::{Body, BoxError};
+use crate::body::{Body, BoxError};
 use crate::config::Listen;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -241,7 +241,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let stop = Trigger::default();
         let service = tower::service_fn(|_: http::Request<Incoming>| async {
-            Ok::<_, Infallible>(http::Response::new(crate::client::full("ok")))
+            Ok::<_, Infallible>(http::Response::new(crate::body::full("ok")))
         });
         let server = tokio::spawn(serve(
             "test",

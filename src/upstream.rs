@@ -1,44 +1,62 @@
-//! The forwarding client: keep-alive connections to the one upstream, over rustls (or plain
-//! TCP for a loopback `http://` upstream), HTTP/2 or HTTP/1.1 as ALPN decides.
+//! The forwarding client: a small pool of hyper client connections
+//! (`hyper::client::conn::{http1, http2}`) to the one upstream, over rustls (or plain TCP
+//! for a loopback `http://` upstream), HTTP/2 or HTTP/1.1 as ALPN decides.
 //!
-//! It exists because hyper-util's general-purpose pooled client cost about a fifth of the
-//! proxy's instructions per request (a keyed pool behind SipHash, a race between checkout
-//! and a new connection on every request, several future layers). With one upstream, a
-//! pool is a stack: an HTTP/1.1 connection is taken from it for a request and put back
-//! when the response body has been read to its end; an HTTP/2 connection is shared.
-//! HTTP/1.1 exchanges are [`crate::h1`]'s; HTTP/2 is hyper's. An idle connection the
-//! upstream has closed is found (and dropped) when it is taken from the stack. A request
-//! without a body that a reused connection lost unanswered is sent again on a new
-//! connection, once, if that is safe (see [`crate::h1::ExchangeError`]). A request whose
-//! client went away before its response came is finished in the background (its response
-//! read and discarded, up to a limit) so that its connection goes back to the pool rather
-//! than being closed. Each HTTP/1.1 connection carries one timer for `upstream.timeout`,
-//! moved to each request's deadline in turn. What to send and what an error means to the
-//! client is [`crate::proxy`]'s business.
+//! hyper does the protocol; this file decides only which connection a request goes on:
+//!
+//! - **HTTP/2**: one shared connection. While it is being opened (and while the upstream's
+//!   protocol is not yet known) other requests wait for it instead of opening their own, so
+//!   a burst of first requests costs one TLS handshake.
+//! - **HTTP/1.1**: a stack of idle connections, at most [`MAX_IDLE`]; a connection goes
+//!   back once its response body has been read to the end, and a reaper closes any that
+//!   stayed idle for [`IDLE_TIMEOUT`]. A response framed by both `Content-Length` and
+//!   `Transfer-Encoding` (RFC 9112 §6.3: a sign of smuggling) is read as chunked and
+//!   forwarded without the length, and its connection is not used again.
+//! - **Retries**: a request that hyper hands back unwritten (a reused connection closed
+//!   under it) is sent once more on a new connection. A request that was written is never
+//!   sent twice.
+//!
+//! It is our own pool rather than hyper-util's pooled `Client` because that one, with
+//! ALPN, opens a connection per concurrent first request, and because the one-upstream case
+//! is a stack: measured in BENCHMARKS.md. What to send, and what an error means to the
+//! client, is [`crate::proxy`]'s business.
 
-use crate::client::{Body, BoxError, error_chain};
+use crate::body::{Body, BoxError};
+use crate::client::error_chain;
 use crate::config::UpstreamConfig;
-use crate::h1::{Conn, Exchange, Idle, Io, Outgoing};
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, header};
+use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper::client::conn::http2;
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use rustls_pki_types::ServerName;
-use std::future::Future;
-use std::sync::Arc;
-use std::task::Poll;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// How long an idle connection is kept: shorter than the ~120 s after which cloud load
-/// balancers drop idle connections, so we close first. Counted from when its last request
-/// was sent (which is never later than when it went idle): one clock read per request
-/// serves for this and for the request's deadline.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long an idle HTTP/1.1 connection is kept: shorter than the 120 s or so after which
+/// cloud load balancers drop idle connections, so we close first and never write a request
+/// into a connection that is about to die.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The most idle HTTP/1.1 connections kept: what a sidecar's bursts need, and a bound on
+/// the sockets a burst can leave behind.
+pub(crate) const MAX_IDLE: usize = 32;
+/// hyper's HTTP/2 keep-alive ping: a dead upstream connection is found within this (and
+/// its timeout), not by the next request.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// What ALPN chose on the last connection.
+const UNKNOWN: u8 = 0;
+const HTTP1: u8 = 1;
+const HTTP2: u8 = 2;
 
 /// The upstream connection pool. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -54,18 +72,29 @@ struct Inner {
     authority: Authority,
     host_header: HeaderValue,
     connect_timeout: Duration,
-    idle: Idle,
+    idle_timeout: Duration,
+    max_idle: usize,
+    protocol: AtomicU8,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// Held while a connection is opened to an upstream that speaks, or may speak, HTTP/2.
+    opening: tokio::sync::Mutex<()>,
+    idle: Mutex<IdleStack>,
+}
+
+#[derive(Default)]
+struct IdleStack {
+    conns: Vec<(http1::SendRequest<Body>, Instant)>,
+    reaping: bool,
 }
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("authority", &self.authority).field("idle", &self.idle.lock().len()).finish()
+        f.debug_struct("Upstream").field("authority", &self.authority).finish_non_exhaustive()
     }
 }
 
-enum Sender {
-    H1(Conn),
+enum Conn {
+    H1(http1::SendRequest<Body>),
     H2(http2::SendRequest<Body>),
 }
 
@@ -80,6 +109,11 @@ pub enum SendError {
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Result<Self, rustls::Error> {
+        Self::with_idle(cfg, IDLE_TIMEOUT, MAX_IDLE)
+    }
+
+    /// A pool with its own idle limits (for tests of them).
+    pub fn with_idle(cfg: &UpstreamConfig, idle_timeout: Duration, max_idle: usize) -> Result<Self, rustls::Error> {
         let host = cfg.authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
         let https = cfg.scheme == Scheme::HTTPS;
         let port = cfg.authority.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -97,12 +131,17 @@ impl Upstream {
                 host_header: HeaderValue::from_str(cfg.authority.as_str()).expect("an authority is a valid header"),
                 host,
                 port,
+                // Plain TCP is HTTP/1.1: we never send h2c upstream.
+                protocol: AtomicU8::new(if https { UNKNOWN } else { HTTP1 }),
                 tls,
                 scheme: cfg.scheme.clone(),
                 authority: cfg.authority.clone(),
                 connect_timeout: cfg.connect_timeout,
-                idle: Idle::default(),
+                idle_timeout,
+                max_idle,
                 h2: Mutex::new(None),
+                opening: tokio::sync::Mutex::new(()),
+                idle: Mutex::new(IdleStack::default()),
             }),
         })
     }
@@ -111,201 +150,286 @@ impl Upstream {
     /// headers, or [`SendError::Timeout`] if they have not come within `timeout`; the body
     /// streams from the connection.
     pub async fn send(&self, request: Request<Body>, timeout: Duration) -> Result<Response<Body>, SendError> {
-        let now = Instant::now();
-        let deadline = now + timeout;
-        let mut request = Some(request);
-        // A request with no body that a reused connection failed to deliver, encoded.
-        let mut again: Option<Outgoing> = None;
-        loop {
-            // Connecting is rare and its future (DNS, TLS, HTTP/2 handshakes) is large: boxed,
-            // it does not inflate, and get copied with, every request's future.
-            let pooled = if again.is_some() { None } else { self.checkout(now) };
-            let reused = pooled.is_some();
-            let sender = match pooled {
-                Some(sender) => sender,
-                None => match Box::pin(tokio::time::timeout_at(deadline, self.connect(deadline))).await {
-                    Ok(connected) => connected.map_err(SendError::Unreachable)?,
-                    Err(_) => return Err(SendError::Timeout),
-                },
-            };
-            let mut conn = match sender {
-                Sender::H1(conn) => conn,
-                // HTTP/2 is boxed out of the HTTP/1.1 request's future, which it would double.
-                Sender::H2(sender) => {
-                    let Some(request) = request.take() else {
-                        return Err(SendError::Unreachable("the connection was closed before a response".into()));
-                    };
-                    return Box::pin(self.send_h2(sender, request, deadline)).await;
-                }
-            };
-            // One timer per connection, moved to this request's deadline: extending a
-            // registered deadline is a store, where a timer per request is an insertion into
-            // and a removal from the runtime's timer wheel.
-            conn.timer.as_mut().reset(deadline);
-            conn.used = now;
-            let out = match (again.take(), request.take()) {
-                (Some(out), _) => out,
-                (None, Some(request)) => {
-                    let buf = std::mem::take(conn.wbuf_mut());
-                    Outgoing::encode(request, &self.inner.host_header, buf)
-                        .map_err(|e| SendError::Unreachable(e.message))?
-                }
-                (None, None) => unreachable!("a request or its encoding is always at hand"),
-            };
-            // If this future is dropped (the client went away) before the response has come,
-            // the exchange finishes in the background and then puts the connection back:
-            // otherwise every abandoned request would cost a new connection.
-            let mut exchange = Abandonable { exchange: Some(Exchange::new(conn, out)), idle: self.inner.idle.clone() };
-            let result = std::future::poll_fn(|cx| {
-                let exchange = exchange.exchange.as_mut().expect("held until the head");
-                if let Poll::Ready(head) = exchange.poll_head(cx) {
-                    return Poll::Ready(Some(head));
-                }
-                exchange.conn_mut().timer.as_mut().poll(cx).map(|()| None)
-            })
-            .await;
-            let exchange = exchange.exchange.take().expect("held until the head");
-            match result {
-                Some(Ok(head)) => return Ok(exchange.into_response(head, self.inner.idle.clone())),
-                // The connection is dropped with the request it is still busy with.
-                None => return Err(SendError::Timeout),
-                // A reused connection the upstream had closed, or closed as the request went
-                // out: sent again, once, on a new connection, if nothing can have been done
-                // with it (see `ExchangeError::may_retry`). A new connection that fails is the
-                // upstream's answer.
-                Some(Err(e)) if e.may_retry && reused && exchange.is_replayable() => {
-                    again = Some(exchange.into_outgoing());
-                }
-                Some(Err(e)) => return Err(SendError::Unreachable(e.message)),
-            }
-        }
-    }
-
-    async fn send_h2(
-        &self,
-        mut sender: http2::SendRequest<Body>,
-        mut request: Request<Body>,
-        deadline: Instant,
-    ) -> Result<Response<Body>, SendError> {
-        let pq = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *request.uri_mut() = Uri::builder()
-            .scheme(self.inner.scheme.clone())
-            .authority(self.inner.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| SendError::Unreachable(e.to_string()))?;
-        // `:authority` names the upstream; the client's `Host` is not forwarded.
-        request.headers_mut().remove(header::HOST);
-        let exchange = async {
-            sender.ready().await.map_err(|e| error_chain(&e))?;
-            sender.send_request(request).await.map_err(|e| error_chain(&e))
-        };
-        match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(Ok(response)) => Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync())),
-            Ok(Err(e)) => Err(SendError::Unreachable(e)),
+        match tokio::time::timeout(timeout, self.exchange(request)).await {
+            Ok(result) => result,
             Err(_) => Err(SendError::Timeout),
         }
     }
 
-    /// A connection to send on: the shared HTTP/2 one or an idle HTTP/1.1 one; `None` if a
-    /// new one is needed.
-    fn checkout(&self, now: Instant) -> Option<Sender> {
-        let h2 = self.inner.h2.lock().clone();
-        if let Some(h2) = h2 {
-            if !h2.is_closed() {
-                return Some(Sender::H2(h2));
-            }
-            *self.inner.h2.lock() = None;
-        }
+    async fn exchange(&self, mut request: Request<Body>) -> Result<Response<Body>, SendError> {
+        let mut retried = false;
         loop {
-            let mut conn = self.inner.idle.lock().pop()?;
-            if now.saturating_duration_since(conn.used) <= IDLE_TIMEOUT && conn.is_usable() {
-                return Some(Sender::H1(conn));
+            let pooled = if retried { None } else { self.checkout() };
+            let reused = pooled.is_some();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => Box::pin(self.connect(retried)).await?,
+            };
+            let sent = match conn {
+                Conn::H1(sender) => self.send_h1(sender, request).await,
+                Conn::H2(sender) => Box::pin(self.send_h2(sender, request)).await,
+            };
+            match sent {
+                Sent::Response(response) => return Ok(response),
+                // Never written: the reused connection was closed under it.
+                Sent::Unsent(unsent, _) if reused && !retried => {
+                    request = unsent;
+                    retried = true;
+                }
+                Sent::Unsent(_, e) | Sent::Failed(e) => return Err(SendError::Unreachable(e)),
             }
         }
     }
 
-    async fn connect(&self, deadline: Instant) -> Result<Sender, String> {
+    async fn send_h1(&self, mut sender: http1::SendRequest<Body>, mut request: Request<Body>) -> Sent {
+        request.headers_mut().insert(header::HOST, self.inner.host_header.clone());
+        if request.uri().scheme().is_some() {
+            // Handed back by an HTTP/2 attempt: origin form again.
+            let pq = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *request.uri_mut() = Uri::from(pq);
+        }
+        // A pooled connection is ready once hyper has finished with its last response.
+        if let Err(e) = sender.ready().await {
+            return Sent::Unsent(request, error_chain(&e));
+        }
+        let mut response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(e) => return e.into(),
+        };
+        // Framed twice: hyper decodes it as chunked, as RFC 9112 §6.3 says; the length is
+        // not forwarded (it would contradict the body) and the connection is not reused.
+        let headers = response.headers_mut();
+        let twice_framed =
+            headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING);
+        if twice_framed {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        let pool = (!twice_framed).then(|| Arc::downgrade(&self.inner));
+        Sent::Response(response.map(|body| PooledBody { body, conn: Some(sender), pool }.boxed_unsync()))
+    }
+
+    async fn send_h2(&self, mut sender: http2::SendRequest<Body>, mut request: Request<Body>) -> Sent {
+        let pq = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri =
+            Uri::builder().scheme(self.inner.scheme.clone()).authority(self.inner.authority.clone()).path_and_query(pq);
+        *request.uri_mut() = uri.build().expect("scheme, authority and path are valid");
+        // `:authority` names the upstream; the client's `Host` is not forwarded.
+        request.headers_mut().remove(header::HOST);
+        if let Err(e) = sender.ready().await {
+            return Sent::Unsent(request, error_chain(&e));
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => Sent::Response(response.map(|body| body.map_err(BoxError::from).boxed_unsync())),
+            Err(e) => e.into(),
+        }
+    }
+
+    /// The shared HTTP/2 connection, or an idle HTTP/1.1 one; `None` if a new one is needed.
+    fn checkout(&self) -> Option<Conn> {
+        let inner = &self.inner;
+        {
+            let mut h2 = inner.h2.lock();
+            match h2.as_ref() {
+                Some(sender) if !sender.is_closed() => return Some(Conn::H2(sender.clone())),
+                Some(_) => *h2 = None,
+                None => {}
+            }
+        }
+        let now = Instant::now();
+        let mut idle = inner.idle.lock();
+        while let Some((sender, since)) = idle.conns.pop() {
+            if !sender.is_closed() && now.saturating_duration_since(since) < inner.idle_timeout {
+                return Some(Conn::H1(sender));
+            }
+        }
+        None
+    }
+
+    /// Opens a connection. Towards an upstream that speaks HTTP/2, or whose protocol is not
+    /// known yet, one at a time: who waited takes the shared HTTP/2 connection (or, if it
+    /// turned out HTTP/1.1, an idle one, or opens its own).
+    async fn connect(&self, fresh: bool) -> Result<Conn, SendError> {
+        let inner = &self.inner;
+        if inner.protocol.load(Ordering::Acquire) == HTTP1 {
+            return self.open().await;
+        }
+        let _opening = inner.opening.lock().await;
+        if let Some(conn) = (!fresh).then(|| self.checkout()).flatten() {
+            return Ok(conn);
+        }
+        self.open().await
+    }
+
+    async fn open(&self) -> Result<Conn, SendError> {
+        let inner = &self.inner;
+        let tcp = self.tcp().await.map_err(SendError::Unreachable)?;
+        let Some((connector, name)) = &inner.tls else { return handshake_h1(tcp).await };
+        let tls = connector
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(|e| SendError::Unreachable(format!("TLS handshake failed: {}", error_chain(&e))))?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            inner.protocol.store(HTTP1, Ordering::Release);
+            return handshake_h1(tls).await;
+        }
+        inner.protocol.store(HTTP2, Ordering::Release);
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_KEEP_ALIVE)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| SendError::Unreachable(error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        *inner.h2.lock() = Some(sender.clone());
+        Ok(Conn::H2(sender))
+    }
+
+    async fn tcp(&self) -> Result<TcpStream, String> {
         let inner = &self.inner;
         let addrs = tokio::net::lookup_host((inner.host.as_str(), inner.port))
             .await
             .map_err(|e| format!("cannot resolve {}: {e}", inner.host))?;
         let mut last = format!("{} resolved to no address", inner.host);
-        let mut tcp = None;
         for addr in addrs {
             match tokio::time::timeout(inner.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
-                    tcp = Some(stream);
-                    break;
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
                 }
                 Ok(Err(e)) => last = format!("tcp connect error: {e} ({addr})"),
                 Err(_) => last = format!("tcp connect to {addr} timed out after {:?}", inner.connect_timeout),
             }
         }
-        let tcp = tcp.ok_or(last)?;
-        let _ = tcp.set_nodelay(true);
-        let Some((connector, name)) = &inner.tls else { return Ok(Sender::H1(Conn::new(Io::Tcp(tcp), deadline))) };
-        let tls = connector
-            .connect(name.clone(), tcp)
-            .await
-            .map_err(|e| format!("TLS handshake failed: {}", error_chain(&e)))?;
-        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30))
-                .handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| error_chain(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                }
-            });
-            *inner.h2.lock() = Some(sender.clone());
-            return Ok(Sender::H2(sender));
-        }
-        Ok(Sender::H1(Conn::new(Io::Tls(Box::new(tls)), deadline)))
+        Err(last)
     }
 }
 
-/// What abandoned exchanges may read of their responses before the connection is put back;
-/// beyond it, or beyond `DRAIN_TIMEOUT`, the connection is closed instead (unless the rest
-/// of the response has already been read into its buffer, when it can go back after all).
-const DRAIN_LIMIT: usize = 1024 * 1024;
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// An exchange in progress. Dropped with its request written and no response yet (the
-/// client went away), it reads the response in the background, up to `DRAIN_LIMIT` and
-/// `DRAIN_TIMEOUT`, and the connection goes back to the pool; else the connection closes.
-struct Abandonable {
-    exchange: Option<Exchange>,
-    idle: Idle,
+/// How one attempt to send a request ended.
+enum Sent {
+    Response(Response<Body>),
+    /// Never written (hyper handed it back, or the connection was closed before): it may go
+    /// again on another connection.
+    Unsent(Request<Body>, String),
+    Failed(String),
 }
 
-impl Drop for Abandonable {
-    fn drop(&mut self) {
-        let Some(mut exchange) = self.exchange.take() else { return };
-        if !exchange.is_written() {
+impl From<TrySendError<Request<Body>>> for Sent {
+    fn from(mut e: TrySendError<Request<Body>>) -> Self {
+        match e.take_message() {
+            Some(request) => Sent::Unsent(request, error_chain(&e.into_error())),
+            None => Sent::Failed(error_chain(&e.into_error())),
+        }
+    }
+}
+
+async fn handshake_h1<T>(io: T) -> Result<Conn, SendError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) =
+        http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(|e| SendError::Unreachable(error_chain(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(Conn::H1(sender))
+}
+
+impl Inner {
+    /// Puts an HTTP/1.1 connection whose exchange is over back on the stack, unless the
+    /// stack is full (it is then closed); starts the reaper if none is running.
+    fn release(self: &Arc<Self>, sender: http1::SendRequest<Body>) {
+        // Outside a runtime (a body dropped as the process ends) nothing is kept.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let mut idle = self.idle.lock();
+        if sender.is_closed() || idle.conns.len() >= self.max_idle {
             return;
         }
-        // Outside a runtime (or in one shutting down) there is nothing to finish.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let idle = self.idle.clone();
-        runtime.spawn(async move {
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-                let head = std::future::poll_fn(|cx| exchange.poll_head(cx)).await.ok()?;
-                let mut body = exchange.into_response(head, idle).into_body();
-                let mut read = 0;
-                while let Some(frame) = body.frame().await {
-                    read += frame.ok()?.data_ref().map_or(0, Bytes::len);
-                    if read > DRAIN_LIMIT {
-                        return None;
-                    }
+        idle.conns.push((sender, Instant::now()));
+        if !idle.reaping {
+            idle.reaping = true;
+            runtime.spawn(reap(Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Closes idle connections once they have been idle for the idle timeout; ends when the
+/// stack is empty (and starts again with the next connection put back), or the pool is gone.
+async fn reap(pool: Weak<Inner>) {
+    loop {
+        let due = {
+            let Some(inner) = pool.upgrade() else { return };
+            let mut idle = inner.idle.lock();
+            let now = Instant::now();
+            // Dropping a sender closes its connection.
+            idle.conns.retain(|(sender, since)| {
+                !sender.is_closed() && now.saturating_duration_since(*since) < inner.idle_timeout
+            });
+            match idle.conns.iter().map(|(_, since)| *since).min() {
+                Some(oldest) => oldest + inner.idle_timeout,
+                None => {
+                    idle.reaping = false;
+                    return;
                 }
-                Some(())
-            })
-            .await;
-        });
+            }
+        };
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+/// A response body that puts its HTTP/1.1 connection back in the pool once it has been
+/// read to the end. Dropped before that, the connection goes with it.
+struct PooledBody {
+    body: Incoming,
+    conn: Option<http1::SendRequest<Body>>,
+    /// `None` when the connection must not be used again.
+    pool: Option<Weak<Inner>>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let (Some(sender), Some(pool)) = (self.conn.take(), self.pool.as_ref().and_then(Weak::upgrade)) {
+            pool.release(sender);
+        }
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => self.release(),
+            Some(Ok(_)) if self.body.is_end_stream() => self.release(),
+            Some(Err(_)) => self.conn = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    /// A body that ends with its head (HEAD, 204, 304, a last frame seen as the end) is
+    /// dropped unpolled by whoever sees `is_end_stream`.
+    fn drop(&mut self) {
+        if http_body::Body::is_end_stream(&self.body) {
+            self.release();
+        }
     }
 }
 
@@ -313,128 +437,53 @@ impl Drop for Abandonable {
 mod tests {
     use super::*;
     use crate::config::{Env, Flags};
-    use hyper::body::Incoming;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use tokio::sync::{Notify, mpsc};
+    use tokio::sync::watch;
 
-    /// An upstream that counts its connections; `/hold` tells the test it arrived and
-    /// answers only when the test says so.
-    async fn upstream() -> (String, Arc<AtomicU64>, mpsc::UnboundedReceiver<()>, Arc<Notify>) {
+    /// An HTTP/1.1 upstream that reports how many of its connections are open.
+    async fn upstream() -> (String, watch::Receiver<i64>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicU64::new(0));
-        let (arrived_tx, arrived) = mpsc::unbounded_channel();
-        let release = Arc::new(Notify::new());
-        let (count, rel) = (accepted.clone(), release.clone());
+        let (open_tx, open) = watch::channel(0i64);
+        let open_tx = Arc::new(open_tx);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                let (arrived_tx, rel) = (arrived_tx.clone(), rel.clone());
+                open_tx.send_modify(|n| *n += 1);
+                let open_tx = open_tx.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let (arrived_tx, rel) = (arrived_tx.clone(), rel.clone());
-                        async move {
-                            if request.uri().path() == "/hold" {
-                                let _ = arrived_tx.send(());
-                                rel.notified().await;
-                            }
-                            Ok::<_, std::convert::Infallible>(Response::new(crate::client::full("late")))
-                        }
+                    let service = hyper::service::service_fn(|_: Request<Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(crate::body::full("ok")))
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
+                    open_tx.send_modify(|n| *n -= 1);
                 });
             }
         });
-        (format!("http://{addr}"), accepted, arrived, release)
+        (format!("http://{addr}"), open)
     }
 
-    fn pool(url: &str) -> Upstream {
+    fn config(url: &str) -> UpstreamConfig {
         let mut env = Env::default();
         env.set("PINECONE_CLIENT_ID", "id")
             .set("PINECONE_CLIENT_SECRET", "secret")
             .set("PINECONE_PROXY_UPSTREAM_URL", url);
-        Upstream::new(&crate::config::load(&Flags::default(), &env).unwrap().upstream).unwrap()
-    }
-
-    const TIMEOUT: Duration = Duration::from_secs(30);
-
-    fn get(path: &str) -> Request<Body> {
-        Request::get(path).body(crate::client::empty()).unwrap()
-    }
-
-    /// Sends a request and drops it once the upstream says it arrived, before any response.
-    async fn abandon(pool: &Upstream, path: &'static str, arrived: &mut mpsc::UnboundedReceiver<()>) {
-        let abandoned = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.send(get(path), TIMEOUT).await.map(|_| ()) }
-        });
-        arrived.recv().await.unwrap();
-        abandoned.abort();
-        assert!(abandoned.await.unwrap_err().is_cancelled(), "dropped before its response");
+        crate::config::load(&Flags::default(), &env).unwrap().upstream
     }
 
     #[tokio::test]
-    async fn a_request_abandoned_before_its_response_does_not_cost_the_connection() {
-        let (url, accepted, mut arrived, release) = upstream().await;
-        let pool = pool(&url);
-        let response = pool.send(get("/first"), TIMEOUT).await.unwrap();
-        response.into_body().collect().await.unwrap();
-        assert_eq!(pool.inner.idle.lock().len(), 1);
-
-        // The client goes away while the upstream is still working on its request.
-        abandon(&pool, "/hold", &mut arrived).await;
-        assert!(pool.inner.idle.lock().is_empty(), "the connection is still busy with the abandoned request");
-        release.notify_one();
-        // The response is read to its end in the background; then the connection is back.
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while pool.inner.idle.lock().is_empty() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("the connection came back to the pool");
-
-        let response = pool.send(get("/after"), TIMEOUT).await.unwrap();
-        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "late");
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for all three requests");
-    }
-
-    #[tokio::test]
-    async fn an_abandoned_response_too_large_to_drain_closes_its_connection() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (arrived_tx, mut arrived) = mpsc::unbounded_channel();
-        let release = Arc::new(Notify::new());
-        let rel = release.clone();
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let service = hyper::service::service_fn(move |_: Request<Incoming>| {
-                let _ = arrived_tx.send(());
-                let rel = rel.clone();
-                async move {
-                    rel.notified().await;
-                    let big = Bytes::from(vec![b'x'; 4 * DRAIN_LIMIT]);
-                    Ok::<_, std::convert::Infallible>(Response::new(crate::client::full(big)))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-        });
-        let pool = pool(&format!("http://{addr}"));
-        // Abandoned once the upstream has the request: its response is too large to read.
-        abandon(&pool, "/big", &mut arrived).await;
-        release.notify_one();
-        // The drain gives up and drops the connection; the pool stays empty and the next
-        // request opens a new one (which the one-connection upstream never accepts: so
-        // only check the pool).
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while tokio::runtime::Handle::current().metrics().num_alive_tasks() > 1 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("the drain task ended");
-        assert!(pool.inner.idle.lock().is_empty());
+    async fn an_idle_connection_is_closed_by_a_timer_after_the_idle_timeout() {
+        let (url, mut open) = upstream().await;
+        let idle_timeout = Duration::from_millis(300);
+        let pool = Upstream::with_idle(&config(&url), idle_timeout, MAX_IDLE).unwrap();
+        let request = Request::get("/").body(crate::body::empty()).unwrap();
+        let response = pool.send(request, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "ok");
+        let idle_since = Instant::now();
+        assert_eq!(*open.borrow(), 1, "kept alive");
+        // Nobody takes it: the reaper closes it, not a later checkout.
+        tokio::time::timeout(Duration::from_secs(10), open.wait_for(|n| *n == 0)).await.expect("closed").unwrap();
+        assert!(idle_since.elapsed() >= idle_timeout, "not before the idle timeout");
+        assert!(!pool.inner.idle.lock().reaping, "the reaper stops when nothing is idle");
     }
 }

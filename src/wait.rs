@@ -2,7 +2,7 @@
 //! timeout passes, for applications that cannot use Kubernetes native sidecars and must
 //! not start before the proxy has a token.
 
-use crate::client::{Body, empty};
+use crate::body::{Body, empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;

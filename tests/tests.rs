@@ -20,6 +20,8 @@ mod forwarding;
 mod lifecycle;
 #[path = "tests/ops.rs"]
 mod ops;
+#[path = "tests/pool.rs"]
+mod pool;
 #[path = "tests/replay.rs"]
 mod replay;
 #[path = "tests/rotation.rs"]

@@ -10,7 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::{Recorded, State, json, uuid};
-use crate::client::{Body, empty};
+use crate::body::{Body, empty};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode, header};

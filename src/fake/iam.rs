@@ -11,7 +11,7 @@
 
 use super::admin::{Data, accepted, error, find, invalid, not_found, object};
 use super::{DEMO_CLIENT_ID, State, json, uuid};
-use crate::client::Body;
+use crate::body::Body;
 use http::{Method, Response, StatusCode};
 use serde_json::{Map, Value, json};
 use std::time::{Duration, SystemTime};

@@ -11,7 +11,7 @@ pub mod admin;
 pub mod iam;
 pub mod token;
 
-use crate::client::{Body, BoxError, full};
+use crate::body::{Body, BoxError, full};
 use crate::serve::{self, Listener, Trigger};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};

@@ -5,7 +5,7 @@
 //! with a JWT-shaped token. Scripted faults come first.
 
 use super::{AUDIENCE, Issued, Recorded, State, TokenFault, base64url, json};
-use crate::client::{Body, BoxError, full};
+use crate::body::{Body, BoxError, full};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode, header};

@@ -7,7 +7,8 @@
 //! an error.
 
 use super::schedule::{MAX_LIFETIME, RETRY_AFTER_CAP};
-use crate::client::{HttpClient, error_chain, full};
+use crate::body::full;
+use crate::client::{HttpClient, error_chain};
 use crate::config::{RequestFormat, TokenConfig, VERSION};
 use crate::credentials::CredentialSet;
 use crate::secret::Secret;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
-use pinecone_admin_proxy::client::{empty, full};
+use pinecone_admin_proxy::body::{empty, full};
 use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET};
 use std::process::Stdio;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 
 use crate::support::*;
 use http::{Method, Request, StatusCode};
-use pinecone_admin_proxy::client::{Body, empty, full};
+use pinecone_admin_proxy::body::{Body, empty, full};
 use pinecone_admin_proxy::fake::FakePinecone;
 use serde_json::{Value, json};
 

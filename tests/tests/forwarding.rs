@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use parking_lot::Mutex;
-use pinecone_admin_proxy::client::{Body, empty, full};
+use pinecone_admin_proxy::body::{Body, empty, full};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -144,7 +144,7 @@ async fn response_streams_before_the_upstream_finishes() {
         let release = release.clone();
         async move {
             let (mut tx, body) =
-                http_body_util::channel::Channel::<Bytes, pinecone_admin_proxy::client::BoxError>::new(4);
+                http_body_util::channel::Channel::<Bytes, pinecone_admin_proxy::body::BoxError>::new(4);
             let wait = release.lock().take().expect("one request");
             tokio::spawn(async move {
                 tx.send_data(Bytes::from_static(b"first chunk;")).await.unwrap();
@@ -185,7 +185,7 @@ async fn request_streams_before_the_client_finishes() {
     // streams as it comes.
     let proxy =
         start_with(&env(&fake.token_url(), &upstream.url(), &[("PINECONE_PROXY_UPSTREAM_REPLAY_LIMIT", "0")])).await;
-    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, pinecone_admin_proxy::client::BoxError>::new(4);
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, pinecone_admin_proxy::body::BoxError>::new(4);
     let request = Request::post(url(&proxy, "/upload")).body(body.boxed_unsync()).unwrap();
     let client = TestClient::default();
     let pending = tokio::spawn(async move { collect(client.send(request).await).await });
@@ -202,7 +202,7 @@ async fn request_streams_before_the_client_finishes() {
 async fn response_trailers_pass_through() {
     let fake = fake(3600).await;
     let upstream = Upstream::start(|_request: Request<Incoming>| async move {
-        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, pinecone_admin_proxy::client::BoxError>::new(4);
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, pinecone_admin_proxy::body::BoxError>::new(4);
         tokio::spawn(async move {
             tx.send_data(Bytes::from_static(b"data")).await.unwrap();
             let mut trailers = HeaderMap::new();

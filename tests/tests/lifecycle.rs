@@ -4,7 +4,7 @@
 use crate::support::*;
 use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use pinecone_admin_proxy::client::empty;
+use pinecone_admin_proxy::body::empty;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::{Duration, Instant};
 use tokio::process::Command;

@@ -2,7 +2,7 @@
 
 use crate::support::*;
 use http::{Request, StatusCode};
-use pinecone_admin_proxy::client::empty;
+use pinecone_admin_proxy::body::empty;
 use pinecone_admin_proxy::fake::{DEMO_CLIENT_SECRET, TokenFault};
 use std::time::Duration;
 

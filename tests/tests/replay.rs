@@ -6,7 +6,7 @@ use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use pinecone_admin_proxy::client::full;
+use pinecone_admin_proxy::body::full;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 

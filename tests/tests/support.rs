@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use pinecone_admin_proxy::app::{self, Running};
-use pinecone_admin_proxy::client::{Body, empty, full};
+use pinecone_admin_proxy::body::{Body, empty, full};
 use pinecone_admin_proxy::config::{self, Env, Flags};
 use pinecone_admin_proxy::credentials::Credentials;
 use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FakePinecone};

@@ -98,6 +98,25 @@ async fn https_upstream_trusted_through_ca_file_speaks_h2() {
 }
 
 #[tokio::test]
+async fn concurrent_first_requests_share_one_http2_connection() {
+    let tls = tls_fake(&[b"h2", b"http/1.1"]).await;
+    let proxy = proxy_trusting(&tls).await;
+    proxy.tokens.get().await.unwrap();
+    assert_eq!(tls.alpn.lock().len(), 1, "the token request's connection");
+    let client = TestClient::default();
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (client.clone(), url(&proxy, "/admin/projects"));
+            tokio::spawn(async move { client.get(&url).await.0 })
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(tls.alpn.lock().clone(), ["h2", "h2"], "one TLS handshake for the burst, after the token's");
+}
+
+#[tokio::test]
 async fn an_https_upstream_offering_only_http1_gets_kept_alive_http1_over_tls() {
     let tls = tls_fake(&[b"http/1.1"]).await;
     let proxy = proxy_trusting(&tls).await;

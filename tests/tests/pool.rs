@@ -1,0 +1,155 @@
+//! The upstream connection pool, seen from the upstream's side of real sockets: how many
+//! connections it keeps, when it sends a request again, and when it does not reuse one.
+
+use crate::support::*;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Barrier, watch};
+
+/// An HTTP/1.1 upstream that holds every request until `together` have arrived, and
+/// reports how many of its connections are open.
+async fn gathering_upstream(together: usize) -> (String, Arc<AtomicU64>, watch::Receiver<i64>) {
+    let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (open_tx, open) = watch::channel(0i64);
+    let barrier = Arc::new(Barrier::new(together));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let open_tx = Arc::new(open_tx);
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            open_tx.send_modify(|n| *n += 1);
+            let (barrier, open_tx) = (barrier.clone(), open_tx.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let barrier = barrier.clone();
+                    async move {
+                        if request.uri().path() == "/together" {
+                            barrier.wait().await;
+                        }
+                        Ok::<_, std::convert::Infallible>(Response::new(pinecone_admin_proxy::body::full("ok")))
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                open_tx.send_modify(|n| *n -= 1);
+            });
+        }
+    });
+    (format!("http://{addr}"), accepted, open)
+}
+
+#[tokio::test]
+async fn idle_connections_beyond_the_cap_are_closed() {
+    let fake = fake(3600).await;
+    let (upstream, accepted, mut open) = gathering_upstream(40).await;
+    let proxy = start_with(&env(&fake.token_url(), &upstream, &[])).await;
+    let client = TestClient::default();
+    let burst: Vec<_> = (0..40)
+        .map(|_| {
+            let (client, url) = (client.clone(), url(&proxy, "/together"));
+            tokio::spawn(async move { client.get(&url).await.0 })
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 40, "40 requests at once need 40 connections");
+    // The pool keeps 32 of them and closes the rest.
+    tokio::time::timeout(Duration::from_secs(10), open.wait_for(|n| *n == 32))
+        .await
+        .expect("the upstream sees 8 connections closed")
+        .unwrap();
+    // The kept ones serve what comes next.
+    for _ in 0..5 {
+        assert_eq!(client.get(&url(&proxy, "/again")).await.0, StatusCode::OK);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 40, "no new connection while idle ones are kept");
+}
+
+/// An upstream that reads one request per connection, counts it, and closes the connection
+/// without answering.
+async fn vanishing_upstream() -> (String, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                // Gone, with the request in hand and no answer.
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn a_request_written_to_a_connection_that_dies_is_never_sent_again() {
+    let fake = fake(3600).await;
+    let (upstream, seen) = vanishing_upstream().await;
+    let proxy = start_with(&env(&fake.token_url(), &upstream, &[])).await;
+    let client = TestClient::default();
+    let (status, headers, _) = client.get(&url(&proxy, "/admin/projects")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["x-pinecone-proxy-error"], "upstream_unreachable");
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "a GET that was written goes once");
+    let (status, _, _) = client.post(&url(&proxy, "/admin/projects"), r#"{"name":"once"}"#).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(seen.load(Ordering::SeqCst), 2, "a POST that was written goes once");
+}
+
+#[tokio::test]
+async fn a_response_framed_by_both_length_and_chunks_does_not_reuse_its_connection() {
+    let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let fake = fake(3600).await;
+    let proxy = start_with(&env(&fake.token_url(), &format!("http://{addr}"), &[])).await;
+    let client = TestClient::default();
+    for _ in 0..3 {
+        let (status, headers, body) = client.get(&url(&proxy, "/twice-framed")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!headers.contains_key("content-length"), "the length that contradicts the chunks is not forwarded");
+        assert_eq!(&body[..], b"hello", "decoded as chunked (RFC 9112 §6.3)");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "each such response costs its connection");
+}
