@@ -113,7 +113,7 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
         upstream = %config.upstream.url,
         token_url = %config.token.url,
         credentials = %credentials.describe(),
-        version = crate::config::VERSION,
+        version = crate::VERSION,
         "pinecone-admin-proxy started",
     );
     for name in &config.unknown_env {
@@ -125,7 +125,7 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let task = tokio::spawn(async move {
         quit_wait.await;
         if !delay.is_zero() {
-            tracing::info!(delay = %crate::config::format_duration(delay), "shutting down: still accepting requests for shutdown.delay");
+            tracing::info!(delay = %humantime::format_duration(delay), "shutting down: still accepting requests for shutdown.delay");
             tokio::time::sleep(delay).await;
         }
         tracing::info!("shutting down: no longer accepting; letting requests in flight finish");

@@ -1,72 +1,185 @@
-//! Configuration: built-in defaults, the TOML file, environment variables and flags,
-//! merged in that order of precedence and turned into a typed, validated [`Config`] before
-//! any socket is bound.
+//! Configuration: built-in defaults, the TOML file, environment variables and flags, merged
+//! in that order of precedence into one [`RawConfig`] (serde, one struct per section), then
+//! turned into a typed, validated [`Config`] before any socket is bound.
 //!
-//! Every problem becomes a [`ConfigError`] that names the key, where its value came from
-//! and what is wrong, in one line; `main` prints it and exits 64. Values that could be
-//! secrets are never echoed. Reading the credential files themselves is left to
-//! [`crate::credentials`].
+//! A key is defined once: as a field of a raw section struct, with its default in that
+//! struct's `Default`. The list of keys, their environment variables
+//! (`PINECONE_PROXY_<SECTION>_<KEY>`, and the Pinecone SDKs' names in [`ENV_ALIASES`]), the
+//! unknown-key check and `check-config`'s output are derived from it. Every problem becomes a
+//! [`ConfigError`] that names the key, where its value came from and what is wrong, in one
+//! line; `main` prints it and exits 64. The client secret is never part of the configuration:
+//! it comes from [`SECRET_ENV`] or a file, and reading credential files is
+//! [`crate::credentials`]'s business.
 
 use crate::secret::Secret;
+use crate::serve::Listen;
+use bytesize::ByteSize;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// The crate version, sent as `User-Agent` and shown in `/status` and `build_info`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The environment variable that names the configuration file.
 pub const CONFIG_ENV: &str = "PINECONE_PROXY_CONFIG";
 /// The only place the client secret itself may come from.
 pub const SECRET_ENV: &str = "PINECONE_CLIENT_SECRET";
 
-/// One configuration key: its dotted name and the environment variables that set it, the
-/// `PINECONE_PROXY_…` name first (it wins over the aliases the Pinecone SDKs read).
-struct KeyDef {
-    key: &'static str,
-    aliases: &'static [&'static str],
-}
-
-const KEYS: &[KeyDef] = &[
-    KeyDef { key: "listen", aliases: &[] },
-    KeyDef { key: "listen_mode", aliases: &[] },
-    KeyDef { key: "allow_remote", aliases: &[] },
-    KeyDef { key: "ops_listen", aliases: &[] },
-    KeyDef { key: "credentials.client_id", aliases: &["PINECONE_CLIENT_ID"] },
-    KeyDef { key: "credentials.client_id_file", aliases: &["PINECONE_CLIENT_ID_FILE"] },
-    KeyDef { key: "credentials.client_secret_file", aliases: &["PINECONE_CLIENT_SECRET_FILE"] },
-    KeyDef { key: "token.url", aliases: &[] },
-    KeyDef { key: "token.audience", aliases: &[] },
-    KeyDef { key: "token.request_format", aliases: &[] },
-    KeyDef { key: "token.refresh_at", aliases: &[] },
-    KeyDef { key: "token.refresh_jitter", aliases: &[] },
-    KeyDef { key: "token.timeout", aliases: &[] },
-    KeyDef { key: "token.max_requests_per_minute", aliases: &[] },
-    KeyDef { key: "upstream.url", aliases: &[] },
-    KeyDef { key: "upstream.api_version", aliases: &["PINECONE_API_VERSION"] },
-    KeyDef { key: "upstream.override_api_version", aliases: &[] },
-    KeyDef { key: "upstream.connect_timeout", aliases: &[] },
-    KeyDef { key: "upstream.timeout", aliases: &[] },
-    KeyDef { key: "upstream.ca_file", aliases: &[] },
-    KeyDef { key: "upstream.replay_limit", aliases: &[] },
-    KeyDef { key: "shutdown.delay", aliases: &[] },
-    KeyDef { key: "shutdown.grace", aliases: &[] },
-    KeyDef { key: "log.format", aliases: &[] },
-    KeyDef { key: "log.level", aliases: &["RUST_LOG"] },
+/// The environment variables that are not `PINECONE_PROXY_<SECTION>_<KEY>`: the names the
+/// Pinecone SDKs, CLI and tracing read. The `PINECONE_PROXY_…` name wins over these.
+pub const ENV_ALIASES: &[(&str, &str)] = &[
+    ("credentials.client_id", "PINECONE_CLIENT_ID"),
+    ("credentials.client_id_file", "PINECONE_CLIENT_ID_FILE"),
+    ("credentials.client_secret_file", "PINECONE_CLIENT_SECRET_FILE"),
+    ("upstream.api_version", "PINECONE_API_VERSION"),
+    ("log.level", "RUST_LOG"),
 ];
 
-/// The sections of the file; every other table is an unknown key.
-const SECTIONS: &[&str] = &["credentials", "token", "upstream", "shutdown", "log"];
+/// The configuration as written: every key with its default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: String,
+    /// Octal permissions of a Unix socket `listen`.
+    pub listen_mode: String,
+    pub allow_remote: bool,
+    pub ops_listen: String,
+    pub credentials: RawCredentials,
+    pub token: RawToken,
+    pub upstream: RawUpstream,
+    pub shutdown: RawShutdown,
+    pub log: RawLog,
+}
 
-/// `PINECONE_PROXY_<SECTION>_<KEY>` for a dotted key.
-pub fn env_name(key: &str) -> String {
-    format!("PINECONE_PROXY_{}", key.replace('.', "_").to_ascii_uppercase())
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8484".into(),
+            listen_mode: "0600".into(),
+            allow_remote: false,
+            ops_listen: "127.0.0.1:9484".into(),
+            credentials: RawCredentials::default(),
+            token: RawToken::default(),
+            upstream: RawUpstream::default(),
+            shutdown: RawShutdown::default(),
+            log: RawLog::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCredentials {
+    pub client_id: Option<String>,
+    pub client_id_file: Option<PathBuf>,
+    pub client_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawToken {
+    pub url: String,
+    pub audience: String,
+    pub request_format: RequestFormat,
+    pub refresh_at: f64,
+    pub refresh_jitter: f64,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub max_requests_per_minute: u32,
+}
+
+impl Default for RawToken {
+    fn default() -> Self {
+        Self {
+            url: "https://login.pinecone.io/oauth/token".into(),
+            // The trailing slash matters: without it Auth0 answers 403 (FACTS.md).
+            audience: "https://api.pinecone.io/".into(),
+            request_format: RequestFormat::Json,
+            refresh_at: 0.5,
+            refresh_jitter: 0.1,
+            timeout: Duration::from_secs(10),
+            // Real lifetimes are minutes to a day: 6 a minute is room for retries, and a
+            // hard stop for a loop that burns Auth0's quota (PRODUCT.md, "The token").
+            max_requests_per_minute: 6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawUpstream {
+    pub url: String,
+    pub api_version: String,
+    pub override_api_version: bool,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub replay_limit: ByteSize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            url: "https://api.pinecone.io".into(),
+            api_version: "2025-10".into(),
+            override_api_version: false,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(60),
+            ca_file: None,
+            replay_limit: ByteSize::mib(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawShutdown {
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// Under Kubernetes' default 30 s termination grace, so we exit before the SIGKILL.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        Self { delay: Duration::ZERO, grace: Duration::from_secs(25) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    pub format: LogFormat,
+    /// A tracing filter.
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestFormat {
+    Json,
+    Form,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The command-line flags that set configuration keys (shared by `run`, `demo` and
@@ -103,20 +216,18 @@ pub struct Flags {
 }
 
 impl Flags {
+    /// `(key, flag, value)` for each flag given.
     fn values(&self) -> Vec<(&'static str, &'static str, String)> {
-        let mut v = Vec::new();
-        let mut push = |key, flag, value: &Option<String>| {
-            if let Some(value) = value {
-                v.push((key, flag, value.clone()));
-            }
-        };
-        push("listen", "--listen", &self.listen);
-        push("ops_listen", "--ops-listen", &self.ops_listen);
-        push("token.url", "--token-url", &self.token_url);
-        push("upstream.url", "--upstream", &self.upstream);
-        push("upstream.api_version", "--api-version", &self.api_version);
-        push("log.format", "--log-format", &self.log_format);
-        push("log.level", "--log-level", &self.log_level);
+        let given = [
+            ("listen", "--listen", &self.listen),
+            ("ops_listen", "--ops-listen", &self.ops_listen),
+            ("token.url", "--token-url", &self.token_url),
+            ("upstream.url", "--upstream", &self.upstream),
+            ("upstream.api_version", "--api-version", &self.api_version),
+            ("log.format", "--log-format", &self.log_format),
+            ("log.level", "--log-level", &self.log_level),
+        ];
+        let mut v: Vec<_> = given.into_iter().filter_map(|(k, f, value)| Some((k, f, value.clone()?))).collect();
         if self.allow_remote {
             v.push(("allow_remote", "--allow-remote", "true".to_owned()));
         }
@@ -143,16 +254,6 @@ impl Env {
     pub fn set(&mut self, name: &str, value: &str) -> &mut Self {
         self.0.insert(name.to_owned(), value.to_owned());
         self
-    }
-
-    /// `PINECONE_PROXY_…` variables that set no key (a typo, or something else's).
-    fn unknown_proxy_vars(&self) -> Vec<String> {
-        self.0
-            .keys()
-            .filter(|k| k.starts_with("PINECONE_PROXY_") && k.as_str() != CONFIG_ENV)
-            .filter(|k| !KEYS.iter().any(|d| env_name(d.key) == **k))
-            .cloned()
-            .collect()
     }
 }
 
@@ -189,26 +290,6 @@ impl ConfigError {
     pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
         Self { key: key.into(), origin: None, problem: problem.into() }
     }
-
-    fn at(key: &str, origin: &Origin, problem: impl Into<String>) -> Self {
-        Self { key: key.to_owned(), origin: Some(origin.clone()), problem: problem.into() }
-    }
-}
-
-/// Where applications connect, or where the ops endpoints listen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Listen {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl fmt::Display for Listen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Listen::Tcp(a) => write!(f, "{a}"),
-            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
 }
 
 /// Where a credential comes from.
@@ -224,12 +305,6 @@ pub enum CredentialSource {
 pub struct CredentialsConfig {
     pub client_id: CredentialSource,
     pub client_secret: CredentialSource,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestFormat {
-    Json,
-    Form,
 }
 
 #[derive(Debug, Clone)]
@@ -255,8 +330,7 @@ pub struct UpstreamConfig {
     pub override_api_version: bool,
     pub connect_timeout: Duration,
     pub timeout: Duration,
-    pub ca_file: Option<PathBuf>,
-    /// The certificates of `ca_file`, parsed at load time.
+    /// The certificates of `upstream.ca_file`, parsed at load time.
     pub extra_roots: Vec<CertificateDer<'static>>,
     pub replay_limit: u64,
 }
@@ -265,12 +339,6 @@ pub struct UpstreamConfig {
 pub struct ShutdownConfig {
     pub delay: Duration,
     pub grace: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Clone)]
@@ -291,360 +359,370 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
-    /// Where each key's value came from, for `check-config` and error messages.
-    pub origins: BTreeMap<&'static str, Origin>,
+    /// Where each key that was set came from; keys not here have their default.
+    pub origins: BTreeMap<String, Origin>,
     /// `PINECONE_PROXY_…` variables that matched no key: reported as warnings, not errors,
     /// because Kubernetes injects `<SERVICE>_PORT`-style variables for a Service named
     /// `pinecone-proxy`, and a sidecar must not crash-loop on them.
     pub unknown_env: Vec<String>,
+    /// The effective values as written, for [`Config::describe`].
+    raw: RawConfig,
 }
 
-/// The merged raw values, each with where it came from.
-struct Raw {
-    values: BTreeMap<&'static str, (toml::Value, Origin)>,
+/// What a key's value is, from its default: it decides how a value from the environment
+/// or a flag (always text) is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Bool,
+    Float,
+    Integer,
+    Text,
 }
 
-impl Raw {
-    fn get(&self, key: &'static str) -> Option<(&toml::Value, &Origin)> {
-        self.values.get(key).map(|(v, o)| (v, o))
-    }
+/// Every key, dotted (`token.timeout`), with its kind: the fields of [`RawConfig`].
+fn keys() -> Vec<(String, Kind)> {
+    let defaults = serde_json::to_value(RawConfig::default()).expect("the defaults serialise");
+    flatten(&defaults)
+        .into_iter()
+        .map(|(key, value)| {
+            let kind = match value {
+                Json::Bool(_) => Kind::Bool,
+                Json::Number(n) if n.is_f64() => Kind::Float,
+                Json::Number(_) => Kind::Integer,
+                _ => Kind::Text,
+            };
+            (key, kind)
+        })
+        .collect()
+}
 
-    fn origin(&self, key: &'static str) -> Origin {
-        self.values.get(key).map(|(_, o)| o.clone()).unwrap_or(Origin::Default)
-    }
-
-    fn string(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
-        match self.get(key) {
-            None => Ok(default.to_owned()),
-            Some((toml::Value::String(s), _)) => Ok(s.clone()),
-            Some((_, o)) => Err(ConfigError::at(key, o, "must be a string")),
-        }
-    }
-
-    fn opt_string(&self, key: &'static str) -> Result<Option<(String, Origin)>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some((toml::Value::String(s), o)) => Ok(Some((s.clone(), o.clone()))),
-            Some((_, o)) => Err(ConfigError::at(key, o, "must be a string")),
-        }
-    }
-
-    fn bool(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some((toml::Value::Boolean(b), _)) => Ok(*b),
-            Some((toml::Value::String(s), o)) => match s.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => Ok(true),
-                "false" | "0" | "no" | "off" => Ok(false),
-                _ => Err(ConfigError::at(key, o, format!("must be true or false, got {s:?}"))),
-            },
-            Some((_, o)) => Err(ConfigError::at(key, o, "must be true or false")),
-        }
-    }
-
-    fn float(&self, key: &'static str, default: f64) -> Result<f64, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some((toml::Value::Float(f), _)) => Ok(*f),
-            Some((toml::Value::Integer(i), _)) => Ok(*i as f64),
-            Some((toml::Value::String(s), o)) => s
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|f| f.is_finite())
-                .ok_or_else(|| ConfigError::at(key, o, format!("must be a number, got {s:?}"))),
-            Some((_, o)) => Err(ConfigError::at(key, o, "must be a number")),
-        }
-    }
-
-    fn integer(&self, key: &'static str, default: i64) -> Result<i64, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some((toml::Value::Integer(i), _)) => Ok(*i),
-            Some((toml::Value::String(s), o)) => s
-                .trim()
-                .parse::<i64>()
-                .map_err(|_| ConfigError::at(key, o, format!("must be a whole number, got {s:?}"))),
-            Some((_, o)) => Err(ConfigError::at(key, o, "must be a whole number")),
-        }
-    }
-
-    fn duration(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some((toml::Value::String(s), o)) => parse_duration(s)
-                .map_err(|e| ConfigError::at(key, o, format!("{e}, got {s:?} (write e.g. 500ms, 5s, 2m, 1h)"))),
-            Some((_, o)) => {
-                Err(ConfigError::at(key, o, "must be a duration string such as \"500ms\", \"5s\", \"2m\" or \"1h\""))
+/// The leaves of a JSON object as dotted keys, in field order.
+fn flatten(value: &Json) -> Vec<(String, &Json)> {
+    let mut out = Vec::new();
+    if let Json::Object(map) = value {
+        for (name, v) in map {
+            match v {
+                Json::Object(_) => out.extend(flatten(v).into_iter().map(|(k, leaf)| (format!("{name}.{k}"), leaf))),
+                leaf => out.push((name.clone(), leaf)),
             }
         }
     }
+    out
+}
 
-    fn size(&self, key: &'static str, default: u64) -> Result<u64, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some((toml::Value::Integer(i), o)) => {
-                u64::try_from(*i).map_err(|_| ConfigError::at(key, o, "must not be negative"))
-            }
-            Some((toml::Value::String(s), o)) => {
-                parse_size(s).map_err(|e| ConfigError::at(key, o, format!("{e}, got {s:?} (write e.g. 1MiB, 64KiB)")))
-            }
-            Some((_, o)) => Err(ConfigError::at(key, o, "must be a size such as \"1MiB\"")),
-        }
-    }
+/// The sections (tables) of the file.
+fn sections() -> Vec<String> {
+    let mut s: Vec<String> = keys().into_iter().filter_map(|(k, _)| Some(k.split_once('.')?.0.to_owned())).collect();
+    s.dedup();
+    s
+}
+
+/// `PINECONE_PROXY_<SECTION>_<KEY>` for a dotted key.
+pub fn env_name(key: &str) -> String {
+    format!("PINECONE_PROXY_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// The environment variables that set `key`, the one that wins first.
+fn env_names(key: &str) -> Vec<String> {
+    let aliases = ENV_ALIASES.iter().filter(|(k, _)| *k == key).map(|(_, name)| (*name).to_owned());
+    std::iter::once(env_name(key)).chain(aliases).collect()
 }
 
 /// Loads the configuration from the file named by the flags or the environment, the
 /// environment and the flags, and validates it.
 pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
-    let mut values: BTreeMap<&'static str, (toml::Value, Origin)> = BTreeMap::new();
+    let keys = keys();
+    let mut table = toml::Table::new();
+    let mut origins = BTreeMap::new();
 
-    let file = match (&flags.config, env.get(CONFIG_ENV)) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(p)) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => None,
-    };
+    let file = flags.config.clone().or_else(|| env.get(CONFIG_ENV).filter(|p| !p.is_empty()).map(PathBuf::from));
     if let Some(path) = &file {
-        read_file(path, &mut values)?;
+        read_file(path, &keys, &mut table, &mut origins)?;
     }
-
-    for def in KEYS {
-        let primary = env_name(def.key);
-        let names = std::iter::once(primary.as_str()).chain(def.aliases.iter().copied());
-        for name in names {
-            if let Some(value) = env.get(name) {
-                values.insert(def.key, (toml::Value::String(value.to_owned()), Origin::Env(name.to_owned())));
-                break;
-            }
+    for (key, kind) in &keys {
+        if let Some((name, text)) = env_names(key).into_iter().find_map(|n| Some((n.clone(), env.get(&n)?.to_owned())))
+        {
+            let origin = Origin::Env(name);
+            let value = typed(&text, *kind).map_err(|problem| at(key, &origin, problem))?;
+            set(&mut table, key, value);
+            origins.insert(key.clone(), origin);
         }
     }
-
-    for (key, flag, value) in flags.values() {
-        values.insert(key, (toml::Value::String(value), Origin::Flag(flag)));
+    for (key, flag, text) in flags.values() {
+        let kind = keys.iter().find(|(k, _)| k == key).map_or(Kind::Text, |(_, kind)| *kind);
+        let origin = Origin::Flag(flag);
+        let value = typed(&text, kind).map_err(|problem| at(key, &origin, problem))?;
+        set(&mut table, key, value);
+        origins.insert(key.to_owned(), origin);
     }
 
-    let raw = Raw { values };
-    let mut config = validate(&raw, env)?;
-    config.unknown_env = env.unknown_proxy_vars();
+    let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let origin = origins.get(&key).cloned().unwrap_or(Origin::Default);
+        let mut problem = e.into_inner().message().to_owned();
+        if problem.ends_with("expected a duration") {
+            problem.push_str(" (write e.g. 500ms, 5s, 2m, 1h)");
+        }
+        at(&key, &origin, problem)
+    })?;
+    let mut config = validate(raw, &origins, env)?;
+    let known: Vec<String> = keys.iter().flat_map(|(k, _)| env_names(k)).collect();
+    config.unknown_env = env
+        .0
+        .keys()
+        .filter(|k| k.starts_with("PINECONE_PROXY_") && k.as_str() != CONFIG_ENV && !known.contains(k))
+        .cloned()
+        .collect();
     Ok(config)
 }
 
-fn read_file(path: &Path, values: &mut BTreeMap<&'static str, (toml::Value, Origin)>) -> Result<(), ConfigError> {
-    let origin = Origin::File(path.to_owned());
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new("--config", format!("cannot read {}: {e}", path.display())))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        // The TOML error quotes the offending line, which could hold a secret: keep only
-        // the message and the position.
-        let pos = e.span().map(|s| line_of(&text, s.start)).map(|l| format!(" at line {l}")).unwrap_or_default();
-        ConfigError::new("--config", format!("{} is not valid TOML{pos}: {}", path.display(), e.message()))
-    })?;
-    for (name, value) in table {
-        if SECTIONS.contains(&name.as_str()) {
-            let toml::Value::Table(section) = value else {
-                return Err(ConfigError::at(&name, &origin, "must be a table ([section])"));
-            };
-            for (sub, value) in section {
-                let dotted = format!("{name}.{sub}");
-                insert_file_key(&dotted, value, &origin, values)?;
-            }
-        } else {
-            insert_file_key(&name, value, &origin, values)?;
-        }
-    }
-    Ok(())
+fn at(key: &str, origin: &Origin, problem: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.to_owned(), origin: Some(origin.clone()), problem: problem.into() }
 }
 
-fn insert_file_key(
-    dotted: &str,
-    value: toml::Value,
-    origin: &Origin,
-    values: &mut BTreeMap<&'static str, (toml::Value, Origin)>,
-) -> Result<(), ConfigError> {
-    if dotted == "credentials.client_secret" || dotted == "client_secret" {
-        return Err(ConfigError::at(
-            dotted,
-            origin,
-            format!(
-                "the client secret is never read from the configuration file; set the environment \
-                 variable {SECRET_ENV}, or credentials.client_secret_file (env PINECONE_CLIENT_SECRET_FILE)"
-            ),
-        ));
-    }
-    let Some(def) = KEYS.iter().find(|d| d.key == dotted) else {
-        return Err(ConfigError::at(dotted, origin, "unknown key"));
-    };
-    values.insert(def.key, (value, origin.clone()));
-    Ok(())
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-fn validate(raw: &Raw, env: &Env) -> Result<Config, ConfigError> {
-    let allow_remote = raw.bool("allow_remote", false)?;
-
-    let listen = parse_listen_key(raw, "listen", "127.0.0.1:8484")?;
-    if let Listen::Tcp(addr) = &listen {
-        if !allow_remote && !addr.ip().is_loopback() {
-            return Err(ConfigError::at(
-                "listen",
-                &raw.origin("listen"),
-                format!(
-                    "{addr} is not a loopback address: whoever reaches it acts with the service \
-                     account's rights; set allow_remote = true (or --allow-remote) if you mean it"
-                ),
-            ));
-        }
-    }
-    let listen_mode = parse_mode(raw)?;
-    let ops_listen = parse_listen_key(raw, "ops_listen", "127.0.0.1:9484")?;
-
-    let credentials = credentials(raw, env)?;
-
-    let token_url = parse_url_key(raw, "token.url", "https://login.pinecone.io/oauth/token")?;
-    let audience = raw.string("token.audience", "https://api.pinecone.io/")?;
-    if audience.trim().is_empty() {
-        return Err(ConfigError::at("token.audience", &raw.origin("token.audience"), "must not be empty"));
-    }
-    let request_format = match raw.string("token.request_format", "json")?.as_str() {
-        "json" => RequestFormat::Json,
-        "form" => RequestFormat::Form,
-        other => {
-            return Err(ConfigError::at(
-                "token.request_format",
-                &raw.origin("token.request_format"),
-                format!("must be \"json\" or \"form\", got {other:?}"),
-            ));
-        }
-    };
-    let refresh_at = raw.float("token.refresh_at", 0.5)?;
-    let refresh_jitter = raw.float("token.refresh_jitter", 0.1)?;
-    check_refresh(refresh_at, refresh_jitter, raw)?;
-    let token_timeout = positive(raw, "token.timeout", Duration::from_secs(10))?;
-    let max_rpm = raw.integer("token.max_requests_per_minute", 6)?;
-    if !(1..=6000).contains(&max_rpm) {
-        return Err(ConfigError::at(
-            "token.max_requests_per_minute",
-            &raw.origin("token.max_requests_per_minute"),
-            format!("must be between 1 and 6000, got {max_rpm}"),
-        ));
-    }
-
-    let upstream_url = parse_url_key(raw, "upstream.url", "https://api.pinecone.io")?;
-    if upstream_url.query().is_some() {
-        return Err(ConfigError::at("upstream.url", &raw.origin("upstream.url"), "must not have a query"));
-    }
-    let api_version_text = raw.string("upstream.api_version", "2025-10")?;
-    let api_version =
-        HeaderValue::from_str(api_version_text.trim()).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
-            ConfigError::at(
-                "upstream.api_version",
-                &raw.origin("upstream.api_version"),
-                format!("must be a version such as 2025-10, got {api_version_text:?}"),
-            )
-        })?;
-    let ca_file = raw.opt_string("upstream.ca_file")?;
-    let extra_roots = match &ca_file {
-        None => Vec::new(),
-        Some((path, origin)) => {
-            read_roots(Path::new(path)).map_err(|problem| ConfigError::at("upstream.ca_file", origin, problem))?
-        }
-    };
-    let replay_limit = raw.size("upstream.replay_limit", 1 << 20)?;
-    if replay_limit > 64 << 20 {
-        return Err(ConfigError::at(
-            "upstream.replay_limit",
-            &raw.origin("upstream.replay_limit"),
-            "must be at most 64MiB: each replayable request holds this much memory",
-        ));
-    }
-    let upstream = UpstreamConfig {
-        scheme: upstream_url.scheme().cloned().unwrap_or(Scheme::HTTPS),
-        authority: upstream_url.authority().cloned().expect("validated to have a host"),
-        base_path: upstream_url.path().trim_end_matches('/').to_owned(),
-        url: upstream_url,
-        api_version,
-        override_api_version: raw.bool("upstream.override_api_version", false)?,
-        connect_timeout: positive(raw, "upstream.connect_timeout", Duration::from_secs(5))?,
-        timeout: positive(raw, "upstream.timeout", Duration::from_secs(60))?,
-        ca_file: ca_file.map(|(p, _)| PathBuf::from(p)),
-        extra_roots,
-        replay_limit,
-    };
-
-    let shutdown = ShutdownConfig {
-        delay: raw.duration("shutdown.delay", Duration::ZERO)?,
-        grace: raw.duration("shutdown.grace", Duration::from_secs(25))?,
-    };
-
-    let format = match raw.string("log.format", "text")?.as_str() {
-        "text" => LogFormat::Text,
-        "json" => LogFormat::Json,
-        other => {
-            return Err(ConfigError::at(
-                "log.format",
-                &raw.origin("log.format"),
-                format!("must be \"text\" or \"json\", got {other:?}"),
-            ));
-        }
-    };
-    let level = raw.string("log.level", "info")?;
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
-        return Err(ConfigError::at("log.level", &raw.origin("log.level"), format!("is not a valid filter: {e}")));
-    }
-
-    Ok(Config {
-        listen,
-        listen_mode,
-        allow_remote,
-        ops_listen,
-        credentials,
-        token: TokenConfig {
-            url: token_url,
-            audience,
-            request_format,
-            refresh_at,
-            refresh_jitter,
-            timeout: token_timeout,
-            max_requests_per_minute: max_rpm as u32,
+/// Text from the environment or a flag as the value its key takes.
+fn typed(text: &str, kind: Kind) -> Result<toml::Value, String> {
+    let t = text.trim();
+    Ok(match kind {
+        Kind::Bool => match t.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+            _ => return Err(format!("must be true or false, got {text:?}")),
         },
-        upstream,
-        shutdown,
-        log: LogConfig { format, level },
-        origins: raw.values.iter().map(|(k, (_, o))| (*k, o.clone())).collect(),
-        unknown_env: Vec::new(),
+        Kind::Float => toml::Value::Float(
+            t.parse().ok().filter(|f: &f64| f.is_finite()).ok_or(format!("must be a number, got {text:?}"))?,
+        ),
+        Kind::Integer => toml::Value::Integer(t.parse().map_err(|_| format!("must be a whole number, got {text:?}"))?),
+        Kind::Text => toml::Value::String(text.to_owned()),
     })
 }
 
-fn credentials(raw: &Raw, env: &Env) -> Result<CredentialsConfig, ConfigError> {
-    let id = raw.opt_string("credentials.client_id")?;
-    let id_file = raw.opt_string("credentials.client_id_file")?;
-    let client_id = match (id, id_file) {
-        (Some(_), Some((_, o))) => {
-            return Err(ConfigError::at(
-                "credentials.client_id_file",
-                &o,
+fn set(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        Some((section, name)) => {
+            let section = table.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(section) = section {
+                section.insert(name.to_owned(), value);
+            }
+        }
+        None => {
+            table.insert(key.to_owned(), value);
+        }
+    }
+}
+
+/// Reads the file into `table`, refusing unknown keys, and the client secret by name.
+fn read_file(
+    path: &Path,
+    keys: &[(String, Kind)],
+    table: &mut toml::Table,
+    origins: &mut BTreeMap<String, Origin>,
+) -> Result<(), ConfigError> {
+    let origin = Origin::File(path.to_owned());
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("--config", format!("cannot read {}: {e}", path.display())))?;
+    let parsed: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        // The TOML error quotes the offending line, which could hold a secret: keep only
+        // the message and the position.
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let pos = line.map(|l| format!(" at line {l}")).unwrap_or_default();
+        ConfigError::new("--config", format!("{} is not valid TOML{pos}: {}", path.display(), e.message()))
+    })?;
+    let sections = sections();
+    let mut check = |key: String| {
+        if key == "client_secret" || key == "credentials.client_secret" {
+            return Err(at(
+                &key,
+                &origin,
                 format!(
-                    "set only one of credentials.client_id ({}) and credentials.client_id_file",
-                    raw.origin("credentials.client_id")
+                    "the client secret is never read from the configuration file; set the environment \
+                     variable {SECRET_ENV}, or credentials.client_secret_file (env PINECONE_CLIENT_SECRET_FILE)"
                 ),
             ));
         }
-        (Some((v, o)), None) => {
-            let v = v.trim();
-            if v.is_empty() {
-                return Err(ConfigError::at("credentials.client_id", &o, "must not be empty"));
-            }
-            CredentialSource::Value(Secret::new(v))
+        if !keys.iter().any(|(k, _)| *k == key) {
+            return Err(at(&key, &origin, "unknown key"));
         }
-        (None, Some((p, o))) => {
-            if p.trim().is_empty() {
-                return Err(ConfigError::at("credentials.client_id_file", &o, "must not be empty"));
+        origins.insert(key, origin.clone());
+        Ok(())
+    };
+    for (name, value) in &parsed {
+        if sections.contains(name) {
+            let toml::Value::Table(section) = value else {
+                return Err(at(name, &origin, "must be a table ([section])"));
+            };
+            for sub in section.keys() {
+                check(format!("{name}.{sub}"))?;
             }
-            CredentialSource::File(PathBuf::from(p))
+        } else {
+            check(name.clone())?;
         }
+    }
+    *table = parsed;
+    Ok(())
+}
+
+/// The typed configuration from the raw one: each rule a pure function of its values.
+fn validate(raw: RawConfig, origins: &BTreeMap<String, Origin>, env: &Env) -> Result<Config, ConfigError> {
+    let err = |key: &str, problem: String| at(key, origins.get(key).unwrap_or(&Origin::Default), problem);
+    let listen = check_listen(&raw.listen, raw.allow_remote).map_err(|p| err("listen", p))?;
+    let listen_mode = parse_mode(&raw.listen_mode).map_err(|p| err("listen_mode", p))?;
+    let ops_listen: Listen = raw.ops_listen.parse().map_err(|p| err("ops_listen", p))?;
+    let credentials = credentials(&raw.credentials, env, origins)?;
+
+    let t = &raw.token;
+    let token = TokenConfig {
+        url: parse_url(&t.url).map_err(|p| err("token.url", p))?,
+        audience: non_empty(&t.audience).map_err(|p| err("token.audience", p))?,
+        request_format: t.request_format,
+        refresh_at: t.refresh_at,
+        refresh_jitter: t.refresh_jitter,
+        timeout: positive(t.timeout).map_err(|p| err("token.timeout", p))?,
+        max_requests_per_minute: in_range(t.max_requests_per_minute, 1, 6000)
+            .map_err(|p| err("token.max_requests_per_minute", p))?,
+    };
+    check_refresh(t.refresh_at, t.refresh_jitter).map_err(|(key, p)| err(key, p))?;
+
+    let u = &raw.upstream;
+    let url = parse_url(&u.url).and_then(no_query).map_err(|p| err("upstream.url", p))?;
+    let upstream = UpstreamConfig {
+        scheme: url.scheme().cloned().unwrap_or(Scheme::HTTPS),
+        authority: url.authority().cloned().expect("parse_url requires a host"),
+        base_path: url.path().trim_end_matches('/').to_owned(),
+        url,
+        api_version: api_version(&u.api_version).map_err(|p| err("upstream.api_version", p))?,
+        override_api_version: u.override_api_version,
+        connect_timeout: positive(u.connect_timeout).map_err(|p| err("upstream.connect_timeout", p))?,
+        timeout: positive(u.timeout).map_err(|p| err("upstream.timeout", p))?,
+        extra_roots: match &u.ca_file {
+            None => Vec::new(),
+            Some(path) => read_roots(path).map_err(|p| err("upstream.ca_file", p))?,
+        },
+        replay_limit: replay_limit(u.replay_limit).map_err(|p| err("upstream.replay_limit", p))?,
+    };
+    let log = LogConfig { format: raw.log.format, level: log_filter(&raw.log.level).map_err(|p| err("log.level", p))? };
+    Ok(Config {
+        listen,
+        listen_mode,
+        allow_remote: raw.allow_remote,
+        ops_listen,
+        credentials,
+        token,
+        upstream,
+        shutdown: ShutdownConfig { delay: raw.shutdown.delay, grace: raw.shutdown.grace },
+        log,
+        origins: origins.clone(),
+        unknown_env: Vec::new(),
+        raw,
+    })
+}
+
+fn check_listen(text: &str, allow_remote: bool) -> Result<Listen, String> {
+    let listen: Listen = text.parse()?;
+    match &listen {
+        Listen::Tcp(addr) if !allow_remote && !addr.ip().is_loopback() => Err(format!(
+            "{addr} is not a loopback address: whoever reaches it acts with the service account's \
+             rights; set allow_remote = true (or --allow-remote) if you mean it"
+        )),
+        _ => Ok(listen),
+    }
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim(), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("must be octal permissions such as \"0600\", at most 0777, got {text:?}"))
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() { Err("must not be empty".into()) } else { Ok(text.to_owned()) }
+}
+
+fn positive(d: Duration) -> Result<Duration, String> {
+    if d.is_zero() { Err("must be greater than 0".into()) } else { Ok(d) }
+}
+
+fn in_range(n: u32, min: u32, max: u32) -> Result<u32, String> {
+    if (min..=max).contains(&n) { Ok(n) } else { Err(format!("must be between {min} and {max}, got {n}")) }
+}
+
+fn no_query(uri: Uri) -> Result<Uri, String> {
+    if uri.query().is_some() { Err("must not have a query".into()) } else { Ok(uri) }
+}
+
+fn api_version(text: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(text.trim())
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("must be a version such as 2025-10, got {text:?}"))
+}
+
+fn replay_limit(size: ByteSize) -> Result<u64, String> {
+    if size.as_u64() > 64 << 20 {
+        return Err("must be at most 64MiB: each replayable request holds this much memory".into());
+    }
+    Ok(size.as_u64())
+}
+
+fn log_filter(level: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map(|_| level.to_owned())
+        .map_err(|e| format!("is not a valid filter: {e}"))
+}
+
+/// The key a problem is about, and the problem.
+type Problem = (&'static str, String);
+
+fn check_refresh(at: f64, jitter: f64) -> Result<(), Problem> {
+    if !(at > 0.0 && at < 1.0) {
+        return Err((
+            "token.refresh_at",
+            format!("must be greater than 0 and less than 1 (a fraction of the lifetime), got {at}"),
+        ));
+    }
+    if !(0.0..0.5).contains(&jitter) {
+        return Err(("token.refresh_jitter", format!("must be at least 0 and less than 0.5, got {jitter}")));
+    }
+    // A token stops being usable at the latest at 90 % of its lifetime (see
+    // token::schedule::usable_margin), so the refresh must be due before then.
+    if at - jitter <= 0.0 || at + jitter > 0.9 {
+        return Err((
+            "token.refresh_jitter",
+            format!(
+                "token.refresh_at ± token.refresh_jitter must stay above 0 and at most 0.9 (a token \
+                 is no longer used after 90% of its lifetime), got {at} ± {jitter}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn credentials(
+    raw: &RawCredentials,
+    env: &Env,
+    origins: &BTreeMap<String, Origin>,
+) -> Result<CredentialsConfig, ConfigError> {
+    let origin = |key: &str| origins.get(key).cloned().unwrap_or(Origin::Default);
+    let client_id = match (&raw.client_id, &raw.client_id_file) {
+        (Some(_), Some(_)) => {
+            return Err(at(
+                "credentials.client_id_file",
+                &origin("credentials.client_id_file"),
+                format!(
+                    "set only one of credentials.client_id ({}) and credentials.client_id_file",
+                    origin("credentials.client_id")
+                ),
+            ));
+        }
+        (Some(v), None) => CredentialSource::Value(Secret::new(
+            non_empty(v.trim()).map_err(|p| at("credentials.client_id", &origin("credentials.client_id"), p))?,
+        )),
+        (None, Some(p)) => CredentialSource::File(
+            file_path(p)
+                .map_err(|problem| at("credentials.client_id_file", &origin("credentials.client_id_file"), problem))?,
+        ),
         (None, None) => {
             return Err(ConfigError::new(
                 "credentials.client_id",
@@ -652,30 +730,21 @@ fn credentials(raw: &Raw, env: &Env) -> Result<CredentialsConfig, ConfigError> {
             ));
         }
     };
-
-    let secret_file = raw.opt_string("credentials.client_secret_file")?;
-    let secret_env = env.get(SECRET_ENV);
-    let client_secret = match (secret_env, secret_file) {
-        (Some(_), Some((_, o))) => {
-            return Err(ConfigError::at(
+    let secret_origin = origin("credentials.client_secret_file");
+    let client_secret = match (env.get(SECRET_ENV), &raw.client_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(at(
                 "credentials.client_secret_file",
-                &o,
+                &secret_origin,
                 format!("set only one of {SECRET_ENV} and credentials.client_secret_file"),
             ));
         }
-        (Some(v), None) => {
-            let v = v.trim();
-            if v.is_empty() {
-                return Err(ConfigError::at(SECRET_ENV, &Origin::Env(SECRET_ENV.into()), "must not be empty"));
-            }
-            CredentialSource::Value(Secret::new(v))
-        }
-        (None, Some((p, o))) => {
-            if p.trim().is_empty() {
-                return Err(ConfigError::at("credentials.client_secret_file", &o, "must not be empty"));
-            }
-            CredentialSource::File(PathBuf::from(p))
-        }
+        (Some(v), None) => CredentialSource::Value(Secret::new(
+            non_empty(v.trim()).map_err(|p| at(SECRET_ENV, &Origin::Env(SECRET_ENV.into()), p))?,
+        )),
+        (None, Some(p)) => CredentialSource::File(
+            file_path(p).map_err(|problem| at("credentials.client_secret_file", &secret_origin, problem))?,
+        ),
         (None, None) => {
             return Err(ConfigError::new(
                 "credentials.client_secret_file",
@@ -688,90 +757,8 @@ fn credentials(raw: &Raw, env: &Env) -> Result<CredentialsConfig, ConfigError> {
     Ok(CredentialsConfig { client_id, client_secret })
 }
 
-fn check_refresh(at: f64, jitter: f64, raw: &Raw) -> Result<(), ConfigError> {
-    if !(at > 0.0 && at < 1.0) {
-        return Err(ConfigError::at(
-            "token.refresh_at",
-            &raw.origin("token.refresh_at"),
-            format!("must be greater than 0 and less than 1 (a fraction of the lifetime), got {at}"),
-        ));
-    }
-    if !(0.0..0.5).contains(&jitter) {
-        return Err(ConfigError::at(
-            "token.refresh_jitter",
-            &raw.origin("token.refresh_jitter"),
-            format!("must be at least 0 and less than 0.5, got {jitter}"),
-        ));
-    }
-    // A token stops being usable at the latest at 90 % of its lifetime (see
-    // token::schedule::usable_margin), so the refresh must be due before then.
-    if at - jitter <= 0.0 || at + jitter > 0.9 {
-        return Err(ConfigError::at(
-            "token.refresh_jitter",
-            &raw.origin("token.refresh_jitter"),
-            format!(
-                "token.refresh_at ± token.refresh_jitter must stay above 0 and at most 0.9 (a token \
-                 is no longer used after 90% of its lifetime), got {at} ± {jitter}"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn positive(raw: &Raw, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-    let d = raw.duration(key, default)?;
-    if d.is_zero() {
-        return Err(ConfigError::at(key, &raw.origin(key), "must be greater than 0"));
-    }
-    Ok(d)
-}
-
-fn parse_mode(raw: &Raw) -> Result<u32, ConfigError> {
-    let key = "listen_mode";
-    let mode = match raw.get(key) {
-        None => 0o600,
-        Some((toml::Value::String(s), o)) => u32::from_str_radix(s.trim(), 8)
-            .map_err(|_| ConfigError::at(key, o, format!("must be octal permissions such as \"0600\", got {s:?}")))?,
-        Some((toml::Value::Integer(i), o)) => u32::try_from(*i)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .ok_or_else(|| ConfigError::at(key, o, "write the permissions as an octal string, e.g. \"0600\""))?,
-        Some((_, o)) => return Err(ConfigError::at(key, o, "must be octal permissions such as \"0600\"")),
-    };
-    if mode > 0o777 {
-        return Err(ConfigError::at(key, &raw.origin(key), "must be at most 0777"));
-    }
-    Ok(mode)
-}
-
-fn parse_listen_key(raw: &Raw, key: &'static str, default: &str) -> Result<Listen, ConfigError> {
-    let text = raw.string(key, default)?;
-    parse_listen(&text).map_err(|problem| ConfigError::at(key, &raw.origin(key), problem))
-}
-
-/// `HOST:PORT` with an IP address, `localhost:PORT`, or `unix:/path`.
-pub fn parse_listen(text: &str) -> Result<Listen, String> {
-    let text = text.trim();
-    if let Some(path) = text.strip_prefix("unix:") {
-        if path.is_empty() {
-            return Err("unix: needs a path, e.g. unix:/run/pinecone/proxy.sock".into());
-        }
-        return Ok(Listen::Unix(PathBuf::from(path)));
-    }
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(Listen::Tcp(addr));
-    }
-    if let Some(port) = text.strip_prefix("localhost:") {
-        if let Ok(port) = port.parse::<u16>() {
-            return Ok(Listen::Tcp(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)));
-        }
-    }
-    Err(format!("must be IP:PORT (e.g. 127.0.0.1:8484), localhost:PORT or unix:/path/to.sock, got {text:?}"))
-}
-
-fn parse_url_key(raw: &Raw, key: &'static str, default: &str) -> Result<Uri, ConfigError> {
-    let text = raw.string(key, default)?;
-    parse_url(&text).map_err(|problem| ConfigError::at(key, &raw.origin(key), problem))
+fn file_path(p: &Path) -> Result<PathBuf, String> {
+    if p.as_os_str().to_string_lossy().trim().is_empty() { Err("must not be empty".into()) } else { Ok(p.to_owned()) }
 }
 
 /// An `https://` URL, or `http://` to a loopback host only: a bearer token or a client
@@ -785,20 +772,13 @@ pub fn parse_url(text: &str) -> Result<Uri, String> {
     }
     match scheme {
         "https" => Ok(uri),
-        "http" if is_loopback_host(authority.host()) => Ok(uri),
+        "http" if crate::upstream::is_loopback_host(authority.host()) => Ok(uri),
         "http" => Err(format!(
             "plain http:// is allowed only for loopback hosts (a bearer token never crosses a \
-             network in clear text); use https://{}",
-            authority
+             network in clear text); use https://{authority}"
         )),
         other => Err(format!("must be an https:// URL, got scheme {other:?}")),
     }
-}
-
-/// `localhost`, or an IPv4 or IPv6 loopback address (with or without brackets).
-pub fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -812,136 +792,28 @@ fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// `500ms`, `5s`, `2m`, `1h`, combinations such as `1m30s`, or `0`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if text.is_empty() {
-        return Err("must not be empty".into());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        if digits == 0 {
-            return Err("must be a number followed by a unit (ms, s, m, h)".into());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| "number too large".to_owned())?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            "" => return Err("needs a unit (ms, s, m, h)".into()),
-            u => return Err(format!("has an unknown unit {u:?} (use ms, s, m, h)")),
-        };
-        total = total.checked_add(part).ok_or_else(|| "is too long".to_owned())?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
-
-/// `1048576`, `512KiB`, `1MiB`, `1MB` (decimal units are powers of 1000).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    if digits == 0 {
-        return Err("must be a number of bytes, optionally with a unit (KiB, MiB, GiB)".into());
-    }
-    let n: u64 = text[..digits].parse().map_err(|_| "number too large".to_owned())?;
-    let mult: u64 = match text[digits..].trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        u => return Err(format!("has an unknown unit {u:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
-    };
-    n.checked_mul(mult).ok_or_else(|| "is too large".to_owned())
-}
-
-/// Formats a duration the way the configuration writes them: `0s`, `5s`, `1h`, `32m47s821ms`.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".into();
-    }
-    let parts = [(ms / 3_600_000, "h"), (ms / 60_000 % 60, "m"), (ms / 1000 % 60, "s"), (ms % 1000, "ms")];
-    parts.iter().filter(|(n, _)| *n > 0).map(|(n, unit)| format!("{n}{unit}")).collect()
-}
-
-fn format_size(n: u64) -> String {
-    if n > 0 && n % (1 << 20) == 0 {
-        format!("{}MiB", n >> 20)
-    } else if n > 0 && n % (1 << 10) == 0 {
-        format!("{}KiB", n >> 10)
-    } else {
-        format!("{n}")
-    }
-}
-
 impl Config {
-    /// Every key with its effective value and where it came from, for `check-config`.
-    /// The client secret is never shown; file paths are.
-    pub fn describe(&self) -> Vec<(&'static str, String, String)> {
-        let source = |s: &CredentialSource, file_key: &'static str| match s {
-            CredentialSource::Value(_) => None,
-            CredentialSource::File(p) => Some((file_key, p.display().to_string())),
-        };
-        let mut rows: Vec<(&'static str, String)> = vec![
-            ("listen", self.listen.to_string()),
-            ("listen_mode", format!("{:04o}", self.listen_mode)),
-            ("allow_remote", self.allow_remote.to_string()),
-            ("ops_listen", self.ops_listen.to_string()),
-        ];
-        match &self.credentials.client_id {
-            CredentialSource::Value(v) => rows.push(("credentials.client_id", v.expose().to_owned())),
-            s => rows.extend(source(s, "credentials.client_id_file")),
-        }
-        match &self.credentials.client_secret {
-            CredentialSource::Value(_) => rows.push(("PINECONE_CLIENT_SECRET", "<redacted>".into())),
-            s => rows.extend(source(s, "credentials.client_secret_file")),
-        }
-        let t = &self.token;
-        let u = &self.upstream;
-        rows.extend([
-            ("token.url", t.url.to_string()),
-            ("token.audience", t.audience.clone()),
-            ("token.request_format", if t.request_format == RequestFormat::Json { "json" } else { "form" }.into()),
-            ("token.refresh_at", t.refresh_at.to_string()),
-            ("token.refresh_jitter", t.refresh_jitter.to_string()),
-            ("token.timeout", format_duration(t.timeout)),
-            ("token.max_requests_per_minute", t.max_requests_per_minute.to_string()),
-            ("upstream.url", u.url.to_string()),
-            ("upstream.api_version", u.api_version.to_str().unwrap_or_default().to_owned()),
-            ("upstream.override_api_version", u.override_api_version.to_string()),
-            ("upstream.connect_timeout", format_duration(u.connect_timeout)),
-            ("upstream.timeout", format_duration(u.timeout)),
-            (
-                "upstream.ca_file",
-                u.ca_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into()),
-            ),
-            ("upstream.replay_limit", format_size(u.replay_limit)),
-            ("shutdown.delay", format_duration(self.shutdown.delay)),
-            ("shutdown.grace", format_duration(self.shutdown.grace)),
-            ("log.format", if self.log.format == LogFormat::Json { "json" } else { "text" }.into()),
-            ("log.level", self.log.level.clone()),
-        ]);
-        rows.into_iter()
-            .map(|(k, v)| {
-                let origin = match k {
-                    "PINECONE_CLIENT_SECRET" => Origin::Env(SECRET_ENV.into()),
-                    _ => self.origins.get(k).cloned().unwrap_or(Origin::Default),
+    /// Every key with its effective value and where it came from, for `check-config`, in
+    /// the order of [`RawConfig`]. The client secret is never shown; file paths are.
+    pub fn describe(&self) -> Vec<(String, String, String)> {
+        let raw = serde_json::to_value(&self.raw).expect("the configuration serialises");
+        let mut rows: Vec<(String, String, String)> = flatten(&raw)
+            .into_iter()
+            .map(|(key, value)| {
+                let text = match value {
+                    Json::Null => "(none)".to_owned(),
+                    Json::String(s) => s.clone(),
+                    other => other.to_string(),
                 };
-                (k, v, origin.to_string())
+                let origin = self.origins.get(&key).unwrap_or(&Origin::Default).to_string();
+                (key, text, origin)
             })
-            .collect()
+            .collect();
+        if let CredentialSource::Value(_) = self.credentials.client_secret {
+            let at = rows.iter().rposition(|(k, _, _)| k.starts_with("credentials.")).map_or(rows.len(), |i| i + 1);
+            rows.insert(at, (SECRET_ENV.into(), "<redacted>".into(), Origin::Env(SECRET_ENV.into()).to_string()));
+        }
+        rows
     }
 }
 
@@ -1036,6 +908,22 @@ mod tests {
         assert_eq!(c.upstream.api_version, "2026-07");
     }
 
+    /// The contract's names: every key has `PINECONE_PROXY_<SECTION>_<KEY>`, and the
+    /// aliases name real keys.
+    #[test]
+    fn env_names_are_derived_from_the_keys() {
+        let names: Vec<(String, Vec<String>)> = keys().into_iter().map(|(k, _)| (k.clone(), env_names(&k))).collect();
+        assert_eq!(names.len(), 25, "{names:?}");
+        let find = |key: &str| names.iter().find(|(k, _)| k == key).map(|(_, n)| n.clone()).unwrap();
+        assert_eq!(find("listen"), ["PINECONE_PROXY_LISTEN"]);
+        assert_eq!(find("token.max_requests_per_minute"), ["PINECONE_PROXY_TOKEN_MAX_REQUESTS_PER_MINUTE"]);
+        assert_eq!(find("credentials.client_id"), ["PINECONE_PROXY_CREDENTIALS_CLIENT_ID", "PINECONE_CLIENT_ID"]);
+        assert_eq!(find("log.level"), ["PINECONE_PROXY_LOG_LEVEL", "RUST_LOG"]);
+        for (key, _) in ENV_ALIASES {
+            assert!(names.iter().any(|(k, _)| k == key), "alias for unknown key {key}");
+        }
+    }
+
     #[test]
     fn every_key_has_an_env_variable() {
         let pairs = [
@@ -1068,9 +956,6 @@ mod tests {
         assert_eq!(c.shutdown.grace, Duration::from_secs(60));
         assert_eq!(c.log.format, LogFormat::Json);
         assert_eq!(c.log.level, "debug");
-        for def in KEYS {
-            assert!(env_name(def.key).starts_with("PINECONE_PROXY_"));
-        }
     }
 
     /// Each bad configuration names the key it is about, and never echoes the secret.
@@ -1088,12 +973,16 @@ mod tests {
             (Some("[token]\nrefresh_at = 1.5"), &[], "token.refresh_at"),
             (Some("[token]\nrefresh_jitter = 0.45"), &[], "token.refresh_jitter"),
             (Some("[token]\nmax_requests_per_minute = 0"), &[], "token.max_requests_per_minute"),
+            (Some("[token]\nmax_requests_per_minute = -1"), &[], "token.max_requests_per_minute"),
             (Some("[token]\nrequest_format = \"xml\""), &[], "token.request_format"),
             (Some("[upstream]\nurl = \"http://api.pinecone.io\""), &[], "upstream.url"),
             (Some("[upstream]\nurl = \"not a url\""), &[], "upstream.url"),
             (Some("[upstream]\nreplay_limit = \"1 lightyear\""), &[], "upstream.replay_limit"),
+            (Some("[upstream]\nreplay_limit = \"65MiB\""), &[], "upstream.replay_limit"),
             (Some("[upstream]\nca_file = \"/nonexistent/ca.pem\""), &[], "upstream.ca_file"),
             (Some("[log]\nformat = \"yaml\""), &[], "log.format"),
+            (Some("[log]\nlevel = \"info,[\""), &[], "log.level"),
+            (Some("listen_mode = \"0999\""), &[], "listen_mode"),
             (Some("listen_mode = 600"), &[], "listen_mode"),
             (Some("listen = \"0.0.0.0:8484\""), &[], "listen"),
             (Some("token = 3"), &[], "token"),
@@ -1101,6 +990,8 @@ mod tests {
             (None, &[("PINECONE_PROXY_LISTEN", "10.0.0.1:80")], "listen"),
             (None, &[("PINECONE_PROXY_OPS_LISTEN", "nonsense")], "ops_listen"),
             (None, &[("PINECONE_PROXY_SHUTDOWN_GRACE", "-1s")], "shutdown.grace"),
+            (None, &[("PINECONE_PROXY_ALLOW_REMOTE", "perhaps")], "allow_remote"),
+            (None, &[("PINECONE_PROXY_TOKEN_REFRESH_AT", "half")], "token.refresh_at"),
             (None, &[("PINECONE_CLIENT_ID_FILE", "/x")], "credentials.client_id_file"),
         ];
         for (file, env, key) in cases {
@@ -1109,6 +1000,13 @@ mod tests {
             assert!(!err.to_string().contains("topsecret"), "{err}");
             assert!(!err.to_string().contains("s3cret"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_value_from_the_environment_names_its_variable_when_it_is_wrong() {
+        let err = load_with(None, &[("PINECONE_PROXY_TOKEN_TIMEOUT", "5 parsecs")], Flags::default()).unwrap_err();
+        assert_eq!(err.origin, Some(Origin::Env("PINECONE_PROXY_TOKEN_TIMEOUT".into())));
+        assert!(err.to_string().starts_with("token.timeout (env PINECONE_PROXY_TOKEN_TIMEOUT): "), "{err}");
     }
 
     #[test]
@@ -1147,45 +1045,38 @@ mod tests {
     }
 
     #[test]
-    fn durations_and_sizes() {
-        let table = [
-            ("500ms", 500),
-            ("5s", 5000),
-            ("2m", 120_000),
-            ("1h", 3_600_000),
-            ("1m30s", 90_000),
-            ("0", 0),
-            ("1h1s5ms", 3_601_005),
-        ];
-        for (text, ms) in table {
-            assert_eq!(parse_duration(text).unwrap(), Duration::from_millis(ms), "{text}");
-            assert_eq!(parse_duration(&format_duration(Duration::from_millis(ms))).unwrap(), Duration::from_millis(ms));
+    fn durations_and_sizes_in_the_documented_forms() {
+        let file = |key: &str, value: &str| format!("[upstream]\n{key} = \"{value}\"\n");
+        for (text, ms) in [("500ms", 500), ("5s", 5000), ("2m", 120_000), ("1h", 3_600_000), ("1m30s", 90_000)] {
+            let c = load_with(Some(&file("timeout", text)), &[], Flags::default()).unwrap();
+            assert_eq!(c.upstream.timeout, Duration::from_millis(ms), "{text}");
         }
-        for bad in ["", "5", "s", "5 s", "-1s", "1d", "1.5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+        for (text, bytes) in [("1MiB", 1 << 20), ("64KiB", 65536), ("1000", 1000), ("2MB", 2_000_000)] {
+            let c = load_with(Some(&file("replay_limit", text)), &[], Flags::default()).unwrap();
+            assert_eq!(c.upstream.replay_limit, bytes, "{text}");
         }
-        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
-        assert_eq!(parse_size("64KiB").unwrap(), 65536);
-        assert_eq!(parse_size("1000").unwrap(), 1000);
-        assert_eq!(parse_size("2MB").unwrap(), 2_000_000);
-        assert!(parse_size("1 furlong").is_err());
+        let c = load_with(Some("[upstream]\nreplay_limit = 4096\n"), &[], Flags::default()).unwrap();
+        assert_eq!(c.upstream.replay_limit, 4096, "a plain number of bytes");
+        for bad in ["5", "s", "-1s", ""] {
+            assert!(load_with(Some(&file("timeout", bad)), &[], Flags::default()).is_err(), "{bad}");
+        }
     }
 
     #[test]
-    fn listen_forms() {
-        assert_eq!(parse_listen("unix:/tmp/p.sock").unwrap(), Listen::Unix("/tmp/p.sock".into()));
-        assert_eq!(parse_listen("localhost:80").unwrap(), Listen::Tcp("127.0.0.1:80".parse().unwrap()));
-        assert_eq!(parse_listen("[::1]:80").unwrap(), Listen::Tcp("[::1]:80".parse().unwrap()));
-        assert!(parse_listen("example.com:80").is_err());
-        assert!(parse_listen("unix:").is_err());
-    }
-
-    #[test]
-    fn describe_redacts_the_secret() {
-        let c = load_with(None, &[], Flags::default()).unwrap();
-        let text = format!("{:?}", c.describe());
+    fn describe_lists_every_key_and_redacts_the_secret() {
+        let c = load_with(None, &[("PINECONE_PROXY_UPSTREAM_TIMEOUT", "7s")], Flags::default()).unwrap();
+        let rows = c.describe();
+        let text = format!("{rows:?}");
         assert!(!text.contains("s3cret"));
-        assert!(text.contains("<redacted>"));
         assert!(!format!("{c:?}").contains("s3cret"));
+        let row = |key: &str| rows.iter().find(|(k, _, _)| k == key).cloned().unwrap();
+        assert_eq!(row("PINECONE_CLIENT_SECRET").1, "<redacted>");
+        assert_eq!(
+            row("upstream.timeout"),
+            ("upstream.timeout".into(), "7s".into(), "env PINECONE_PROXY_UPSTREAM_TIMEOUT".into())
+        );
+        assert_eq!(row("token.max_requests_per_minute").2, "default");
+        assert_eq!(row("upstream.ca_file").1, "(none)");
+        assert_eq!(rows.len(), keys().len() + 1);
     }
 }

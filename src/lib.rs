@@ -21,8 +21,7 @@
 //! - [`wait`]: the `wait` command: poll a running proxy's `/readyz`.
 //! - [`fake`]: the fake Pinecone (token endpoint and in-memory Admin API) for `demo`,
 //!   `fake-pinecone` and the tests.
-//! - [`logging`]: the text and JSON log output, with a cheap timestamp.
-//! - [`timefmt`]: RFC 3339 formatting of wall-clock times.
+//! - [`logging`]: the text and JSON log output (tracing-subscriber's).
 
 pub mod app;
 pub mod body;
@@ -37,7 +36,9 @@ pub mod proxy;
 pub mod replay;
 pub mod secret;
 pub mod serve;
-pub mod timefmt;
 pub mod token;
 pub mod upstream;
 pub mod wait;
+
+/// The crate version, sent as `User-Agent` and shown in `/status` and `build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use pinecone_admin_proxy::config::{self, Config, Env, Flags};
 use pinecone_admin_proxy::credentials::{Credentials, Reload};
 use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FakePinecone};
+use pinecone_admin_proxy::serve::Listen;
 use pinecone_admin_proxy::{app, wait};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -57,7 +58,7 @@ enum Command {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    config::parse_duration(s)
+    humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -257,7 +258,7 @@ async fn demo(flags: &Flags, env: &Env) -> ExitCode {
          curl -s -X POST http://{proxy}/admin/projects -H 'Content-Type: application/json' -d '{{\"name\":\"my-project\"}}'\n  \
          curl -s http://{ops}/status\n\n\
          Ctrl-C to stop.\n",
-        version = config::VERSION,
+        version = pinecone_admin_proxy::VERSION,
         fake = fake.api_url(),
     );
     let quit = running.quit_trigger();
@@ -299,9 +300,9 @@ async fn wait_command(ops: Option<String>, timeout: Duration, env: &Env) -> Exit
     let text = ops
         .or_else(|| env.get("PINECONE_PROXY_OPS_LISTEN").map(str::to_owned))
         .unwrap_or_else(|| "127.0.0.1:9484".into());
-    let addr = match config::parse_listen(&text) {
-        Ok(config::Listen::Tcp(addr)) => addr,
-        Ok(config::Listen::Unix(_)) => {
+    let addr = match text.parse::<Listen>() {
+        Ok(Listen::Tcp(addr)) => addr,
+        Ok(Listen::Unix(_)) => {
             eprintln!("pinecone-admin-proxy: wait: --ops must be a TCP address");
             return ExitCode::from(EXIT_USAGE);
         }
@@ -314,7 +315,7 @@ async fn wait_command(ops: Option<String>, timeout: Duration, env: &Env) -> Exit
         println!("proxy at {addr} is ready");
         ExitCode::SUCCESS
     } else {
-        eprintln!("pinecone-admin-proxy: wait: not ready at {addr} within {}", config::format_duration(timeout));
+        eprintln!("pinecone-admin-proxy: wait: not ready at {addr} within {}", humantime::format_duration(timeout));
         ExitCode::FAILURE
     }
 }

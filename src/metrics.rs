@@ -88,7 +88,7 @@ impl Metrics {
         let build_info =
             prometheus::IntGaugeVec::new(opts("build_info", "Always 1; the version is a label."), &["version"])
                 .expect("valid metric");
-        build_info.with_label_values(&[crate::config::VERSION]).set(1);
+        build_info.with_label_values(&[crate::VERSION]).set(1);
 
         let latency_buckets =
             vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];

@@ -86,7 +86,7 @@ impl Ops {
                 json(
                     StatusCode::OK,
                     &serde_json::json!({
-                        "version": crate::config::VERSION,
+                        "version": crate::VERSION,
                         "upstream": inner.upstream,
                         "token": inner.tokens.snapshot(),
                         "credentials": {

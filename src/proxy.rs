@@ -8,11 +8,11 @@
 //! [`crate::token`]'s.
 
 use crate::body::{Body, BoxError, full};
-use crate::config::{UpstreamConfig, format_duration, is_loopback_host};
+use crate::config::UpstreamConfig;
 use crate::metrics::{Metrics, ReplayResult};
 use crate::replay::{Buffered, RequestBody};
 use crate::token::{TokenSource, TokenUnavailable};
-use crate::upstream::{SendError, Upstream};
+use crate::upstream::{SendError, Upstream, is_loopback_host};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
@@ -40,7 +40,7 @@ pub enum ProxyError {
     CredentialsRejected,
     #[error("cannot reach the Pinecone API: {0}")]
     UpstreamUnreachable(String),
-    #[error("the Pinecone API sent no response headers within {}", format_duration(*.0))]
+    #[error("the Pinecone API sent no response headers within {}", humantime::format_duration(*.0))]
     UpstreamTimeout(Duration),
     #[error("{message}")]
     BadRequest { status: StatusCode, message: String },

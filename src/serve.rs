@@ -7,7 +7,6 @@
 //! services ([`crate::proxy`], [`crate::ops`]).
 
 use crate::body::{Body, BoxError};
-use crate::config::Listen;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -24,6 +23,44 @@ use tokio::task::JoinSet;
 
 /// How long a client may take to send a request's headers (slow-loris protection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where applications connect, or where the ops endpoints listen: `HOST:PORT` with an IP
+/// address, `localhost:PORT`, or `unix:/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a path, e.g. unix:/run/pinecone/proxy.sock".into());
+            }
+            return Ok(Listen::Unix(PathBuf::from(path)));
+        }
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Listen::Tcp(addr));
+        }
+        if let Some(Ok(port)) = text.strip_prefix("localhost:").map(str::parse::<u16>) {
+            return Ok(Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+        }
+        Err(format!("must be IP:PORT (e.g. 127.0.0.1:8484), localhost:PORT or unix:/path/to.sock, got {text:?}"))
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
 
 /// A bound listener.
 #[derive(Debug)]
@@ -230,6 +267,16 @@ async fn accept(listener: &Listener) -> io::Result<(Io, Option<SocketAddr>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_forms() {
+        let parse = |s: &str| s.parse::<Listen>();
+        assert_eq!(parse("unix:/tmp/p.sock").unwrap(), Listen::Unix("/tmp/p.sock".into()));
+        assert_eq!(parse("localhost:80").unwrap(), Listen::Tcp("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(parse("[::1]:80").unwrap(), Listen::Tcp("[::1]:80".parse().unwrap()));
+        assert!(parse("example.com:80").is_err());
+        assert!(parse("unix:").is_err());
+    }
     use std::convert::Infallible;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

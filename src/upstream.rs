@@ -7,9 +7,9 @@
 //! - **HTTP/2**: one shared connection. While it is being opened (and while the upstream's
 //!   protocol is not yet known) other requests wait for it instead of opening their own, so
 //!   a burst of first requests costs one TLS handshake.
-//! - **HTTP/1.1**: a stack of idle connections, at most [`MAX_IDLE`]; a connection goes
+//! - **HTTP/1.1**: a stack of idle connections, at most 32; a connection goes
 //!   back once its response body has been read to the end, and a reaper closes any that
-//!   stayed idle for [`IDLE_TIMEOUT`]. A response framed by both `Content-Length` and
+//!   stayed idle for 90 s. A response framed by both `Content-Length` and
 //!   `Transfer-Encoding` (RFC 9112 §6.3: a sign of smuggling) is read as chunked and
 //!   forwarded without the length, and its connection is not used again.
 //! - **Retries**: a request that hyper hands back unwritten (a reused connection closed
@@ -306,6 +306,12 @@ impl Upstream {
         }
         Err(last)
     }
+}
+
+/// `localhost`, or an IPv4 or IPv6 loopback address (with or without brackets).
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// How one attempt to send a request ended.

@@ -44,7 +44,7 @@ pub struct Data {
 impl Data {
     /// One organization with one project that has one API key.
     pub fn seeded() -> Self {
-        let now = crate::timefmt::rfc3339(SystemTime::now());
+        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let org_id = "-NM7af6f234168c4e44a";
         let project_id = uuid();
         Self {
@@ -272,7 +272,7 @@ fn create_project(data: &mut Data, body: &[u8]) -> Response<Body> {
         let org = data.organizations.first().map_or(Value::from("-NM7af6f234168c4e44a"), |o| o["id"].clone());
         let mut project = json!({
             "id": uuid(), "name": name, "max_pods": 0, "force_encryption_with_cmek": false,
-            "organization_id": org, "created_at": crate::timefmt::rfc3339(SystemTime::now()),
+            "organization_id": org, "created_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         });
         project_fields(&map, &mut project)?;
         data.projects.push(project.clone());

@@ -40,7 +40,7 @@ pub struct Iam {
 }
 
 fn now() -> String {
-    crate::timefmt::rfc3339(SystemTime::now())
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 impl Iam {
@@ -255,7 +255,7 @@ fn create_invite(data: &mut Data, body: &[u8]) -> Result<Response<Body>, Respons
     if data.iam.invites.iter().any(|i| i["email"] == email && i["status"] == "pending") {
         return Err(conflict("ALREADY_EXISTS", &format!("A pending invite for {email} already exists.")));
     }
-    let expires = crate::timefmt::rfc3339(SystemTime::now() + Duration::from_secs(7 * 86_400));
+    let expires = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(7 * 86_400)).to_string();
     let invite =
         json!({ "id": uuid(), "email": email, "status": "pending", "expires_at": expires, "created_at": now() });
     for (rt, rid, role) in bindings {
@@ -271,7 +271,7 @@ fn resend_invite(data: &mut Data, id: &str) -> Result<Response<Body>, Response<B
         return Err(conflict("ABORTED", "Only a pending invite can be resent."));
     }
     data.iam.invites[i]["expires_at"] =
-        Value::from(crate::timefmt::rfc3339(SystemTime::now() + Duration::from_secs(7 * 86_400)));
+        Value::from(humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(7 * 86_400)).to_string());
     Ok(json(StatusCode::OK, &data.iam.invites[i]))
 }
 

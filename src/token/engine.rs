@@ -10,7 +10,7 @@
 use super::Token;
 use super::fetch::{Fetch, FetchError};
 use super::schedule::{self, Budget, Plan, PlanToken};
-use crate::config::{TokenConfig, format_duration};
+use crate::config::TokenConfig;
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
 use parking_lot::{Mutex, RwLock};
@@ -201,10 +201,10 @@ impl TokenSource {
             usable: token.as_ref().is_some_and(|t| t.usable(Instant::now())),
             generation: token.as_ref().map(|t| t.generation),
             fingerprint: token.as_ref().map(|t| t.fingerprint.clone()),
-            issued_at: token.as_ref().map(|t| crate::timefmt::rfc3339(t.issued_wall)),
-            expires_at: token.as_ref().map(|t| crate::timefmt::rfc3339(t.expires_wall)),
+            issued_at: token.as_ref().map(|t| humantime::format_rfc3339_seconds(t.issued_wall).to_string()),
+            expires_at: token.as_ref().map(|t| humantime::format_rfc3339_seconds(t.expires_wall).to_string()),
             lifetime_seconds: token.as_ref().map(|t| t.lifetime.as_secs_f64()),
-            next_refresh_at: status.next_fetch.map(crate::timefmt::rfc3339),
+            next_refresh_at: status.next_fetch.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             credentials_rejected: status.rejected,
             credential_generation_in_use: status.credentials_in_use,
             credential_generation_tried: status.credentials_tried,
@@ -300,7 +300,7 @@ impl<F: Fetch> Refresher<F> {
                 shared.metrics.token_budget_exhausted.inc();
                 tracing::warn!(
                     max_per_minute = self.max_per_minute,
-                    wait = %format_duration(next - now),
+                    wait = %humantime::format_duration(next - now),
                     token_usable = token.as_ref().is_some_and(|t| t.usable(now)),
                     "token request budget exhausted (token.max_requests_per_minute); holding the next request back",
                 );
@@ -330,7 +330,7 @@ impl<F: Fetch> Refresher<F> {
             let issued_wall = SystemTime::now();
             let outcome = tokio::select! {
                 r = tokio::time::timeout(self.timeout, self.fetcher.fetch(&creds)) => r.unwrap_or_else(|_| {
-                    Err(FetchError::transient(format!("token request timed out after {}", format_duration(self.timeout))))
+                    Err(FetchError::transient(format!("token request timed out after {}", humantime::format_duration(self.timeout))))
                 }),
                 () = &mut shutdown => return,
             };
@@ -351,8 +351,8 @@ impl<F: Fetch> Refresher<F> {
                     tracing::info!(
                         generation = token.generation,
                         fingerprint = %token.fingerprint,
-                        lifetime = %format_duration(token.lifetime),
-                        refresh_in = %format_duration(refresh_in),
+                        lifetime = %humantime::format_duration(token.lifetime),
+                        refresh_in = %humantime::format_duration(refresh_in),
                         credential_generation = creds.generation,
                         "token fetched",
                     );
@@ -379,7 +379,7 @@ impl<F: Fetch> Refresher<F> {
                         error = %error,
                         result = error.result_label(),
                         failures = local.failures,
-                        retry_in = %format_duration(delay),
+                        retry_in = %humantime::format_duration(delay),
                         token_usable = usable,
                         credential_generation = creds.generation,
                         "token request failed{}",

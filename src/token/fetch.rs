@@ -7,9 +7,10 @@
 //! an error.
 
 use super::schedule::{MAX_LIFETIME, RETRY_AFTER_CAP};
+use crate::VERSION;
 use crate::body::full;
 use crate::client::{HttpClient, error_chain};
-use crate::config::{RequestFormat, TokenConfig, VERSION};
+use crate::config::{RequestFormat, TokenConfig};
 use crate::credentials::CredentialSet;
 use crate::secret::Secret;
 use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri, header};

@@ -53,7 +53,7 @@ async fn bad_configuration_exits_64_with_one_line_naming_the_key() {
         (CREDS.to_vec(), vec!["--config", &secret], "credentials.client_secret"),
         (vec![("PINECONE_CLIENT_ID", "id")], vec![], "credentials.client_secret_file"),
         (vec![("PINECONE_CLIENT_SECRET", "s")], vec![], "credentials.client_id"),
-        ([&CREDS[..], &[("PINECONE_PROXY_TOKEN_TIMEOUT", "10 seconds")]].concat(), vec![], "token.timeout"),
+        ([&CREDS[..], &[("PINECONE_PROXY_TOKEN_TIMEOUT", "10 parsecs")]].concat(), vec![], "token.timeout"),
         (CREDS.to_vec(), vec!["--listen", "0.0.0.0:8484"], "listen"),
         (CREDS.to_vec(), vec!["--token-url", "http://login.example.com/oauth/token"], "token.url"),
         (CREDS.to_vec(), vec!["--upstream", "not a url"], "upstream.url"),

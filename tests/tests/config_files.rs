@@ -10,7 +10,7 @@ fn creds() -> Env {
     env
 }
 
-fn values(c: &config::Config) -> Vec<(&'static str, String)> {
+fn values(c: &config::Config) -> Vec<(String, String)> {
     c.describe().into_iter().map(|(k, v, _)| (k, v)).collect()
 }
 
@@ -38,13 +38,13 @@ fn the_example_configuration_documents_every_key_with_its_true_default() {
     let documented = config::load(&flags, &creds()).expect("the documented defaults load");
     let defaults = config::load(&Flags::default(), &creds()).unwrap();
     assert_eq!(values(&documented), values(&defaults), "the documented defaults are the real ones");
-    let set: Vec<&str> = documented.origins.keys().copied().collect();
+    let set: Vec<&str> = documented.origins.keys().map(String::as_str).collect();
     for (key, _, _) in defaults.describe() {
         // Keys without a default are documented as examples instead.
         if key.starts_with("credentials.") || key == "PINECONE_CLIENT_SECRET" || key == "upstream.ca_file" {
             continue;
         }
-        assert!(set.contains(&key), "{key} has no `#key = default` line in {}", path.display());
+        assert!(set.contains(&key.as_str()), "{key} has no `#key = default` line in {}", path.display());
     }
     for key in ["client_id", "client_id_file", "client_secret_file", "PINECONE_CLIENT_SECRET", "ca_file"] {
         assert!(text.contains(key), "{key} is not documented");
