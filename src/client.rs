@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// How long an idle upstream connection is kept. Shorter than the 120 s or so after which
 /// cloud load balancers drop idle connections, so we close first and never write a request
@@ -23,7 +23,7 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Builds the client. Fails only if the TLS configuration cannot be built.
-pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, rustls::Error> {
+pub(crate) fn build(cfg: &UpstreamConfig) -> Result<HttpClient, rustls::Error> {
     let tls = tls_config(cfg)?;
 
     let mut http = HttpConnector::new();
@@ -48,7 +48,7 @@ pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, rustls::Error> {
 
 /// The rustls configuration: the web PKI roots plus `upstream.ca_file`, no ALPN (each
 /// connector sets its own).
-pub fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, rustls::Error> {
+pub(crate) fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in &cfg.extra_roots {
@@ -62,7 +62,7 @@ pub fn tls_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, rustls::
 
 /// The error and its causes in one line ("client error (Connect): tcp connect error:
 /// Connection refused"), for logs and error bodies. hyper's errors carry no request data.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

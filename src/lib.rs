@@ -25,19 +25,19 @@
 
 pub mod app;
 pub mod body;
-pub mod client;
+pub(crate) mod client;
 pub mod config;
 pub mod credentials;
 pub mod fake;
 pub mod logging;
 pub mod metrics;
-pub mod ops;
-pub mod proxy;
-pub mod replay;
+pub(crate) mod ops;
+pub(crate) mod proxy;
+pub(crate) mod replay;
 pub mod secret;
 pub mod serve;
 pub mod token;
-pub mod upstream;
+pub(crate) mod upstream;
 pub mod wait;
 
 /// The crate version, sent as `User-Agent` and shown in `/status` and `build_info`.

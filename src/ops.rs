@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 /// The ops service; `peer` is the connection's remote address (`None` on a Unix socket,
 /// which counts as local).
 #[derive(Debug, Clone)]
-pub struct Ops {
+pub(crate) struct Ops {
     inner: Arc<Inner>,
     peer: Option<SocketAddr>,
 }
@@ -36,7 +36,7 @@ struct Inner {
 }
 
 impl Ops {
-    pub fn new(
+    pub(crate) fn new(
         tokens: TokenSource,
         metrics: Arc<Metrics>,
         credentials: Credentials,
@@ -47,11 +47,11 @@ impl Ops {
     }
 
     /// The same service, for a connection from `peer`.
-    pub fn for_peer(&self, peer: Option<SocketAddr>) -> Self {
+    pub(crate) fn for_peer(&self, peer: Option<SocketAddr>) -> Self {
         Self { inner: self.inner.clone(), peer }
     }
 
-    pub fn handle<B>(&self, request: &Request<B>) -> Response<Body> {
+    pub(crate) fn handle<B>(&self, request: &Request<B>) -> Response<Body> {
         let inner = &self.inner;
         let path = request.uri().path();
         let method = request.method();

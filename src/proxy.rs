@@ -26,12 +26,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The header that marks an error the proxy made itself, with its reason.
-pub const ERROR_HEADER: &str = "x-pinecone-proxy-error";
+pub(crate) const ERROR_HEADER: &str = "x-pinecone-proxy-error";
 static X_PINECONE_API_VERSION: HeaderName = HeaderName::from_static("x-pinecone-api-version");
 
 /// An error the proxy answers itself. Each variant is one `x-pinecone-proxy-error` reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("no usable Pinecone access token; the next token request is due in {}s", retry_after.as_secs())]
     TokenUnavailable { retry_after: Duration },
     #[error(
@@ -48,7 +48,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// The `x-pinecone-proxy-error` reason.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             ProxyError::TokenUnavailable { .. } => "token_unavailable",
             ProxyError::CredentialsRejected => "credentials_rejected",
@@ -58,7 +58,7 @@ impl ProxyError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::TokenUnavailable { .. } | ProxyError::CredentialsRejected => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
@@ -94,7 +94,7 @@ impl From<TokenUnavailable> for ProxyError {
 
 /// The one place a [`ProxyError`] becomes a response: Pinecone's error body,
 /// `{"error": {"code", "message"}, "status"}`, and the `x-pinecone-proxy-error` header.
-pub fn error_response(error: &ProxyError) -> Response<Body> {
+pub(crate) fn error_response(error: &ProxyError) -> Response<Body> {
     let status = error.status();
     let body = serde_json::json!({
         "error": { "code": error.code(), "message": format!("pinecone-admin-proxy: {error}") },
@@ -117,7 +117,7 @@ pub fn error_response(error: &ProxyError) -> Response<Body> {
 /// Removes the connection-specific headers (RFC 9110 §7.6.1) and those named in
 /// `Connection`, from a request or a response. `TE: trailers` is kept: it is end-to-end in
 /// meaning, and hyper sends HTTP/1.1 trailers only to a peer that announced it.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Almost no request or response carries one: a single pass over the names decides,
     // instead of hashing nine names for removal every time.
     if !headers.keys().any(is_hop_by_hop) {
@@ -173,7 +173,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// version in unless the client chose one (or always, with `override_api_version`). The
 /// client's `Host` is left for [`Upstream::send`], which replaces it with the upstream's in
 /// the same lookup.
-pub fn rewrite_request_headers(
+pub(crate) fn rewrite_request_headers(
     headers: &mut HeaderMap,
     authorization: &HeaderValue,
     api_version: &HeaderValue,
@@ -191,7 +191,7 @@ pub fn rewrite_request_headers(
 
 /// The forwarding service. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Proxy {
+pub(crate) struct Proxy {
     inner: Arc<Inner>,
 }
 
@@ -227,7 +227,7 @@ impl Drop for InFlight<'_> {
 }
 
 impl Proxy {
-    pub fn new(upstream: Upstream, tokens: TokenSource, metrics: Arc<Metrics>, cfg: &UpstreamConfig) -> Self {
+    pub(crate) fn new(upstream: Upstream, tokens: TokenSource, metrics: Arc<Metrics>, cfg: &UpstreamConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
                 upstream,
@@ -243,20 +243,8 @@ impl Proxy {
         }
     }
 
-    /// Answers one request: forwards it, or answers it with a proxy error.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        match self.clone().respond(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        }
-    }
-
-    /// `handle` as the service's future: owning the proxy, so that it is boxed as it is,
-    /// without a wrapper future (and a copy of this one) around it.
+    /// Answers one request: forwards it, or answers it with a proxy error. It owns the
+    /// proxy, so that the service's future is this one, boxed.
     async fn respond<B>(self, request: Request<B>) -> Result<Response<Body>, Infallible>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,

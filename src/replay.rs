@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 
 /// A request body as the proxy holds it.
 #[derive(Debug)]
-pub enum RequestBody {
+pub(crate) enum RequestBody {
     /// Entirely in memory: can be sent any number of times.
     Buffered(Buffered),
     /// Streamed from the client: can be sent once.
@@ -24,34 +24,26 @@ pub enum RequestBody {
 
 /// A complete body in memory, with its trailers if it had any. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Buffered {
+pub(crate) struct Buffered {
     chunks: Vec<Bytes>,
     trailers: Option<HeaderMap>,
 }
 
 impl Buffered {
     /// A body that yields these chunks, then the trailers.
-    pub fn to_body(&self) -> Body {
+    pub(crate) fn to_body(&self) -> Body {
         if self.chunks.is_empty() && self.trailers.is_none() {
             // No allocation: the common GET.
             return crate::body::empty();
         }
         Replay { chunks: self.chunks.iter().cloned().collect(), trailers: self.trailers.clone() }.boxed_unsync()
     }
-
-    pub fn len(&self) -> usize {
-        self.chunks.iter().map(Bytes::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl RequestBody {
     /// Reads `body` into memory if it is at most `limit` bytes; otherwise streams it.
     /// Fails only if the client's body fails while being read.
-    pub async fn read<B>(body: B, limit: u64) -> Result<Self, BoxError>
+    pub(crate) async fn read<B>(body: B, limit: u64) -> Result<Self, BoxError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -87,7 +79,7 @@ impl RequestBody {
     }
 
     /// The body to send, and what is kept for a replay (if anything).
-    pub fn into_parts(self) -> (Body, Option<Buffered>) {
+    pub(crate) fn into_parts(self) -> (Body, Option<Buffered>) {
         match self {
             RequestBody::Buffered(b) => (b.to_body(), Some(b)),
             RequestBody::Streaming(body) => (body, None),
@@ -175,7 +167,6 @@ mod tests {
         t.insert("x-sum", "1".parse().unwrap());
         let body = frames(vec![Frame::data(Bytes::from("ab")), Frame::data(Bytes::from("cd")), Frame::trailers(t)]);
         let RequestBody::Buffered(b) = RequestBody::read(body, 10).await.unwrap() else { panic!("not buffered") };
-        assert_eq!(b.len(), 4);
         for _ in 0..2 {
             let (bytes, trailers) = collect(b.to_body()).await;
             assert_eq!(&bytes[..], b"abcd");
@@ -200,7 +191,7 @@ mod tests {
     async fn empty_bodies_are_replayable() {
         let body = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {});
         let (body, kept) = RequestBody::read(body, 0).await.unwrap().into_parts();
-        assert!(kept.unwrap().is_empty());
+        assert!(kept.unwrap().to_body().is_end_stream());
         assert!(body.is_end_stream());
     }
 }

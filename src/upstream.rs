@@ -60,7 +60,7 @@ const HTTP2: u8 = 2;
 
 /// The upstream connection pool. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     inner: Arc<Inner>,
 }
 
@@ -100,7 +100,7 @@ enum Conn {
 
 /// Why a request got no response from the upstream.
 #[derive(Debug)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// No response headers within the timeout.
     Timeout,
     /// Not sent, or the connection failed: one line for the client.
@@ -108,12 +108,12 @@ pub enum SendError {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Self, rustls::Error> {
+    pub(crate) fn new(cfg: &UpstreamConfig) -> Result<Self, rustls::Error> {
         Self::with_idle(cfg, IDLE_TIMEOUT, MAX_IDLE)
     }
 
     /// A pool with its own idle limits (for tests of them).
-    pub fn with_idle(cfg: &UpstreamConfig, idle_timeout: Duration, max_idle: usize) -> Result<Self, rustls::Error> {
+    pub(crate) fn with_idle(cfg: &UpstreamConfig, idle_timeout: Duration, max_idle: usize) -> Result<Self, rustls::Error> {
         let host = cfg.authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
         let https = cfg.scheme == Scheme::HTTPS;
         let port = cfg.authority.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -149,7 +149,7 @@ impl Upstream {
     /// Sends `request` (its URI in origin form: path and query) and returns the response
     /// headers, or [`SendError::Timeout`] if they have not come within `timeout`; the body
     /// streams from the connection.
-    pub async fn send(&self, request: Request<Body>, timeout: Duration) -> Result<Response<Body>, SendError> {
+    pub(crate) async fn send(&self, request: Request<Body>, timeout: Duration) -> Result<Response<Body>, SendError> {
         match tokio::time::timeout(timeout, self.exchange(request)).await {
             Ok(result) => result,
             Err(_) => Err(SendError::Timeout),
@@ -309,7 +309,7 @@ impl Upstream {
 }
 
 /// `localhost`, or an IPv4 or IPv6 loopback address (with or without brackets).
-pub fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

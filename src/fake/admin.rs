@@ -3,20 +3,21 @@
 //! authenticated first: a missing, unknown, expired or revoked bearer token gets 401
 //! `UNAUTHENTICATED` / `Invalid API key.`. A missing `X-Pinecone-Api-Version` means the
 //! oldest supported version; an unknown one is a 400. The 2026-07 operations are
-//! [`super::iam`]'s.
+//! [`super::iam`]'s; the data and the error bodies are [`super`]'s.
 
 // Handlers return their error response early with `?`; the fake is on no hot path, so a
 // large `Err` costs nothing that matters.
 #![allow(clippy::result_large_err)]
 
-use super::{Recorded, State, json, uuid};
-use crate::body::{Body, empty};
+use super::{Data, Recorded, State, accepted, error, find, invalid, json, not_found, object, uuid};
+use crate::body::Body;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
+use tokio::time::Instant;
 
 /// The versions the fake knows; the first is what a missing header means.
 pub const VERSIONS: &[&str] = &["2025-04", "2025-10", "2026-01.alpha", "2026-04", "2026-07"];
@@ -31,63 +32,6 @@ const ROLES: &[&str] = &[
     "DataPlaneEditor",
     "DataPlaneViewer",
 ];
-
-/// The Admin API's data.
-#[derive(Debug)]
-pub struct Data {
-    organizations: Vec<Value>,
-    projects: Vec<Value>,
-    api_keys: Vec<Value>,
-    pub(crate) iam: super::iam::Iam,
-}
-
-impl Data {
-    /// One organization with one project that has one API key.
-    pub fn seeded() -> Self {
-        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        let org_id = "-NM7af6f234168c4e44a";
-        let project_id = uuid();
-        Self {
-            organizations: vec![json!({
-                "id": org_id, "name": "demo-organization", "plan": "Free", "payment_status": "Active",
-                "created_at": now, "support_tier": "free",
-            })],
-            projects: vec![json!({
-                "id": project_id, "name": "demo-project", "max_pods": 0, "force_encryption_with_cmek": false,
-                "organization_id": org_id, "created_at": now,
-            })],
-            api_keys: vec![json!({
-                "id": uuid(), "name": "demo-key", "project_id": project_id, "roles": ["ProjectEditor"],
-            })],
-            iam: super::iam::Iam::seeded(org_id),
-        }
-    }
-
-    /// The organization's id (the fake has one).
-    pub(crate) fn org_id(&self) -> &str {
-        self.organizations.first().and_then(|o| o["id"].as_str()).unwrap_or("-NM7af6f234168c4e44a")
-    }
-
-    pub(crate) fn has_project(&self, id: &str) -> bool {
-        find(&self.projects, id).is_some()
-    }
-
-    pub(crate) fn has_api_key(&self, id: &str) -> bool {
-        find(&self.api_keys, id).is_some()
-    }
-}
-
-pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    json(status, &json!({ "error": { "code": code, "message": message }, "status": status.as_u16() }))
-}
-
-pub(crate) fn invalid(message: &str) -> Response<Body> {
-    error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
-}
-
-pub(crate) fn not_found(what: &str, id: &str) -> Response<Body> {
-    error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("{what} \"{id}\" not found."))
-}
 
 pub(crate) fn handle(state: &State, parts: &Parts, body: &Bytes) -> Response<Body> {
     state.admin_requests.fetch_add(1, Ordering::Relaxed);
@@ -206,23 +150,6 @@ fn route(state: &State, parts: &Parts, body: &[u8]) -> Response<Body> {
             None => not_found("API key", id),
         },
         _ => error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("No route for {} {}", m, parts.uri.path())),
-    }
-}
-
-pub(crate) fn accepted() -> Response<Body> {
-    let mut r = Response::new(empty());
-    *r.status_mut() = StatusCode::ACCEPTED;
-    r
-}
-
-pub(crate) fn find(items: &[Value], id: &str) -> Option<usize> {
-    items.iter().position(|v| v["id"] == id)
-}
-
-pub(crate) fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response<Body>> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(invalid("The request body must be a JSON object.")),
     }
 }
 

@@ -4,13 +4,12 @@
 //!
 //! Service accounts are real to the fake's token endpoint: creating one makes its client
 //! id and secret work there, rotating its secret revokes the old secret and every token
-//! issued with it, and deleting it revokes both. [`super::admin`] routes here.
+//! issued with it, and deleting it revokes both. [`super::admin`] routes here; the data and the error bodies are [`super`]'s.
 
 // Handlers return their error response early with `?`; the fake is on no hot path.
 #![allow(clippy::result_large_err)]
 
-use super::admin::{Data, accepted, error, find, invalid, not_found, object};
-use super::{DEMO_CLIENT_ID, State, json, uuid};
+use super::{DEMO_CLIENT_ID, Data, State, accepted, error, find, invalid, json, not_found, object, uuid};
 use crate::body::Body;
 use http::{Method, Response, StatusCode};
 use serde_json::{Map, Value, json};

@@ -4,17 +4,19 @@
 //!
 //! It serves `demo` and `fake-pinecone`, and the tests, which use its knobs (token
 //! lifetime, delays, scripted failures, revocation, credential rotation) and its counters.
-//! [`token`] owns the token endpoint, [`admin`] the Admin API; this file owns the state
-//! they share and the server.
+//! [`token`] owns the token endpoint, [`admin`] the Admin API (with [`iam`], its 2026-07
+//! operations); this file owns the state and data they share, Pinecone's error bodies, and
+//! the server.
 
 pub mod admin;
 pub mod iam;
 pub mod token;
 
-use crate::body::{Body, BoxError, full};
+use crate::body::{Body, BoxError, empty, full};
 use crate::serve::{self, Listener, Trigger};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use serde_json::Value;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use parking_lot::Mutex;
@@ -24,7 +26,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 /// The client id and secret that `demo` and `fake-pinecone` accept.
 pub const DEMO_CLIENT_ID: &str = "demo-client-id";
@@ -89,7 +92,7 @@ pub struct State {
     pub(crate) last_token_request: Mutex<Option<Recorded>>,
     recording: AtomicBool,
     pub(crate) recorded: Mutex<Vec<Recorded>>,
-    pub(crate) data: Mutex<admin::Data>,
+    pub(crate) data: Mutex<Data>,
 }
 
 impl State {
@@ -112,7 +115,7 @@ impl State {
             last_token_request: Mutex::new(None),
             recording: AtomicBool::new(false),
             recorded: Mutex::new(Vec::new()),
-            data: Mutex::new(admin::Data::seeded()),
+            data: Mutex::new(Data::seeded()),
         }
     }
 
@@ -304,6 +307,83 @@ impl FakePinecone {
 impl Drop for FakePinecone {
     fn drop(&mut self) {
         self.stop.fire();
+    }
+}
+
+/// The Admin API's data.
+#[derive(Debug)]
+pub struct Data {
+    pub(crate) organizations: Vec<Value>,
+    pub(crate) projects: Vec<Value>,
+    pub(crate) api_keys: Vec<Value>,
+    pub(crate) iam: iam::Iam,
+}
+
+impl Data {
+    /// One organization with one project that has one API key.
+    pub fn seeded() -> Self {
+        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let org_id = "-NM7af6f234168c4e44a";
+        let project_id = uuid();
+        Self {
+            organizations: vec![serde_json::json!({
+                "id": org_id, "name": "demo-organization", "plan": "Free", "payment_status": "Active",
+                "created_at": now, "support_tier": "free",
+            })],
+            projects: vec![serde_json::json!({
+                "id": project_id, "name": "demo-project", "max_pods": 0, "force_encryption_with_cmek": false,
+                "organization_id": org_id, "created_at": now,
+            })],
+            api_keys: vec![serde_json::json!({
+                "id": uuid(), "name": "demo-key", "project_id": project_id, "roles": ["ProjectEditor"],
+            })],
+            iam: iam::Iam::seeded(org_id),
+        }
+    }
+
+    /// The organization's id (the fake has one).
+    pub(crate) fn org_id(&self) -> &str {
+        self.organizations.first().and_then(|o| o["id"].as_str()).unwrap_or("-NM7af6f234168c4e44a")
+    }
+
+    pub(crate) fn has_project(&self, id: &str) -> bool {
+        find(&self.projects, id).is_some()
+    }
+
+    pub(crate) fn has_api_key(&self, id: &str) -> bool {
+        find(&self.api_keys, id).is_some()
+    }
+}
+
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": { "code": code, "message": message }, "status": status.as_u16() }))
+}
+
+pub(crate) fn invalid(message: &str) -> Response<Body> {
+    error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
+}
+
+pub(crate) fn not_found(what: &str, id: &str) -> Response<Body> {
+    error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("{what} \"{id}\" not found."))
+}
+
+pub(crate) fn accepted() -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r
+}
+
+pub(crate) fn find(items: &[Value], id: &str) -> Option<usize> {
+    items.iter().position(|v| v["id"] == id)
+}
+
+/// The body as a JSON object, or the 400 that says it is not one. (A large `Err`: the fake
+/// is on no hot path.)
+#[allow(clippy::result_large_err)]
+pub(crate) fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response<Body>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(invalid("The request body must be a JSON object.")),
     }
 }
 

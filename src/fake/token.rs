@@ -12,7 +12,8 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 
 /// Decrements the in-flight count when the request ends, however it ends.
 struct InFlight<'a>(&'a State);

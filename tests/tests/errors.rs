@@ -85,7 +85,7 @@ async fn rejected_credentials_are_503_credentials_rejected_at_once() {
     let fake = fake(3600).await;
     fake.state().set_client("demo-client-id", "a-different-secret");
     let proxy = proxy_for(&fake, &[("PINECONE_PROXY_TOKEN_TIMEOUT", "30s")]).await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let (status, headers, body) = TestClient::default().get(&url(&proxy, "/admin/projects")).await;
     assert_proxy_error(status, &headers, &body, StatusCode::SERVICE_UNAVAILABLE, "credentials_rejected");
     assert!(started.elapsed() < Duration::from_secs(5), "did not wait token.timeout");

@@ -5,7 +5,8 @@ use crate::support::*;
 use http::StatusCode;
 use pinecone_admin_proxy::fake::TokenFault;
 use std::sync::atomic::Ordering::SeqCst;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 fn status(code: u16, body: &str, retry_after: Option<&str>) -> TokenFault {
     TokenFault::Status { status: code, body: body.into(), retry_after: retry_after.map(Into::into) }

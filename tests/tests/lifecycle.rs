@@ -6,7 +6,8 @@ use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use pinecone_admin_proxy::body::empty;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio::process::Command;
 
 /// One GET over a Unix socket.

@@ -1,7 +1,7 @@
 //! Shared helpers: a proxy started in-process on port 0, a plain HTTP client, a
 //! programmable upstream, and the path of the built binary.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};

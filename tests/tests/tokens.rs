@@ -5,7 +5,8 @@ use crate::support::*;
 use http::StatusCode;
 use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET};
 use std::sync::atomic::Ordering::SeqCst;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 #[tokio::test]
 async fn the_token_request_has_the_contract_shape() {
