@@ -125,13 +125,7 @@ async fn run(flags: &Flags, env: &Env) -> ExitCode {
 }
 
 async fn serve_until_signal(config: &Config, credentials: Credentials) -> ExitCode {
-    let signals = match Signals::new() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("pinecone-admin-proxy: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(signals) = Signals::new() else { return ExitCode::FAILURE };
     let hup = tokio::spawn(reload_on_hup(signals.hup, credentials.clone()));
     let result = app::run(config, credentials, shutdown_signal(signals.term, signals.int)).await;
     hup.abort();
@@ -152,12 +146,16 @@ struct Signals {
 }
 
 impl Signals {
-    fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-        })
+    /// The handlers, or `None` after saying why they could not be installed.
+    fn new() -> Option<Self> {
+        let install = || -> std::io::Result<Self> {
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+                hup: signal(SignalKind::hangup())?,
+            })
+        };
+        install().map_err(|e| eprintln!("pinecone-admin-proxy: cannot install signal handlers: {e}")).ok()
     }
 }
 
@@ -232,13 +230,7 @@ async fn demo(flags: &Flags, env: &Env) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(&config);
-    let signals = match Signals::new() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("pinecone-admin-proxy: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(signals) = Signals::new() else { return ExitCode::FAILURE };
     let running = match app::start(&config, credentials).await {
         Ok(r) => r,
         Err(e) => {
@@ -284,13 +276,7 @@ async fn fake_pinecone(listen: SocketAddr, expires_in: u64) -> ExitCode {
         api = fake.api_url(),
         token = fake.token_url(),
     );
-    let signals = match Signals::new() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("pinecone-admin-proxy: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(signals) = Signals::new() else { return ExitCode::FAILURE };
     shutdown_signal(signals.term, signals.int).await;
     fake.stop().await;
     ExitCode::SUCCESS

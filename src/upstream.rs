@@ -113,7 +113,11 @@ impl Upstream {
     }
 
     /// A pool with its own idle limits (for tests of them).
-    pub(crate) fn with_idle(cfg: &UpstreamConfig, idle_timeout: Duration, max_idle: usize) -> Result<Self, rustls::Error> {
+    pub(crate) fn with_idle(
+        cfg: &UpstreamConfig,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Result<Self, rustls::Error> {
         let host = cfg.authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
         let https = cfg.scheme == Scheme::HTTPS;
         let port = cfg.authority.port_u16().unwrap_or(if https { 443 } else { 80 });

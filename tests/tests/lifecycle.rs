@@ -7,8 +7,8 @@ use hyper_util::rt::TokioIo;
 use pinecone_admin_proxy::body::empty;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio::process::Command;
+use tokio::time::Instant;
 
 /// One GET over a Unix socket.
 async fn get_unix(path: &std::path::Path, target: &str) -> StatusCode {
