@@ -1,21 +1,35 @@
 //! Log output: tracing-subscriber's formatter, text or one JSON object a line, on standard
-//! error. Each event is one `write(2)` of a whole line, so lines from several threads never
-//! interleave and none is held back at an exit or a panic. What is logged, and that secrets
-//! never are, is the business of the code that logs.
+//! error, through tracing-appender's non-blocking writer.
+//!
+//! Why non-blocking: the access line is logged for every request, and writing it on the
+//! request's thread was one `write(2)` per request. Lines now go to tracing-appender's
+//! worker thread, which writes everything queued with one system call (a `BufWriter`
+//! flushed each time the queue runs empty), so a line waits only while others are being
+//! written. The queue is not lossy: when it is full, logging waits rather than drops
+//! lines. [`init`] returns the guard that `main` holds: dropping it writes what is queued,
+//! at a clean exit and when a panic unwinds `main`. What is logged, and that secrets never
+//! are, is the business of the code that logs.
 
 use crate::config::{LogConfig, LogFormat};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 /// The target of the access lines, for filters such as `pinecone_admin_proxy::access=off`.
 pub const ACCESS_TARGET: &str = "pinecone_admin_proxy::access";
 
-/// Installs the global subscriber. Call once, from `main`. The filter was checked when the
-/// configuration was loaded.
-pub fn init(config: &LogConfig) {
+/// Installs the global subscriber. Call once, from `main`, and hold the guard until the
+/// process ends. The filter was checked when the configuration was loaded.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init(config: &LogConfig) -> WorkerGuard {
     let filter = EnvFilter::builder().parse_lossy(&config.level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("pinecone-admin-proxy-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match config.format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }
+    guard
 }

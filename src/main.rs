@@ -111,8 +111,10 @@ fn load(flags: &Flags, env: &Env) -> Result<(Config, Credentials), ExitCode> {
     Ok((config, credentials))
 }
 
-fn init_logging(config: &Config) {
-    pinecone_admin_proxy::logging::init(&config.log);
+/// Starts the log writer; what it returns is held until the command returns, so that every
+/// queued line is written before the process exits.
+fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+    pinecone_admin_proxy::logging::init(&config.log)
 }
 
 async fn run(flags: &Flags, env: &Env) -> ExitCode {
@@ -120,7 +122,7 @@ async fn run(flags: &Flags, env: &Env) -> ExitCode {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    init_logging(&config);
+    let _log = init_logging(&config);
     serve_until_signal(&config, credentials).await
 }
 
@@ -229,7 +231,7 @@ async fn demo(flags: &Flags, env: &Env) -> ExitCode {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    init_logging(&config);
+    let _log = init_logging(&config);
     let Some(signals) = Signals::new() else { return ExitCode::FAILURE };
     let running = match app::start(&config, credentials).await {
         Ok(r) => r,

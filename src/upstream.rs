@@ -7,9 +7,9 @@
 //! - **HTTP/2**: one shared connection. While it is being opened (and while the upstream's
 //!   protocol is not yet known) other requests wait for it instead of opening their own, so
 //!   a burst of first requests costs one TLS handshake.
-//! - **HTTP/1.1**: a stack of idle connections, at most 32; a connection goes
-//!   back once its response body has been read to the end, and a reaper closes any that
-//!   stayed idle for 90 s. A response framed by both `Content-Length` and
+//! - **HTTP/1.1**: a stack of idle connections; a connection goes back once its response
+//!   body has been read to the end. A reaper closes any that stayed idle for 90 s, and those
+//!   beyond 32 once they have been idle for a second (after a burst, not during load). A response framed by both `Content-Length` and
 //!   `Transfer-Encoding` (RFC 9112 §6.3: a sign of smuggling) is read as chunked and
 //!   forwarded without the length, and its connection is not used again.
 //! - **Retries**: a request that hyper hands back unwritten (a reused connection closed
@@ -46,9 +46,14 @@ use tokio::time::Instant;
 /// cloud load balancers drop idle connections, so we close first and never write a request
 /// into a connection that is about to die.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// The most idle HTTP/1.1 connections kept: what a sidecar's bursts need, and a bound on
-/// the sockets a burst can leave behind.
+/// The most idle HTTP/1.1 connections kept once a burst is over: a bound on the sockets a
+/// burst leaves behind. Connections beyond it are closed after [`EXCESS_IDLE`], not at
+/// once: under steady load every connection is idle for microseconds between requests, and
+/// closing the ones over the cap would open a new connection for nearly every request
+/// (measured at 64 connections: 265,000 new connections in 40 s; BENCHMARKS.md).
 pub(crate) const MAX_IDLE: usize = 32;
+/// How long a connection beyond [`MAX_IDLE`] may stay idle.
+const EXCESS_IDLE: Duration = Duration::from_secs(1);
 /// hyper's HTTP/2 keep-alive ping: a dead upstream connection is found within this (and
 /// its timeout), not by the next request.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -357,7 +362,7 @@ impl Inner {
         // Outside a runtime (a body dropped as the process ends) nothing is kept.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let mut idle = self.idle.lock();
-        if sender.is_closed() || idle.conns.len() >= self.max_idle {
+        if sender.is_closed() {
             return;
         }
         idle.conns.push((sender, Instant::now()));
@@ -368,8 +373,10 @@ impl Inner {
     }
 }
 
-/// Closes idle connections once they have been idle for the idle timeout; ends when the
-/// stack is empty (and starts again with the next connection put back), or the pool is gone.
+/// Closes idle connections once they have been idle for the idle timeout, and those beyond
+/// the cap once they have been idle for [`EXCESS_IDLE`] (the least recently used first: the
+/// stack's bottom). Ends when the stack is empty (the next connection put back starts it
+/// again), or when the pool is gone.
 async fn reap(pool: Weak<Inner>) {
     loop {
         let due = {
@@ -380,12 +387,19 @@ async fn reap(pool: Weak<Inner>) {
             idle.conns.retain(|(sender, since)| {
                 !sender.is_closed() && now.saturating_duration_since(*since) < inner.idle_timeout
             });
-            match idle.conns.iter().map(|(_, since)| *since).min() {
-                Some(oldest) => oldest + inner.idle_timeout,
-                None => {
-                    idle.reaping = false;
-                    return;
-                }
+            let excess = idle.conns.len().saturating_sub(inner.max_idle);
+            let stale = idle.conns[..excess]
+                .iter()
+                .take_while(|(_, since)| now.saturating_duration_since(*since) >= EXCESS_IDLE)
+                .count();
+            idle.conns.drain(..stale);
+            let Some(oldest) = idle.conns.iter().map(|(_, since)| *since).min() else {
+                idle.reaping = false;
+                return;
+            };
+            match idle.conns.len() > inner.max_idle {
+                true => idle.conns[0].1 + EXCESS_IDLE,
+                false => oldest + inner.idle_timeout,
             }
         };
         tokio::time::sleep_until(due).await;

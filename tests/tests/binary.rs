@@ -311,8 +311,7 @@ async fn access_lines_are_written_while_the_proxy_runs_in_order_and_all_before_i
     let fake = fake(3600).await;
     let mut proc = spawn_demo(&fake.token_url(), &fake.api_url(), &[]).await;
     let client = TestClient::default();
-    // Lines are gathered while the proxy works and written when it runs out of work: each
-    // arrives while the proxy sits idle after its request, not at exit.
+    // Each line arrives while the proxy runs, after its request, not at exit.
     for path in ["/admin/projects", "/admin/api-keys-first", "/admin/projects?second"] {
         client.get(&format!("http://{}{path}", proc.listen)).await;
         let line = proc.line_with("pinecone_admin_proxy::access").await;
