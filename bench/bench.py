@@ -287,6 +287,19 @@ def main():
         while http_get(OPS, "/readyz")[0] != 200:
             time.sleep(0.01)
 
+        # The same forwarding twice: without an access log (the reference) and with one.
+        servers = "".join(f"""  server {{
+    listen 127.0.0.1:{port};
+    access_log {log};
+    location / {{
+      proxy_pass http://pinecone;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer {token}";
+      proxy_set_header X-Pinecone-Api-Version "{VERSION}";
+    }}
+  }}
+""" for port, log in ((NGINX, "off"), (NGINX_LOG, f"{work}/nginx-access.log")))
         conf = os.path.join(work, "nginx.conf")
         with open(conf, "w") as f:
             f.write(f"""
@@ -296,29 +309,7 @@ error_log {work}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   upstream pinecone {{ server 127.0.0.1:{UPSTREAM}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{NGINX};
-    access_log off;
-    location / {{
-      proxy_pass http://pinecone;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "Bearer {token}";
-      proxy_set_header X-Pinecone-Api-Version "{VERSION}";
-    }}
-  }}
-  server {{
-    listen 127.0.0.1:{NGINX_LOG};
-    access_log {work}/nginx-access.log;
-    location / {{
-      proxy_pass http://pinecone;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "Bearer {token}";
-      proxy_set_header X-Pinecone-Api-Version "{VERSION}";
-    }}
-  }}
-}}
+{servers}}}
 """)
         nginx = spawn(["nginx", "-c", conf, "-p", work, "-g", "daemon off;"], 1)
         wait_port(NGINX)

@@ -1,6 +1,6 @@
 //! The Prometheus metrics: one [`Metrics`] owns its registry and a typed handle for every
-//! series, bound once where the labels are a closed set (STYLE.md habit 12). Names are PRODUCT.md's, all prefixed
-//! `pinecone_proxy_`.
+//! series, bound once where the labels are a closed set (STYLE.md habit 12). Names are
+//! PRODUCT.md's, all prefixed `pinecone_proxy_`.
 
 use http::{Method, StatusCode};
 use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};

@@ -235,38 +235,53 @@ impl Upstream {
 
     /// The shared HTTP/2 connection, or an idle HTTP/1.1 one; `None` if a new one is needed.
     fn checkout(&self) -> Option<Conn> {
-        let inner = &self.inner;
-        {
-            let mut h2 = inner.h2.lock();
-            match h2.as_ref() {
-                Some(sender) if !sender.is_closed() => return Some(Conn::H2(sender.clone())),
-                Some(_) => *h2 = None,
-                None => {}
+        self.shared_h2().map(Conn::H2).or_else(|| self.idle_h1().map(Conn::H1))
+    }
+
+    fn shared_h2(&self) -> Option<http2::SendRequest<Body>> {
+        let mut h2 = self.inner.h2.lock();
+        match h2.as_ref() {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                *h2 = None;
+                None
             }
+            None => None,
         }
+    }
+
+    fn idle_h1(&self) -> Option<http1::SendRequest<Body>> {
         let now = Instant::now();
-        let mut idle = inner.idle.lock();
+        let mut idle = self.inner.idle.lock();
         while let Some((sender, since)) = idle.conns.pop() {
-            if !sender.is_closed() && now.saturating_duration_since(since) < inner.idle_timeout {
-                return Some(Conn::H1(sender));
+            if !sender.is_closed() && now.saturating_duration_since(since) < self.inner.idle_timeout {
+                return Some(sender);
             }
         }
         None
     }
 
-    /// Opens a connection. Towards an upstream that speaks HTTP/2, or whose protocol is not
-    /// known yet, one at a time: who waited takes the shared HTTP/2 connection (or, if it
-    /// turned out HTTP/1.1, an idle one, or opens its own).
+    /// Opens a connection, or finds one that another request opened meanwhile. Towards an
+    /// upstream that speaks HTTP/2, or whose protocol is not known yet, one request opens
+    /// at a time and who waited takes the shared HTTP/2 connection (a request sent again
+    /// after its connection died too: it is a new one by then). HTTP/1.1 connections open
+    /// in parallel; `fresh` (a request sent again) skips idle ones, which may be as dead as
+    /// the one that failed.
     async fn connect(&self, fresh: bool) -> Result<Conn, SendError> {
         let inner = &self.inner;
-        if inner.protocol.load(Ordering::Acquire) == HTTP1 {
-            return self.open().await;
+        if inner.protocol.load(Ordering::Acquire) != HTTP1 {
+            let _opening = inner.opening.lock().await;
+            if let Some(h2) = self.shared_h2() {
+                return Ok(Conn::H2(h2));
+            }
+            if inner.protocol.load(Ordering::Acquire) != HTTP1 {
+                return self.open().await;
+            }
         }
-        let _opening = inner.opening.lock().await;
-        if let Some(conn) = (!fresh).then(|| self.checkout()).flatten() {
-            return Ok(conn);
+        match (!fresh).then(|| self.idle_h1()).flatten() {
+            Some(h1) => Ok(Conn::H1(h1)),
+            None => self.open().await,
         }
-        self.open().await
     }
 
     async fn open(&self) -> Result<Conn, SendError> {

@@ -50,15 +50,7 @@ async fn idle_connections_beyond_the_cap_are_closed() {
     let (upstream, accepted, mut open) = gathering_upstream(40).await;
     let proxy = start_with(&env(&fake.token_url(), &upstream, &[])).await;
     let client = TestClient::default();
-    let burst: Vec<_> = (0..40)
-        .map(|_| {
-            let (client, url) = (client.clone(), url(&proxy, "/together"));
-            tokio::spawn(async move { client.get(&url).await.0 })
-        })
-        .collect();
-    for request in burst {
-        assert_eq!(request.await.unwrap(), StatusCode::OK);
-    }
+    assert!(client.burst(&url(&proxy, "/together"), 40).await.iter().all(|s| *s == StatusCode::OK));
     assert_eq!(accepted.load(Ordering::SeqCst), 40, "40 requests at once need 40 connections");
     // The pool keeps 32 of them and closes the rest.
     tokio::time::timeout(Duration::from_secs(10), open.wait_for(|n| *n == 32))
@@ -72,6 +64,22 @@ async fn idle_connections_beyond_the_cap_are_closed() {
     assert_eq!(accepted.load(Ordering::SeqCst), 40, "no new connection while idle ones are kept");
 }
 
+/// Reads from `stream` until `pending` holds a whole request head (bodiless requests
+/// only), and takes it out; `None` when the peer closes first.
+async fn read_head(stream: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) -> Option<()> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            pending.drain(..end + 4);
+            return Some(());
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// An upstream that reads one request per connection, counts it, and closes the connection
 /// without answering.
 async fn vanishing_upstream() -> (String, Arc<AtomicU64>) {
@@ -83,13 +91,9 @@ async fn vanishing_upstream() -> (String, Arc<AtomicU64>) {
         while let Ok((mut stream, _)) = listener.accept().await {
             let count = count.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                let mut pending = Vec::new();
+                if read_head(&mut stream, &mut pending).await.is_none() {
+                    return;
                 }
                 count.fetch_add(1, Ordering::SeqCst);
                 // Gone, with the request in hand and no answer.
@@ -124,19 +128,12 @@ async fn a_response_framed_by_both_length_and_chunks_does_not_reuse_its_connecti
         while let Ok((mut stream, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut head = Vec::new();
-                loop {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                        head.drain(..end + 4);
-                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
+                let mut pending = Vec::new();
+                let answer =
+                    "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+                while read_head(&mut stream, &mut pending).await.is_some() {
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
                     }
                 }
             });

@@ -91,6 +91,23 @@ impl TestClient {
     }
 }
 
+impl TestClient {
+    /// `n` GETs of `url` at once; their statuses, in the order they were sent.
+    pub async fn burst(&self, url: &str, n: usize) -> Vec<StatusCode> {
+        let requests: Vec<_> = (0..n)
+            .map(|_| {
+                let (client, url) = (self.clone(), url.to_owned());
+                tokio::spawn(async move { client.get(&url).await.0 })
+            })
+            .collect();
+        let mut statuses = Vec::with_capacity(n);
+        for request in requests {
+            statuses.push(request.await.expect("request task"));
+        }
+        statuses
+    }
+}
+
 pub async fn collect(response: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes) {
     let (parts, body) = response.into_parts();
     (parts.status, parts.headers, body.collect().await.expect("body").to_bytes())
