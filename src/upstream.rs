@@ -9,17 +9,18 @@
 //!   a burst of first requests costs one TLS handshake.
 //! - **HTTP/1.1**: a stack of idle connections; a connection goes back once its response
 //!   body has been read to the end. A reaper closes any that stayed idle for 90 s, and those
-//!   beyond 32 once they have been idle for a second (after a burst, not during load). A response framed by both `Content-Length` and
-//!   `Transfer-Encoding` (RFC 9112 §6.3: a sign of smuggling) is read as chunked and
-//!   forwarded without the length, and its connection is not used again.
+//!   beyond 32 once they have been idle for 10 s (after a burst, not during load). A
+//!   response framed by both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.3: a
+//!   sign of smuggling) is read as chunked and forwarded without the length, and its
+//!   connection is not used again.
 //! - **Retries**: a request that hyper hands back unwritten (a reused connection closed
 //!   under it) is sent once more on a new connection. A request that was written is never
 //!   sent twice.
 //!
-//! It is our own pool rather than hyper-util's pooled `Client` because that one, with
-//! ALPN, opens a connection per concurrent first request, and because the one-upstream case
-//! is a stack: measured in BENCHMARKS.md. What to send, and what an error means to the
-//! client, is [`crate::proxy`]'s business.
+//! It is our own pool rather than hyper-util's pooled `Client` because that one (0.1.21)
+//! holds concurrent connects back only when built `http2_only`: with ALPN, each concurrent
+//! first request does its own TLS handshake. (The two were not raced in the benchmark.)
+//! What to send, and what an error means to the client, is [`crate::proxy`]'s business.
 
 use crate::body::{Body, BoxError};
 use crate::client::error_chain;
@@ -52,8 +53,10 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// closing the ones over the cap would open a new connection for nearly every request
 /// (measured at 64 connections: 265,000 new connections in 40 s; BENCHMARKS.md).
 pub(crate) const MAX_IDLE: usize = 32;
-/// How long a connection beyond [`MAX_IDLE`] may stay idle.
-const EXCESS_IDLE: Duration = Duration::from_secs(1);
+/// How long a connection beyond [`MAX_IDLE`] may stay idle. Not less: with 64 client
+/// connections the requests actually in flight swing well below the pool's size, and a
+/// 1 s grace still closed and reopened 156 connections in 40 s (BENCHMARKS.md).
+const EXCESS_IDLE: Duration = Duration::from_secs(10);
 /// hyper's HTTP/2 keep-alive ping: a dead upstream connection is found within this (and
 /// its timeout), not by the next request.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);

@@ -52,8 +52,8 @@ async fn idle_connections_beyond_the_cap_are_closed() {
     let client = TestClient::default();
     assert!(client.burst(&url(&proxy, "/together"), 40).await.iter().all(|s| *s == StatusCode::OK));
     assert_eq!(accepted.load(Ordering::SeqCst), 40, "40 requests at once need 40 connections");
-    // The pool keeps 32 of them and closes the rest.
-    tokio::time::timeout(Duration::from_secs(10), open.wait_for(|n| *n == 32))
+    // The pool keeps 32 of them and closes the rest once they have been idle for 10 s.
+    tokio::time::timeout(Duration::from_secs(30), open.wait_for(|n| *n == 32))
         .await
         .expect("the upstream sees 8 connections closed")
         .unwrap();
