@@ -18,6 +18,18 @@ use tracing_subscriber::EnvFilter;
 /// The target of the access lines, for filters such as `pinecone_admin_proxy::access=off`.
 pub const ACCESS_TARGET: &str = "pinecone_admin_proxy::access";
 
+/// `key=value` fields, values as `Debug` writes them, the message bare: what
+/// tracing-subscriber's default writes without colours, without its default's cost of
+/// styling every field name (about a third of the access line's instructions, measured
+/// with bench/profile, even with colours off).
+fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        if field.name() == "message" { write!(w, "{value:?}") } else { write!(w, "{field}={value:?}") }
+    })
+    .delimited(" ")
+}
+
 /// The most lines queued for the writer: about 1 MiB of access lines, and many seconds of
 /// them at the request rates of an Admin API.
 pub const QUEUED_LINES: usize = 4096;
@@ -35,7 +47,64 @@ pub fn init(config: &LogConfig) -> WorkerGuard {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match config.format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
-        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Text => builder.with_ansi(false).fmt_fields(text_fields()).init(),
     }
     guard
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The text fields are the ones tracing-subscriber's default writes without colours,
+    /// for every kind of field the access line has.
+    #[test]
+    fn text_fields_are_the_default_ones_without_colours() {
+        let line = |cheap: bool| {
+            let capture = Capture::default();
+            let writer = capture.clone();
+            let builder = tracing_subscriber::fmt().without_time().with_ansi(false).with_writer(move || writer.clone());
+            let dispatch = match cheap {
+                true => tracing::Dispatch::new(builder.fmt_fields(text_fields()).finish()),
+                false => tracing::Dispatch::new(builder.finish()),
+            };
+            tracing::dispatcher::with_default(&dispatch, || {
+                let none: Option<&str> = None;
+                tracing::info!(
+                    target: ACCESS_TARGET,
+                    method = %"GET",
+                    path = %"/admin/projects?x=\"y\"",
+                    status = 200u16,
+                    upstream_status = Some(201u16),
+                    duration_ms = 0.59,
+                    token = Some("02b2572ba5e0f971"),
+                    error = none,
+                    replayed = false,
+                    "request",
+                );
+            });
+            String::from_utf8(capture.0.lock().clone()).unwrap()
+        };
+        let ours = line(true);
+        assert!(
+            ours.contains(" path=/admin/projects?x=\"y\" status=200 upstream_status=201 duration_ms=0.59"),
+            "{ours}"
+        );
+        assert_eq!(ours, line(false));
+    }
 }

@@ -118,6 +118,11 @@ pub(crate) fn error_response(error: &ProxyError) -> Response<Body> {
 /// `Connection`, from a request or a response. `TE: trailers` is kept: it is end-to-end in
 /// meaning, and hyper sends HTTP/1.1 trailers only to a peer that announced it.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Almost no request or response carries one: one pass over the names decides, where
+    // removing nine names costs about 3,400 instructions a request (bench/profile).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -149,6 +154,22 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The connection-specific header names (RFC 9110 §7.6.1, and the older `Keep-Alive`,
+/// `Proxy-Connection`, `Proxy-Authorization` and `Proxy-Authenticate`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 /// The request header policy: hop-by-hop headers out, our `Authorization` in, and the API
