@@ -87,6 +87,9 @@ struct Inner {
     /// Held while a connection is opened to an upstream that speaks, or may speak, HTTP/2.
     opening: tokio::sync::Mutex<()>,
     idle: Mutex<IdleStack>,
+    /// Wakes the reaper when the stack grows past the cap while it sleeps towards an
+    /// idle timeout 90 s away.
+    over_cap: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -154,6 +157,7 @@ impl Upstream {
                 h2: Mutex::new(None),
                 opening: tokio::sync::Mutex::new(()),
                 idle: Mutex::new(IdleStack::default()),
+                over_cap: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }
@@ -386,7 +390,10 @@ impl Inner {
         idle.conns.push((sender, Instant::now()));
         if !idle.reaping {
             idle.reaping = true;
-            runtime.spawn(reap(Arc::downgrade(self)));
+            runtime.spawn(reap(Arc::downgrade(self), self.over_cap.clone()));
+        } else if idle.conns.len() == self.max_idle + 1 {
+            // A permit is kept if the reaper is not waiting at this instant.
+            self.over_cap.notify_one();
         }
     }
 }
@@ -394,8 +401,8 @@ impl Inner {
 /// Closes idle connections once they have been idle for the idle timeout, and those beyond
 /// the cap once they have been idle for [`EXCESS_IDLE`] (the least recently used first: the
 /// stack's bottom). Ends when the stack is empty (the next connection put back starts it
-/// again), or when the pool is gone.
-async fn reap(pool: Weak<Inner>) {
+/// again), or when the pool is gone. `over_cap` wakes it when the stack grows past the cap.
+async fn reap(pool: Weak<Inner>, over_cap: Arc<tokio::sync::Notify>) {
     loop {
         let due = {
             let Some(inner) = pool.upgrade() else { return };
@@ -420,7 +427,10 @@ async fn reap(pool: Weak<Inner>) {
                 false => oldest + inner.idle_timeout,
             }
         };
-        tokio::time::sleep_until(due).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(due) => {}
+            () = over_cap.notified() => {}
+        }
     }
 }
 
