@@ -6,11 +6,12 @@
 //! library never listens for OS signals: `main` passes them in (STYLE.md habit 7).
 
 use crate::config::Config;
+use crate::config::Limits;
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::proxy::Proxy;
-use crate::serve::{self, BoundAddr, Trigger};
+use crate::serve::{self, BoundAddr, ServeOptions, Trigger};
 use crate::token::{HttpFetcher, Refresher, TokenSource};
 use crate::upstream::Upstream;
 use std::sync::Arc;
@@ -66,6 +67,45 @@ impl Running {
     }
 }
 
+/// Connections on the ops listener: probes and scrapes, a few at a time.
+const OPS_MAX_CONNECTIONS: usize = 64;
+/// File descriptors kept besides `listen`'s and the upstream pool's connections: the ops
+/// listener's, token requests, credential files, logs, the runtime's own.
+const RESERVED_FILES: u64 = OPS_MAX_CONNECTIONS as u64 + 32;
+
+/// Raises the soft limit of open files to the hard limit (as Go's runtime and systemd's
+/// services do), and lowers `limits.max_connections` to what the limit leaves room for, so
+/// that a full `listen` pauses accepting before any accept, upstream connect or file open
+/// fails with EMFILE.
+fn fit_to_open_files(mut limits: Limits, upstream_connections: usize) -> Limits {
+    let (soft, hard) = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit; limits.max_connections is not checked against it");
+            return limits;
+        }
+    };
+    let mut files = soft;
+    if soft < hard {
+        match rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard) {
+            Ok(()) => files = hard,
+            Err(e) => tracing::debug!(error = %e, soft, hard, "cannot raise the open-file limit"),
+        }
+    }
+    let room = files.saturating_sub(RESERVED_FILES + upstream_connections as u64).max(1);
+    if limits.max_connections as u64 > room {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            open_file_limit = files,
+            accepting_at_most = room,
+            "limits.max_connections is more than the open-file limit leaves room for; raise LimitNOFILE \
+             (ulimit -n) or lower limits.max_connections",
+        );
+        limits.max_connections = room as usize;
+    }
+    limits
+}
+
 /// Binds the listeners and starts the token engine, the credential watcher and both
 /// servers. The first token request goes out at once.
 pub async fn start(config: &Config, credentials: Credentials) -> Result<Running, StartError> {
@@ -85,7 +125,8 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let tokens = TokenSource::new(metrics.clone(), config.token.timeout);
     let fetcher = HttpFetcher::new(client, &config.token, config.upstream.api_version.clone());
     let refresher = Refresher::new(tokens.clone(), fetcher, credentials.clone(), &config.token);
-    let proxy = Proxy::new(Upstream::new(&config.upstream)?, tokens.clone(), metrics.clone(), &config.upstream);
+    let proxy =
+        Proxy::new(Upstream::new(&config.upstream)?, tokens.clone(), metrics.clone(), &config.upstream, &config.limits);
     let quit = Trigger::default();
     let ops =
         Ops::new(tokens.clone(), metrics.clone(), credentials.clone(), config.upstream.url.to_string(), quit.clone());
@@ -97,15 +138,16 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let stop_proxy = Trigger::default();
     let stop_ops = Trigger::default();
     let grace = config.shutdown.grace;
+    let limits = fit_to_open_files(config.limits.clone(), config.upstream.max_connections);
+    let proxy_options = ServeOptions { grace, limits: limits.clone(), metrics: Some(metrics.clone()) };
     let proxy_task =
-        tokio::spawn(serve::serve("proxy", proxy_listener, move |_| proxy.clone(), stop_proxy.wait(), grace));
-    let ops_task = tokio::spawn(serve::serve(
-        "ops",
-        ops_listener,
-        move |peer| ops.for_peer(peer),
-        stop_ops.wait(),
-        Duration::from_secs(1),
-    ));
+        tokio::spawn(serve::serve("proxy", proxy_listener, move |_| proxy.clone(), stop_proxy.wait(), proxy_options));
+    // The ops listener has the same time limits and a connection limit of its own: a
+    // client that fills `listen` never blinds the probes.
+    let ops_limits = Limits { max_connections: OPS_MAX_CONNECTIONS, ..limits };
+    let ops_options = ServeOptions { grace: Duration::from_secs(1), limits: ops_limits, metrics: None };
+    let ops_task =
+        tokio::spawn(serve::serve("ops", ops_listener, move |peer| ops.for_peer(peer), stop_ops.wait(), ops_options));
 
     tracing::info!(
         listen = %listen,

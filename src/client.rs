@@ -4,18 +4,46 @@
 //!
 //! Trust is the built-in web PKI roots plus `upstream.ca_file`. HTTP/1.1 and HTTP/2 are
 //! offered by ALPN; plain `http://` is reachable only because configuration allows it for
-//! loopback hosts alone.
+//! loopback hosts alone, and `localhost` must resolve to loopback addresses at each connect.
 
 use crate::body::Body;
 use crate::config::UpstreamConfig;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector<LoopbackChecked>>, Body>;
+
+/// hyper-util's resolver, with `localhost` held to loopback addresses
+/// ([`crate::upstream::check_resolved`]): the token request carries the client secret.
+#[derive(Debug, Clone)]
+pub(crate) struct LoopbackChecked(GaiResolver);
+
+impl tower::Service<Name> for LoopbackChecked {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let resolving = self.0.call(name.clone());
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = resolving.await?.collect();
+            crate::upstream::check_resolved(name.as_str(), &addrs).map_err(std::io::Error::other)?;
+            Ok(addrs.into_iter())
+        })
+    }
+}
 
 /// How long an idle upstream connection is kept. Shorter than the 120 s or so after which
 /// cloud load balancers drop idle connections, so we close first and never write a request
@@ -26,7 +54,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub(crate) fn build(cfg: &UpstreamConfig) -> Result<HttpClient, rustls::Error> {
     let tls = tls_config(cfg)?;
 
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(LoopbackChecked(GaiResolver::new()));
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(cfg.connect_timeout));

@@ -54,6 +54,7 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     pub shutdown: RawShutdown,
     pub log: RawLog,
+    pub limits: RawLimits,
 }
 
 impl Default for RawConfig {
@@ -68,6 +69,7 @@ impl Default for RawConfig {
             upstream: RawUpstream::default(),
             shutdown: RawShutdown::default(),
             log: RawLog::default(),
+            limits: RawLimits::default(),
         }
     }
 }
@@ -122,6 +124,8 @@ pub struct RawUpstream {
     pub timeout: Duration,
     pub ca_file: Option<PathBuf>,
     pub replay_limit: ByteSize,
+    /// Connections to the upstream, busy and idle together.
+    pub max_connections: u32,
 }
 
 impl Default for RawUpstream {
@@ -134,6 +138,9 @@ impl Default for RawUpstream {
             timeout: Duration::from_secs(60),
             ca_file: None,
             replay_limit: ByteSize::mib(1),
+            // An HTTP/2 upstream needs one; over HTTP/1.1 each request in flight needs its
+            // own, about 40 KiB each: 128 keep a flood of requests within the memory limit.
+            max_connections: 128,
         }
     }
 }
@@ -165,6 +172,48 @@ pub struct RawLog {
 impl Default for RawLog {
     fn default() -> Self {
         Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// What a client of `listen` may take (PRODUCT.md, "Limits on the request path").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    pub max_head_bytes: ByteSize,
+    /// What all connections' read buffers may have grown by, together, for heads larger
+    /// than hyper's first 8 KiB buffer.
+    pub head_memory: ByteSize,
+    pub max_concurrent_streams: u32,
+    pub replay_memory: ByteSize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            // The usual soft limit of open files; more is clamped to what the limit allows.
+            max_connections: 1024,
+            first_byte_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            // Longer than clients keep idle connections (so they close first and never
+            // write into one we are closing), shorter than cloud load balancers' 120 s.
+            idle_timeout: Duration::from_secs(90),
+            body_read_timeout: Duration::from_secs(30),
+            max_head_bytes: ByteSize::kib(64),
+            // A thousand connections with 64 KiB heads would hold 64 MiB: the manifests'
+            // whole memory limit. Heads of real Admin API requests are under 8 KiB.
+            head_memory: ByteSize::mib(8),
+            max_concurrent_streams: 64,
+            replay_memory: ByteSize::mib(16),
+        }
     }
 }
 
@@ -333,12 +382,33 @@ pub struct UpstreamConfig {
     /// The certificates of `upstream.ca_file`, parsed at load time.
     pub extra_roots: Vec<CertificateDer<'static>>,
     pub replay_limit: u64,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct ShutdownConfig {
     pub delay: Duration,
     pub grace: Duration,
+}
+
+/// The validated `[limits]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub first_byte_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_head_bytes: usize,
+    pub head_memory: usize,
+    pub max_concurrent_streams: u32,
+    pub replay_memory: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        limits(&RawLimits::default()).expect("the defaults are valid")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -359,6 +429,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub limits: Limits,
     /// Where each key that was set came from; keys not here have their default.
     pub origins: BTreeMap<String, Origin>,
     /// `PINECONE_PROXY_…` variables that matched no key: reported as warnings, not errors,
@@ -599,8 +670,11 @@ fn validate(raw: RawConfig, origins: &BTreeMap<String, Origin>, env: &Env) -> Re
             Some(path) => read_roots(path).map_err(|p| err("upstream.ca_file", p))?,
         },
         replay_limit: replay_limit(u.replay_limit).map_err(|p| err("upstream.replay_limit", p))?,
+        max_connections: in_range(u.max_connections, 1, 10_000).map_err(|p| err("upstream.max_connections", p))?
+            as usize,
     };
     let log = LogConfig { format: raw.log.format, level: log_filter(&raw.log.level).map_err(|p| err("log.level", p))? };
+    let limits = limits(&raw.limits).map_err(|(key, p)| err(key, p))?;
     Ok(Config {
         listen,
         listen_mode,
@@ -611,6 +685,7 @@ fn validate(raw: RawConfig, origins: &BTreeMap<String, Origin>, env: &Env) -> Re
         upstream,
         shutdown: ShutdownConfig { delay: raw.shutdown.delay, grace: raw.shutdown.grace },
         log,
+        limits,
         origins: origins.clone(),
         unknown_env: Vec::new(),
         raw,
@@ -663,6 +738,30 @@ fn replay_limit(size: ByteSize) -> Result<u64, String> {
         return Err("must be at most 64MiB: each replayable request holds this much memory".into());
     }
     Ok(size.as_u64())
+}
+
+/// hyper's smallest read buffer: a head limit below it could not be kept.
+const MIN_HEAD_BYTES: u64 = 8 << 10;
+
+fn limits(raw: &RawLimits) -> Result<Limits, Problem> {
+    let timeout = |key: &'static str, d: Duration| positive(d).map_err(|p| (key, p));
+    let head = raw.max_head_bytes.as_u64();
+    if !(MIN_HEAD_BYTES..=16 << 20).contains(&head) {
+        return Err(("limits.max_head_bytes", format!("must be between 8KiB and 16MiB, got {}", raw.max_head_bytes)));
+    }
+    Ok(Limits {
+        max_connections: in_range(raw.max_connections, 1, 1_000_000).map_err(|p| ("limits.max_connections", p))?
+            as usize,
+        first_byte_timeout: timeout("limits.first_byte_timeout", raw.first_byte_timeout)?,
+        header_read_timeout: timeout("limits.header_read_timeout", raw.header_read_timeout)?,
+        idle_timeout: timeout("limits.idle_timeout", raw.idle_timeout)?,
+        body_read_timeout: timeout("limits.body_read_timeout", raw.body_read_timeout)?,
+        max_head_bytes: head as usize,
+        head_memory: usize::try_from(raw.head_memory.as_u64()).unwrap_or(usize::MAX),
+        max_concurrent_streams: in_range(raw.max_concurrent_streams, 1, 1000)
+            .map_err(|p| ("limits.max_concurrent_streams", p))?,
+        replay_memory: raw.replay_memory.as_u64(),
+    })
 }
 
 fn log_filter(level: &str) -> Result<String, String> {
@@ -913,12 +1012,13 @@ mod tests {
     #[test]
     fn env_names_are_derived_from_the_keys() {
         let names: Vec<(String, Vec<String>)> = keys().into_iter().map(|(k, _)| (k.clone(), env_names(&k))).collect();
-        assert_eq!(names.len(), 25, "{names:?}");
+        assert_eq!(names.len(), 35, "{names:?}");
         let find = |key: &str| names.iter().find(|(k, _)| k == key).map(|(_, n)| n.clone()).unwrap();
         assert_eq!(find("listen"), ["PINECONE_PROXY_LISTEN"]);
         assert_eq!(find("token.max_requests_per_minute"), ["PINECONE_PROXY_TOKEN_MAX_REQUESTS_PER_MINUTE"]);
         assert_eq!(find("credentials.client_id"), ["PINECONE_PROXY_CREDENTIALS_CLIENT_ID", "PINECONE_CLIENT_ID"]);
         assert_eq!(find("log.level"), ["PINECONE_PROXY_LOG_LEVEL", "RUST_LOG"]);
+        assert_eq!(find("limits.max_head_bytes"), ["PINECONE_PROXY_LIMITS_MAX_HEAD_BYTES"]);
         for (key, _) in ENV_ALIASES {
             assert!(names.iter().any(|(k, _)| k == key), "alias for unknown key {key}");
         }
@@ -993,6 +1093,14 @@ mod tests {
             (None, &[("PINECONE_PROXY_ALLOW_REMOTE", "perhaps")], "allow_remote"),
             (None, &[("PINECONE_PROXY_TOKEN_REFRESH_AT", "half")], "token.refresh_at"),
             (None, &[("PINECONE_CLIENT_ID_FILE", "/x")], "credentials.client_id_file"),
+            (Some("[limits]\nmax_connections = 0"), &[], "limits.max_connections"),
+            (Some("[upstream]\nmax_connections = 0"), &[], "upstream.max_connections"),
+            (None, &[("PINECONE_PROXY_LIMITS_IDLE_TIMEOUT", "0s")], "limits.idle_timeout"),
+            (None, &[("PINECONE_PROXY_LIMITS_FIRST_BYTE_TIMEOUT", "soon")], "limits.first_byte_timeout"),
+            (Some("[limits]\nmax_head_bytes = \"4KiB\""), &[], "limits.max_head_bytes"),
+            (Some("[limits]\nmax_concurrent_streams = 0"), &[], "limits.max_concurrent_streams"),
+            (Some("[limits]\nreplay_memory = \"lots\""), &[], "limits.replay_memory"),
+            (Some("[limits]\nmax_conections = 5"), &[], "limits.max_conections"),
         ];
         for (file, env, key) in cases {
             let err = load_with(*file, env, Flags::default()).expect_err(&format!("{key} should be refused"));

@@ -55,6 +55,9 @@ pub enum Reload {
 pub struct Credentials {
     config: Arc<CredentialsConfig>,
     tx: Arc<watch::Sender<Arc<CredentialSet>>>,
+    /// Why the files could not be used the last time they were read, and since when; `None`
+    /// once they read well again.
+    last_error: Arc<parking_lot::Mutex<Option<(CredentialError, std::time::SystemTime)>>>,
 }
 
 impl Credentials {
@@ -63,7 +66,7 @@ impl Credentials {
         let (client_id, client_secret) = read_pair(config)?;
         let set = CredentialSet { client_id, client_secret, generation: 1 };
         let (tx, _) = watch::channel(Arc::new(set));
-        Ok(Self { config: Arc::new(config.clone()), tx: Arc::new(tx) })
+        Ok(Self { config: Arc::new(config.clone()), tx: Arc::new(tx), last_error: Default::default() })
     }
 
     /// The credentials in force now.
@@ -99,10 +102,28 @@ impl Credentials {
         )
     }
 
+    /// Why the credential files could not be used when last read (the current credentials
+    /// stay in use meanwhile), and since when: for `/status`. Never a value.
+    pub fn last_error(&self) -> Option<(CredentialError, std::time::SystemTime)> {
+        self.last_error.lock().clone()
+    }
+
     /// Re-reads the files now (SIGHUP). New values become current at once.
     pub fn reload(&self) -> Result<Reload, CredentialError> {
-        let (id, secret) = read_pair(&self.config)?;
+        let (id, secret) = self.read()?;
         Ok(self.apply(id, secret))
+    }
+
+    /// Reads the files, and notes how it went for [`Credentials::last_error`].
+    fn read(&self) -> Result<(Secret, Secret), CredentialError> {
+        let result = read_pair(&self.config);
+        let mut last = self.last_error.lock();
+        match &result {
+            Ok(_) => *last = None,
+            Err(e) if last.as_ref().is_some_and(|(was, _)| was == e) => {}
+            Err(e) => *last = Some((e.clone(), std::time::SystemTime::now())),
+        }
+        result
     }
 
     fn apply(&self, client_id: Secret, client_secret: Secret) -> Reload {
@@ -136,7 +157,7 @@ impl Credentials {
                 () = tokio::time::sleep(interval) => {}
                 () = &mut shutdown => return,
             }
-            match read_pair(&self.config) {
+            match self.read() {
                 Err(e) => {
                     if last_error.as_ref() != Some(&e) {
                         tracing::warn!(error = %e, "credential file unusable; keeping the current credentials");

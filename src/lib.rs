@@ -17,6 +17,7 @@
 //! - [`ops`]: health, readiness, startup, metrics, status and quit endpoints.
 //! - [`metrics`]: the one `Metrics` struct that owns the Prometheus registry.
 //! - [`serve`]: listeners (TCP, Unix), the accept loop, graceful shutdown.
+//! - [`limits`]: what one inbound connection may take in time, and the lines and counts when a limit bites.
 //! - [`app`]: wiring it all together; `start` and `run`.
 //! - [`wait`]: the `wait` command: poll a running proxy's `/readyz`.
 //! - [`fake`]: the fake Pinecone (token endpoint and in-memory Admin API) for `demo`,
@@ -29,6 +30,7 @@ pub(crate) mod client;
 pub mod config;
 pub mod credentials;
 pub mod fake;
+pub(crate) mod limits;
 pub mod logging;
 pub mod metrics;
 pub(crate) mod ops;

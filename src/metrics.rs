@@ -16,6 +16,9 @@ pub enum ReplayResult {
     TooLarge,
     /// Not replayed: no new token could be had.
     NoToken,
+    /// Not replayed: the replay buffers of all requests together were at
+    /// `limits.replay_memory` when this body was read.
+    NoBudget,
 }
 
 #[derive(Debug, Clone)]
@@ -34,8 +37,11 @@ pub struct Metrics {
     pub token_refresh: Gauge,
     pub token_budget_exhausted: IntCounter,
     pub upstream_unauthorized: IntCounter,
-    replays: [IntCounter; 4],
+    replays: [IntCounter; 5],
     pub inflight: IntGauge,
+    /// Connections open on `listen`.
+    pub open_connections: IntGauge,
+    limit_hits: IntCounterVec,
 }
 
 const METHODS: [&str; 9] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT"];
@@ -72,7 +78,7 @@ impl Metrics {
         let replays = IntCounterVec::new(
             opts(
                 "replays_total",
-                "Requests that saw a 401, by what became of them: success, unauthorized, too_large, no_token.",
+                "Requests that saw a 401, by what became of them: success, unauthorized, too_large, no_token, no_budget.",
             ),
             &["result"],
         )
@@ -127,12 +133,31 @@ impl Metrics {
                 replays.with_label_values(&["unauthorized"]),
                 replays.with_label_values(&["too_large"]),
                 replays.with_label_values(&["no_token"]),
+                replays.with_label_values(&["no_budget"]),
             ],
             inflight: IntGauge::with_opts(opts("inflight_requests", "Requests being forwarded now."))
                 .expect("valid metric"),
+            open_connections: IntGauge::with_opts(opts(
+                "open_connections",
+                "Connections open on listen (at most limits.max_connections).",
+            ))
+            .expect("valid metric"),
+            limit_hits: IntCounterVec::new(
+                opts(
+                    "limit_hits_total",
+                    "Times a limit of the request path bit, by limit: max_connections, first_byte_timeout, \
+                     header_read_timeout, idle_timeout, body_read_timeout, max_head_bytes, head_memory, accept_errors.",
+                ),
+                &["limit"],
+            )
+            .expect("valid metric"),
             requests,
             registry,
         };
+        // Every limit's series from the start, so that a rate over it is never missing.
+        for limit in crate::limits::Limit::ALL {
+            m.limit_hits.with_label_values(&[limit.label()]);
+        }
         let r = &m.registry;
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -147,6 +172,8 @@ impl Metrics {
             Box::new(m.upstream_unauthorized.clone()),
             Box::new(replays),
             Box::new(m.inflight.clone()),
+            Box::new(m.open_connections.clone()),
+            Box::new(m.limit_hits.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -160,6 +187,11 @@ impl Metrics {
     pub fn request(&self, method: &Method, status: StatusCode) {
         let method = METHODS.iter().find(|m| **m == method.as_str()).copied().unwrap_or("OTHER");
         self.requests.with_label_values(&[method, status.as_str()]).inc();
+    }
+
+    /// Counts a limit that bit; `limit` is one of [`crate::limits`]'s closed set of labels.
+    pub fn limit_hit(&self, limit: &'static str) {
+        self.limit_hits.with_label_values(&[limit]).inc();
     }
 
     pub fn replay(&self, result: ReplayResult) {
@@ -205,6 +237,8 @@ mod tests {
             "pinecone_proxy_upstream_unauthorized_total 0",
             "pinecone_proxy_replays_total{result=\"success\"} 1",
             "pinecone_proxy_inflight_requests 0",
+            "pinecone_proxy_open_connections 0",
+            "pinecone_proxy_replays_total{result=\"no_budget\"} 0",
             "pinecone_proxy_build_info{version=",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

@@ -83,6 +83,12 @@ impl Ops {
             }
             "/status" if get => {
                 let credentials = inner.credentials.current();
+                let last_error = inner.credentials.last_error().map(|(e, since)| {
+                    serde_json::json!({
+                        "message": e.to_string(),
+                        "since": humantime::format_rfc3339_seconds(since).to_string(),
+                    })
+                });
                 json(
                     StatusCode::OK,
                     &serde_json::json!({
@@ -93,6 +99,8 @@ impl Ops {
                             "source": inner.credentials.describe(),
                             "generation": credentials.generation,
                             "client_id_fingerprint": credentials.client_id.fingerprint(),
+                            // A file that went missing or empty: the credentials above stay in use.
+                            "last_error": last_error,
                         },
                         "shutting_down": inner.quit.fired(),
                     }),

@@ -8,9 +8,10 @@
 //! [`crate::token`]'s.
 
 use crate::body::{Body, BoxError, full};
+use crate::config::Limits;
 use crate::config::UpstreamConfig;
 use crate::metrics::{Metrics, ReplayResult};
-use crate::replay::{Buffered, RequestBody};
+use crate::replay::{Buffered, NotKept, ReplayBudget, RequestBody};
 use crate::token::{TokenSource, TokenUnavailable};
 use crate::upstream::{SendError, Upstream, is_loopback_host};
 use bytes::Bytes;
@@ -21,9 +22,11 @@ use http_body_util::BodyExt;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
+use tower_http::timeout::{TimeoutBody, TimeoutError};
 
 /// The header that marks an error the proxy made itself, with its reason.
 pub(crate) const ERROR_HEADER: &str = "x-pinecone-proxy-error";
@@ -44,6 +47,8 @@ pub(crate) enum ProxyError {
     UpstreamTimeout(Duration),
     #[error("{message}")]
     BadRequest { status: StatusCode, message: String },
+    #[error("the request body stalled: no data for {} (limits.body_read_timeout)", humantime::format_duration(*.0))]
+    BodyTimeout(Duration),
 }
 
 impl ProxyError {
@@ -55,6 +60,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::BadRequest { .. } => "bad_request",
+            ProxyError::BodyTimeout(_) => "body_timeout",
         }
     }
 
@@ -64,6 +70,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest { status, .. } => *status,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -73,7 +80,7 @@ impl ProxyError {
             ProxyError::TokenUnavailable { .. }
             | ProxyError::CredentialsRejected
             | ProxyError::UpstreamUnreachable(_) => "UNAVAILABLE",
-            ProxyError::UpstreamTimeout(_) => "DEADLINE_EXCEEDED",
+            ProxyError::UpstreamTimeout(_) | ProxyError::BodyTimeout(_) => "DEADLINE_EXCEEDED",
             ProxyError::BadRequest { .. } => "INVALID_ARGUMENT",
         }
     }
@@ -146,6 +153,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+    headers.remove(header::MAX_FORWARDS);
     let te_trailers = headers
         .get_all(header::TE)
         .iter()
@@ -157,7 +165,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The connection-specific header names (RFC 9110 §7.6.1, and the older `Keep-Alive`,
-/// `Proxy-Connection`, `Proxy-Authorization` and `Proxy-Authenticate`).
+/// `Proxy-Connection`, `Proxy-Authorization` and `Proxy-Authenticate`), and `Max-Forwards`:
+/// it is for TRACE and OPTIONS, and a hop that answers when it reaches 0 would answer in
+/// Pinecone's name.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     [
         header::CONNECTION,
@@ -166,6 +176,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         header::TE,
         header::PROXY_AUTHORIZATION,
         header::PROXY_AUTHENTICATE,
+        header::MAX_FORWARDS,
     ]
     .contains(name)
         || name.as_str() == "keep-alive"
@@ -209,6 +220,8 @@ struct Inner {
     override_api_version: bool,
     timeout: Duration,
     replay_limit: u64,
+    replay_budget: Arc<ReplayBudget>,
+    body_read_timeout: Duration,
 }
 
 /// What the access log line says of a forwarded request.
@@ -230,7 +243,13 @@ impl Drop for InFlight<'_> {
 }
 
 impl Proxy {
-    pub(crate) fn new(upstream: Upstream, tokens: TokenSource, metrics: Arc<Metrics>, cfg: &UpstreamConfig) -> Self {
+    pub(crate) fn new(
+        upstream: Upstream,
+        tokens: TokenSource,
+        metrics: Arc<Metrics>,
+        cfg: &UpstreamConfig,
+        limits: &Limits,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 upstream,
@@ -242,6 +261,8 @@ impl Proxy {
                 override_api_version: cfg.override_api_version,
                 timeout: cfg.timeout,
                 replay_limit: cfg.replay_limit,
+                replay_budget: ReplayBudget::new(limits.replay_memory),
+                body_read_timeout: limits.body_read_timeout,
             }),
         }
     }
@@ -271,7 +292,11 @@ impl Proxy {
                     ProxyError::UpstreamTimeout(_) => inner.metrics.upstream_timeout.inc(),
                     _ => {}
                 }
-                if !matches!(error, ProxyError::BadRequest { .. }) {
+                if let ProxyError::BodyTimeout(_) = error {
+                    inner.metrics.limit_hit(crate::limits::Limit::BodyReadTimeout.label());
+                }
+                // The client's own doing is on its access line, not a warning.
+                if !matches!(error, ProxyError::BadRequest { .. } | ProxyError::BodyTimeout(_)) {
                     tracing::warn!(method = %method, path = %path, reason = error.reason(), error = %error, "request failed");
                 }
                 error_response(&error)
@@ -318,10 +343,23 @@ impl Proxy {
             inner.override_api_version,
         );
         // Most Admin API requests have no body; reading one is boxed out of their future.
+        let stalled = Arc::new(AtomicBool::new(false));
         let body = if body.is_end_stream() {
             RequestBody::Buffered(Buffered::default())
         } else {
-            Box::pin(RequestBody::read(body, inner.replay_limit)).await.map_err(|e| {
+            // tower-http's timeout between frames; the flag tells its error apart once hyper's
+            // client has wrapped it (a stall while the body streams upstream).
+            let flag = stalled.clone();
+            let body = TimeoutBody::new(inner.body_read_timeout, body).map_err(move |e| {
+                if e.is::<TimeoutError>() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                e
+            });
+            Box::pin(RequestBody::read(body, inner.replay_limit, &inner.replay_budget)).await.map_err(|e| {
+                if stalled.load(Ordering::Relaxed) {
+                    return ProxyError::BodyTimeout(inner.body_read_timeout);
+                }
                 ProxyError::bad_request(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}"))
             })?
         };
@@ -329,7 +367,9 @@ impl Proxy {
         // What a replay needs of the request; the headers are copied only if the body
         // could be replayed at all.
         let replay = kept.map(|kept| (parts.method.clone(), parts.uri.clone(), parts.headers.clone(), kept));
-        let response = self.send(Request::from_parts(parts, body)).await?;
+        let response = self.send(Request::from_parts(parts, body)).await.map_err(|e| {
+            if stalled.load(Ordering::Relaxed) { ProxyError::BodyTimeout(inner.body_read_timeout) } else { e }
+        })?;
         outcome.upstream_status = Some(response.status().as_u16());
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(finish(response));
@@ -345,15 +385,21 @@ impl Proxy {
         &self,
         response: Response<Body>,
         rejected: u64,
-        replay: Option<(Method, Uri, HeaderMap, Buffered)>,
+        replay: Result<(Method, Uri, HeaderMap, Buffered), NotKept>,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, ProxyError> {
         let inner = &self.inner;
         inner.metrics.upstream_unauthorized.inc();
         inner.tokens.invalidate(rejected);
-        let Some((method, uri, mut headers, kept)) = replay else {
-            inner.metrics.replay(ReplayResult::TooLarge);
-            return Ok(finish(response));
+        let (method, uri, mut headers, kept) = match replay {
+            Ok(replay) => replay,
+            Err(why) => {
+                inner.metrics.replay(match why {
+                    NotKept::TooLarge => ReplayResult::TooLarge,
+                    NotKept::NoBudget => ReplayResult::NoBudget,
+                });
+                return Ok(finish(response));
+            }
         };
         let Ok(fresh) = inner.tokens.newer_than(rejected).await else {
             inner.metrics.replay(ReplayResult::NoToken);
@@ -397,6 +443,13 @@ impl Proxy {
             return Err(ProxyError::bad_request(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "CONNECT is not supported: this proxy only forwards to the Pinecone API",
+            ));
+        }
+        if method == Method::TRACE {
+            // A hop that answers TRACE echoes the request back: with the bearer token in it.
+            return Err(ProxyError::bad_request(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "TRACE is not forwarded: its echo would carry the proxy's access token",
             ));
         }
         if version < Version::HTTP_2 {

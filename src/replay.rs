@@ -2,7 +2,10 @@
 //! read into memory before it is forwarded, so that the request can be sent again with a
 //! new token after an upstream 401. A larger body (by its `Content-Length`, or found
 //! larger while reading) is streamed, the part already read first, and is not replayable.
-//! What to do after a 401 is [`crate::proxy`]'s decision.
+//! All the bodies held at once share one [`ReplayBudget`] (`limits.replay_memory`): a body
+//! that would pass it streams too, so that clients sending large bodies and stalling cannot
+//! make the proxy buffer without bound. What to do after a 401 is [`crate::proxy`]'s
+//! decision.
 
 use crate::body::{Body, BoxError};
 use bytes::Bytes;
@@ -11,7 +14,57 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+
+/// The bytes that all replay buffers together may hold (`limits.replay_memory`).
+#[derive(Debug)]
+pub(crate) struct ReplayBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl ReplayBudget {
+    pub(crate) fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self { limit, used: AtomicU64::new(0) })
+    }
+
+    /// Takes `n` bytes if they fit.
+    fn take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| used.checked_add(n).filter(|u| *u <= self.limit))
+            .is_ok()
+    }
+
+    /// The bytes held now.
+    #[cfg(test)]
+    fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// The part of the budget that one body holds, given back when the last of it goes.
+#[derive(Debug)]
+struct Held {
+    budget: Arc<ReplayBudget>,
+    bytes: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Why a body is streamed rather than kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotKept {
+    /// Larger than `upstream.replay_limit`.
+    TooLarge,
+    /// The bodies held by other requests left no room in `limits.replay_memory`.
+    NoBudget,
+}
 
 /// A request body as the proxy holds it.
 #[derive(Debug)]
@@ -19,14 +72,16 @@ pub(crate) enum RequestBody {
     /// Entirely in memory: can be sent any number of times.
     Buffered(Buffered),
     /// Streamed from the client: can be sent once.
-    Streaming(Body),
+    Streaming(Body, NotKept),
 }
 
-/// A complete body in memory, with its trailers if it had any. Cheap to clone.
+/// A complete body in memory, with its trailers if it had any. Cheap to clone; its part
+/// of the budget is given back when the last clone goes.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Buffered {
     chunks: Vec<Bytes>,
     trailers: Option<HeaderMap>,
+    _held: Option<Arc<Held>>,
 }
 
 impl Buffered {
@@ -41,9 +96,9 @@ impl Buffered {
 }
 
 impl RequestBody {
-    /// Reads `body` into memory if it is at most `limit` bytes; otherwise streams it.
-    /// Fails only if the client's body fails while being read.
-    pub(crate) async fn read<B>(body: B, limit: u64) -> Result<Self, BoxError>
+    /// Reads `body` into memory if it is at most `limit` bytes and `budget` has room for
+    /// it; otherwise streams it. Fails only if the client's body fails while being read.
+    pub(crate) async fn read<B>(body: B, limit: u64, budget: &Arc<ReplayBudget>) -> Result<Self, BoxError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -53,36 +108,44 @@ impl RequestBody {
         }
         let mut body = body.map_err(Into::into).boxed_unsync();
         if body.size_hint().lower() > limit {
-            return Ok(RequestBody::Streaming(body));
+            return Ok(RequestBody::Streaming(body, NotKept::TooLarge));
         }
         let mut chunks = Vec::new();
-        let mut read: u64 = 0;
+        let mut held = Held { budget: budget.clone(), bytes: 0 };
         while let Some(frame) = body.frame().await {
             let frame = frame?;
             match frame.into_data() {
                 Ok(data) => {
-                    read += data.len() as u64;
+                    let n = data.len() as u64;
                     chunks.push(data);
-                    if read > limit {
-                        let prefix = Prefixed { prefix: chunks.into(), rest: body };
-                        return Ok(RequestBody::Streaming(prefix.boxed_unsync()));
-                    }
+                    let why = if held.bytes + n > limit {
+                        NotKept::TooLarge
+                    } else if !budget.take(n) {
+                        NotKept::NoBudget
+                    } else {
+                        held.bytes += n;
+                        continue;
+                    };
+                    // What was read stays counted until it has been sent on.
+                    let prefix = Prefixed { prefix: chunks.into(), rest: body, held: Some(held) };
+                    return Ok(RequestBody::Streaming(prefix.boxed_unsync(), why));
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        return Ok(RequestBody::Buffered(Buffered { chunks, trailers: Some(trailers) }));
+                        let held = Some(Arc::new(held));
+                        return Ok(RequestBody::Buffered(Buffered { chunks, trailers: Some(trailers), _held: held }));
                     }
                 }
             }
         }
-        Ok(RequestBody::Buffered(Buffered { chunks, trailers: None }))
+        Ok(RequestBody::Buffered(Buffered { chunks, trailers: None, _held: Some(Arc::new(held)) }))
     }
 
-    /// The body to send, and what is kept for a replay (if anything).
-    pub(crate) fn into_parts(self) -> (Body, Option<Buffered>) {
+    /// The body to send, and what is kept for a replay (or why nothing is).
+    pub(crate) fn into_parts(self) -> (Body, Result<Buffered, NotKept>) {
         match self {
-            RequestBody::Buffered(b) => (b.to_body(), Some(b)),
-            RequestBody::Streaming(body) => (body, None),
+            RequestBody::Buffered(b) => (b.to_body(), Ok(b)),
+            RequestBody::Streaming(body, why) => (body, Err(why)),
         }
     }
 }
@@ -118,6 +181,8 @@ impl http_body::Body for Replay {
 struct Prefixed {
     prefix: VecDeque<Bytes>,
     rest: Body,
+    /// The prefix's part of the budget, until it has been sent.
+    held: Option<Held>,
 }
 
 impl http_body::Body for Prefixed {
@@ -128,6 +193,7 @@ impl http_body::Body for Prefixed {
         if let Some(chunk) = self.prefix.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
+        self.held = None;
         Pin::new(&mut self.rest).poll_frame(cx)
     }
 
@@ -166,7 +232,9 @@ mod tests {
         let mut t = HeaderMap::new();
         t.insert("x-sum", "1".parse().unwrap());
         let body = frames(vec![Frame::data(Bytes::from("ab")), Frame::data(Bytes::from("cd")), Frame::trailers(t)]);
-        let RequestBody::Buffered(b) = RequestBody::read(body, 10).await.unwrap() else { panic!("not buffered") };
+        let RequestBody::Buffered(b) = RequestBody::read(body, 10, &ReplayBudget::new(1 << 20)).await.unwrap() else {
+            panic!("not buffered")
+        };
         for _ in 0..2 {
             let (bytes, trailers) = collect(b.to_body()).await;
             assert_eq!(&bytes[..], b"abcd");
@@ -178,10 +246,17 @@ mod tests {
     async fn large_bodies_stream_whole_and_are_not_replayable() {
         // Known too large by its length: streamed untouched.
         let body = Full::new(Bytes::from(vec![7u8; 100])).map_err(|never| match never {});
-        assert!(matches!(RequestBody::read(body, 10).await.unwrap(), RequestBody::Streaming(_)));
+        assert!(matches!(
+            RequestBody::read(body, 10, &ReplayBudget::new(1 << 20)).await.unwrap(),
+            RequestBody::Streaming(_, NotKept::TooLarge)
+        ));
         // Found too large while reading a chunked body: the part read comes first.
         let body = frames((0..5).map(|i| Frame::data(Bytes::from(vec![i as u8; 4]))).collect());
-        let RequestBody::Streaming(s) = RequestBody::read(body, 10).await.unwrap() else { panic!("buffered") };
+        let RequestBody::Streaming(s, NotKept::TooLarge) =
+            RequestBody::read(body, 10, &ReplayBudget::new(1 << 20)).await.unwrap()
+        else {
+            panic!("buffered")
+        };
         let (bytes, _) = collect(s).await;
         let want: Vec<u8> = (0..5u8).flat_map(|i| vec![i; 4]).collect();
         assert_eq!(&bytes[..], &want[..]);
@@ -190,8 +265,34 @@ mod tests {
     #[tokio::test]
     async fn empty_bodies_are_replayable() {
         let body = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {});
-        let (body, kept) = RequestBody::read(body, 0).await.unwrap().into_parts();
+        let (body, kept) = RequestBody::read(body, 0, &ReplayBudget::new(1 << 20)).await.unwrap().into_parts();
         assert!(kept.unwrap().to_body().is_end_stream());
         assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn bodies_held_at_once_share_the_budget_and_give_it_back() {
+        let budget = ReplayBudget::new(10);
+        let chunks = |n: usize| frames((0..n).map(|_| Frame::data(Bytes::from_static(b"abc"))).collect());
+        // 6 bytes held, until the body kept for its replay goes.
+        let RequestBody::Buffered(first) = RequestBody::read(chunks(2), 100, &budget).await.unwrap() else {
+            panic!("not buffered")
+        };
+        assert_eq!(budget.used(), 6);
+        // 9 more do not fit: streamed whole, the part read first, and not replayable.
+        let RequestBody::Streaming(s, NotKept::NoBudget) = RequestBody::read(chunks(3), 100, &budget).await.unwrap()
+        else {
+            panic!("kept past the budget")
+        };
+        assert_eq!(budget.used(), 9, "the part read is held until it is sent");
+        assert_eq!(&collect(s).await.0[..], b"abcabcabc");
+        assert_eq!(budget.used(), 6, "and given back once sent");
+        let copy = first.clone();
+        drop(first);
+        assert_eq!(budget.used(), 6, "a clone still holds it");
+        drop(copy);
+        assert_eq!(budget.used(), 0);
+        // With the room back, the same body is kept.
+        assert!(matches!(RequestBody::read(chunks(3), 100, &budget).await.unwrap(), RequestBody::Buffered(_)));
     }
 }

@@ -3,26 +3,28 @@
 //! Inbound connections speak HTTP/1.1 or h2c (HTTP/2 with prior knowledge), chosen per
 //! connection. [`serve`] accepts until its `stop` future resolves, then lets the open
 //! connections finish for up to `grace` and aborts what is left; every connection task is
-//! owned by a `JoinSet`, so nothing outlives it. What a request means is left to the
-//! services ([`crate::proxy`], [`crate::ops`]).
+//! owned by a `JoinSet`, so nothing outlives it. The limits of the request path (how many
+//! connections, how long each may take) are applied here and in [`crate::limits`]. What a
+//! request means is left to the services ([`crate::proxy`], [`crate::ops`]).
 
 use crate::body::{Body, BoxError};
+use crate::config::Limits;
+use crate::limits::{ConnState, HeadBudget, Limit, LimitEvents, Tracked, Watched};
+use crate::metrics::Metrics;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-
-/// How long a client may take to send a request's headers (slow-loris protection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where applications connect, or where the ops endpoints listen: `HOST:PORT` with an IP
 /// address, `localhost:PORT`, or `unix:/path`.
@@ -183,83 +185,217 @@ impl Trigger {
     }
 }
 
+/// How [`serve`] serves: the drain period at shutdown, the limits of the request path,
+/// and where to report (the proxy listener's metrics; none for the others).
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub grace: Duration,
+    pub limits: Limits,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl ServeOptions {
+    /// The default limits, no metrics.
+    pub fn new(grace: Duration) -> Self {
+        Self { grace, limits: Limits::default(), metrics: None }
+    }
+}
+
 /// Serves connections on `listener` with services made by `make_service(peer)` until
-/// `stop` resolves, then drains for up to `grace`: hyper-util's [`GracefulShutdown`] tells
-/// every connection to finish its requests and close (an idle keep-alive connection closes
-/// at once), and what is still open when `grace` is over is aborted.
+/// `stop` resolves, then drains for up to `grace`: every connection is told to finish its
+/// requests and close (hyper's graceful shutdown: an idle keep-alive connection closes at
+/// once, h2c gets a GOAWAY), and what is still open when `grace` is over is aborted.
+///
+/// The limits: at most `max_connections` at once (accepting pauses, and the kernel's
+/// backlog holds the rest); accept errors (out of file descriptors) pause accepting with
+/// a backoff up to 1 s; each connection's time limits are [`crate::limits`]'s, and the
+/// request head and h2c settings are hyper's.
 pub async fn serve<S, F>(
     name: &'static str,
     listener: Listener,
     make_service: F,
     stop: impl Future<Output = ()>,
-    grace: Duration,
+    options: ServeOptions,
 ) where
     F: Fn(Option<SocketAddr>) -> S,
     S: tower::Service<http::Request<Incoming>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    let ServeOptions { grace, limits, metrics } = options;
+    let builder = Arc::new(builder(&limits));
+    let limits = Arc::new(limits);
+    let events = Arc::new(LimitEvents::new(name, metrics.clone()));
+    let gauge = metrics.as_ref().map(|m| m.open_connections.clone());
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let heads = HeadBudget::new(limits.head_memory);
+    let draining = Trigger::default();
     let mut tasks = JoinSet::new();
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     tokio::pin!(stop);
 
     loop {
+        // A free slot first: at the limit, connections wait in the kernel's backlog.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                events.hit(Limit::MaxConnections, &limits.max_connections);
+                tokio::select! {
+                    () = &mut stop => break,
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                }
+            }
+        };
         let accepted = tokio::select! {
             () = &mut stop => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             accepted = accept(&listener) => accepted,
         };
-        let (io, peer) = match accepted {
-            Ok(conn) => conn,
+        let (stream, peer) = match accepted {
+            Ok(conn) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                conn
+            }
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of file descriptors and the like: back off instead of spinning;
+                // the connections that are open go on being served meanwhile.
+                events.hit(Limit::AcceptErrors, &e);
+                drop(slot);
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
-        let service = TowerToHyperService::new(make_service(peer));
-        let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+        let conn = ConnState::new(heads.clone());
+        let io = TokioIo::new(Watched::new(stream, conn.clone()));
+        let service = TowerToHyperService::new(Tracked::new(make_service(peer), conn.clone()));
+        let connection = builder.serve_connection(io, service).into_owned();
+        let (limits, events, gauge, stopping) = (limits.clone(), events.clone(), gauge.clone(), draining.wait());
+        if let Some(g) = &gauge {
+            g.inc();
+        }
         tasks.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(listener = name, error = %e, "connection ended with an error");
+            let _slot = slot;
+            drive(connection, |c| c.graceful_shutdown(), &conn, &limits, &events, stopping).await;
+            if let Some(g) = gauge {
+                g.dec();
             }
         });
     }
     drop(listener);
-    let open = graceful.count();
+    let open = tasks.len();
     if open > 0 {
         tracing::info!(listener = name, connections = open, grace = ?grace, "draining connections");
     }
-    let drained = async {
-        graceful.shutdown().await;
-        while tasks.join_next().await.is_some() {}
-    };
+    draining.fire();
+    let drained = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(listener = name, "shutdown grace period over; closing the remaining connections");
     }
     tasks.shutdown().await;
 }
 
-/// One accepted connection as a hyper IO, and the peer's address for TCP.
-type Io = TokioIo<Box<dyn AsyncStream>>;
+/// The first pause after a failed accept, and the longest (PRODUCT.md: up to 1 s).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// hyper's HTTP/2 keep-alive ping on an h2c connection: a peer that stops answering is
+/// closed after the ping interval and its timeout (PRODUCT.md: pings every 30 s).
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// h2c flow-control windows: what a client may send before the proxy reads it. HTTP/2's
+/// own default (RFC 9113 §6.9.2), not hyper's 1 MiB, so that a thousand connections that
+/// send and stall hold at most 64 MiB in the worst case, not a gigabyte.
+const H2_WINDOW: u32 = 65_535;
+/// What one h2c stream may have queued towards a client that does not read.
+const H2_SEND_BUFFER: usize = 64 << 10;
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Our own per-connection timer judges heads and idle connections apart
+        // (crate::limits); hyper's would close idle keep-alive connections after the
+        // header-read timeout.
+        .header_read_timeout(None)
+        // The read buffer never grows past the head limit: a larger head gets hyper's 431.
+        .max_buf_size(limits.max_head_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_head_bytes).unwrap_or(u32::MAX))
+        .initial_stream_window_size(H2_WINDOW)
+        .initial_connection_window_size(H2_WINDOW)
+        .max_send_buf_size(H2_SEND_BUFFER)
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    builder
+}
+
+/// Serves one connection until it ends, a limit closes it, or the listener drains: a
+/// connection that sent nothing of use is dropped (closed at once); an idle one, or one
+/// at shutdown, is told to finish (`finish`: hyper's graceful shutdown, a GOAWAY on h2c)
+/// and served until it ends.
+async fn drive<C>(
+    connection: C,
+    finish: impl FnOnce(Pin<&mut C>),
+    conn: &ConnState,
+    limits: &Limits,
+    events: &LimitEvents,
+    stopping: impl Future<Output = ()>,
+) where
+    C: Future<Output = Result<(), BoxError>>,
+{
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        limit = crate::limits::expired(conn, limits) => {
+            events.hit(limit, &"connection closed");
+            if matches!(limit, Limit::FirstByteTimeout | Limit::HeaderReadTimeout) {
+                return;
+            }
+            None
+        }
+        () = stopping => None,
+    };
+    let result = match ended {
+        Some(result) => result,
+        None => {
+            finish(connection.as_mut());
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        if conn.over_budget() {
+            events.hit(Limit::HeadMemory, &format_args!("at {} bytes", limits.head_memory));
+        } else if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse_too_large) {
+            events.hit(Limit::MaxHeadBytes, &format_args!("over {} bytes", limits.max_head_bytes));
+        }
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// One accepted connection, and the peer's address for TCP.
+type Stream = Box<dyn AsyncStream>;
 
 trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> AsyncStream for T {}
 
-async fn accept(listener: &Listener) -> io::Result<(Io, Option<SocketAddr>)> {
+async fn accept(listener: &Listener) -> io::Result<(Stream, Option<SocketAddr>)> {
     match listener {
         Listener::Tcp(l) => {
             let (stream, peer) = l.accept().await?;
             let _ = stream.set_nodelay(true);
-            Ok((TokioIo::new(Box::new(stream) as Box<dyn AsyncStream>), Some(peer)))
+            Ok((Box::new(stream), Some(peer)))
         }
         Listener::Unix(l, _) => {
             let (stream, _) = l.accept().await?;
-            Ok((TokioIo::new(Box::new(stream) as Box<dyn AsyncStream>), None))
+            Ok((Box::new(stream), None))
         }
     }
 }
@@ -295,7 +431,7 @@ mod tests {
             Listener::Tcp(listener),
             move |_| service,
             stop.wait(),
-            Duration::from_secs(60),
+            ServeOptions::new(Duration::from_secs(60)),
         ));
 
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -13,6 +13,9 @@
 //!   response framed by both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.3: a
 //!   sign of smuggling) is read as chunked and forwarded without the length, and its
 //!   connection is not used again.
+//! - **At most `upstream.max_connections`** (busy and idle together): a request that finds
+//!   none idle and no room waits for one to come back or to close, within its timeout; a
+//!   flood of requests on the listener cannot open a connection each.
 //! - **Retries**: a request that hyper hands back unwritten (a reused connection closed
 //!   under it) is sent once more on a new connection. A request that was written is never
 //!   sent twice.
@@ -35,12 +38,14 @@ use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use rustls_pki_types::ServerName;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// How long an idle HTTP/1.1 connection is kept: shorter than the 120 s or so after which
@@ -90,6 +95,10 @@ struct Inner {
     /// Wakes the reaper when the stack grows past the cap while it sleeps towards an
     /// idle timeout 90 s away.
     over_cap: Arc<tokio::sync::Notify>,
+    /// One per open connection, busy or idle (`upstream.max_connections`).
+    slots: Arc<Semaphore>,
+    /// Told when a connection goes back on the stack.
+    released: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -158,6 +167,8 @@ impl Upstream {
                 opening: tokio::sync::Mutex::new(()),
                 idle: Mutex::new(IdleStack::default()),
                 over_cap: Arc::new(tokio::sync::Notify::new()),
+                slots: Arc::new(Semaphore::new(cfg.max_connections)),
+                released: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -293,15 +304,22 @@ impl Upstream {
 
     async fn open(&self) -> Result<Conn, SendError> {
         let inner = &self.inner;
+        let slot = match inner.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => match Box::pin(self.wait_for_slot()).await {
+                Ok(slot) => slot,
+                Err(conn) => return Ok(conn),
+            },
+        };
         let tcp = self.tcp().await.map_err(SendError::Unreachable)?;
-        let Some((connector, name)) = &inner.tls else { return handshake_h1(tcp).await };
+        let Some((connector, name)) = &inner.tls else { return handshake_h1(tcp, slot).await };
         let tls = connector
             .connect(name.clone(), tcp)
             .await
             .map_err(|e| SendError::Unreachable(format!("TLS handshake failed: {}", error_chain(&e))))?;
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             inner.protocol.store(HTTP1, Ordering::Release);
-            return handshake_h1(tls).await;
+            return handshake_h1(tls, slot).await;
         }
         inner.protocol.store(HTTP2, Ordering::Release);
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
@@ -311,6 +329,7 @@ impl Upstream {
             .await
             .map_err(|e| SendError::Unreachable(error_chain(&e)))?;
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
@@ -319,11 +338,31 @@ impl Upstream {
         Ok(Conn::H2(sender))
     }
 
+    /// At `upstream.max_connections`: waits for a connection to close (its slot), or for
+    /// one to come back idle (taken at once). The request's `upstream.timeout` bounds it.
+    async fn wait_for_slot(&self) -> Result<OwnedSemaphorePermit, Conn> {
+        let inner = &self.inner;
+        loop {
+            let released = inner.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(h1) = self.idle_h1() {
+                return Err(Conn::H1(h1));
+            }
+            tokio::select! {
+                slot = inner.slots.clone().acquire_owned() => return Ok(slot.expect("the semaphore is never closed")),
+                () = released => {}
+            }
+        }
+    }
+
     async fn tcp(&self) -> Result<TcpStream, String> {
         let inner = &self.inner;
-        let addrs = tokio::net::lookup_host((inner.host.as_str(), inner.port))
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((inner.host.as_str(), inner.port))
             .await
-            .map_err(|e| format!("cannot resolve {}: {e}", inner.host))?;
+            .map_err(|e| format!("cannot resolve {}: {e}", inner.host))?
+            .collect();
+        check_resolved(&inner.host, &addrs)?;
         let mut last = format!("{} resolved to no address", inner.host);
         for addr in addrs {
             match tokio::time::timeout(inner.connect_timeout, TcpStream::connect(addr)).await {
@@ -345,6 +384,23 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A loopback *name* (`localhost`, trusted for plain `http://`) must resolve to loopback
+/// addresses only, checked at each connect: a bad resolver entry must not send the client
+/// secret or a token in clear text off the machine. Other names and addresses pass.
+pub(crate) fn check_resolved(host: &str, addrs: &[SocketAddr]) -> Result<(), String> {
+    if !host.eq_ignore_ascii_case("localhost") {
+        return Ok(());
+    }
+    match addrs.iter().find(|a| !a.ip().is_loopback()) {
+        Some(a) => Err(format!(
+            "{host} resolves to {}, which is not a loopback address; refusing to connect (plain http:// \
+             is accepted for this machine only: check /etc/hosts, or use 127.0.0.1)",
+            a.ip()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// How one attempt to send a request ended.
 enum Sent {
     Response(Response<Body>),
@@ -363,13 +419,15 @@ impl From<TrySendError<Request<Body>>> for Sent {
     }
 }
 
-async fn handshake_h1<T>(io: T) -> Result<Conn, SendError>
+/// The connection task holds `slot` (of `upstream.max_connections`) until it ends.
+async fn handshake_h1<T>(io: T, slot: OwnedSemaphorePermit) -> Result<Conn, SendError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (sender, connection) =
         http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(|e| SendError::Unreachable(error_chain(&e)))?;
     tokio::spawn(async move {
+        let _slot = slot;
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "upstream connection ended");
         }
@@ -388,6 +446,8 @@ impl Inner {
             return;
         }
         idle.conns.push((sender, Instant::now()));
+        // A request waiting at the connection cap takes it.
+        self.released.notify_one();
         if !idle.reaping {
             idle.reaping = true;
             runtime.spawn(reap(Arc::downgrade(self), self.over_cap.clone()));
@@ -521,6 +581,17 @@ mod tests {
             .set("PINECONE_CLIENT_SECRET", "secret")
             .set("PINECONE_PROXY_UPSTREAM_URL", url);
         crate::config::load(&Flags::default(), &env).unwrap().upstream
+    }
+
+    #[test]
+    fn a_loopback_name_must_resolve_to_loopback_addresses_only() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let loopback = [addr("127.0.0.1:80"), addr("[::1]:80")];
+        assert_eq!(check_resolved("localhost", &loopback), Ok(()));
+        let e = check_resolved("LOCALHOST", &[addr("127.0.0.1:80"), addr("10.0.0.7:80")]).unwrap_err();
+        assert!(e.contains("10.0.0.7") && e.contains("not a loopback address"), "{e}");
+        // Names other than localhost are not trusted as loopback anywhere, so not checked.
+        assert_eq!(check_resolved("api.pinecone.io", &[addr("10.0.0.7:443")]), Ok(()));
     }
 
     #[tokio::test]

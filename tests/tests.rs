@@ -18,6 +18,8 @@ mod faults;
 mod forwarding;
 #[path = "tests/lifecycle.rs"]
 mod lifecycle;
+#[path = "tests/limits.rs"]
+mod limits;
 #[path = "tests/ops.rs"]
 mod ops;
 #[path = "tests/pool.rs"]

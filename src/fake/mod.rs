@@ -272,7 +272,7 @@ impl FakePinecone {
             Listener::Tcp(listener),
             move |_| service.clone(),
             stop.wait(),
-            Duration::from_secs(1),
+            serve::ServeOptions::new(Duration::from_secs(1)),
         ));
         Ok(Self { addr, state, stop, task: Some(task) })
     }

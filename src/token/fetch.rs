@@ -70,7 +70,7 @@ pub struct HttpFetcher {
 const MAX_RESPONSE: usize = 64 * 1024;
 
 impl HttpFetcher {
-    pub fn new(client: HttpClient, cfg: &TokenConfig, api_version: HeaderValue) -> Self {
+    pub(crate) fn new(client: HttpClient, cfg: &TokenConfig, api_version: HeaderValue) -> Self {
         Self {
             client,
             url: cfg.url.clone(),

@@ -17,7 +17,19 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
 fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(BIN);
+    command_under(&[], args, envs)
+}
+
+/// The binary run by `prefix` (`prlimit --nofile=…`), or by itself.
+fn command_under(prefix: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let mut c = match prefix.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
     c.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in envs {
         c.env(k, v);
@@ -119,31 +131,40 @@ async fn a_port_in_use_exits_1() {
 }
 
 /// A running binary, its stderr lines forwarded to a channel.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
-    all: Arc<Mutex<String>>,
-    ops: std::net::SocketAddr,
-    listen: std::net::SocketAddr,
+    pub(crate) all: Arc<Mutex<String>>,
+    pub(crate) ops: std::net::SocketAddr,
+    pub(crate) listen: std::net::SocketAddr,
 }
 
 /// The binary with the demo credentials, a token endpoint, an upstream and `extra`.
-async fn spawn_demo(token_url: &str, upstream: &str, extra: &[(&str, &str)]) -> Proc {
+pub(crate) async fn spawn_demo(token_url: &str, upstream: &str, extra: &[(&str, &str)]) -> Proc {
+    spawn_demo_under(&[], token_url, upstream, extra).await
+}
+
+/// [`spawn_demo`], run by `prefix`.
+pub(crate) async fn spawn_demo_under(prefix: &[&str], token_url: &str, upstream: &str, extra: &[(&str, &str)]) -> Proc {
     let base = [
         ("PINECONE_CLIENT_ID", DEMO_CLIENT_ID),
         ("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET),
         ("PINECONE_PROXY_TOKEN_URL", token_url),
         ("PINECONE_PROXY_UPSTREAM_URL", upstream),
     ];
-    spawn(&[&base[..], extra].concat()).await
+    spawn_under(prefix, &[&base[..], extra].concat()).await
 }
 
 async fn spawn(envs: &[(&str, &str)]) -> Proc {
+    spawn_under(&[], envs).await
+}
+
+async fn spawn_under(prefix: &[&str], envs: &[(&str, &str)]) -> Proc {
     let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let ops: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let (l, o) = (listen.to_string(), ops.to_string());
     let envs = [envs, &[("PINECONE_PROXY_LISTEN", l.as_str()), ("PINECONE_PROXY_OPS_LISTEN", o.as_str())]].concat();
-    let mut child = command(&[], &envs).spawn().unwrap();
+    let mut child = command_under(prefix, &[], &envs).spawn().unwrap();
     let all = Arc::new(Mutex::new(String::new()));
     let (tx, lines) = mpsc::unbounded_channel();
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -172,8 +193,24 @@ impl Proc {
         assert!(std::process::Command::new("kill").args(["-s", name, &pid]).status().unwrap().success());
     }
 
+    /// The process's peak resident memory so far (`VmHWM`), in KiB.
+    pub(crate) fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id().unwrap())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/PID/status");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// The value of one series of the proxy's `/metrics` (0 if absent).
+    pub(crate) async fn metric(&self, series: &str) -> f64 {
+        let (_, _, body) = TestClient::default().get(&format!("http://{}/metrics", self.ops)).await;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
     /// Waits for a log line containing `text`.
-    async fn line_with(&mut self, text: &str) -> String {
+    pub(crate) async fn line_with(&mut self, text: &str) -> String {
         let find = async {
             loop {
                 let line = self.lines.recv().await.expect("process still logging");

@@ -71,6 +71,19 @@ async fn idle_connections_beyond_the_cap_are_closed() {
     assert_eq!(accepted.load(Ordering::SeqCst), 40, "no new connection while idle ones are kept");
 }
 
+#[tokio::test]
+async fn a_flood_of_requests_opens_no_more_than_max_connections() {
+    let fake = fake(3600).await;
+    // The upstream answers four at a time: with room for four connections, twenty requests
+    // go through four, each waiting for one to come back.
+    let (upstream, accepted, _) = gathering_upstream(4).await;
+    let proxy =
+        start_with(&env(&fake.token_url(), &upstream, &[("PINECONE_PROXY_UPSTREAM_MAX_CONNECTIONS", "4")])).await;
+    let client = TestClient::default();
+    assert!(client.burst(&url(&proxy, "/together"), 20).await.iter().all(|s| *s == StatusCode::OK));
+    assert_eq!(accepted.load(Ordering::SeqCst), 4, "never more than upstream.max_connections");
+}
+
 /// Reads from `stream` until `pending` holds a whole request head (bodiless requests
 /// only), and takes it out; `None` when the peer closes first.
 async fn read_head(stream: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) -> Option<()> {

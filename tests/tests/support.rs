@@ -141,7 +141,7 @@ impl Upstream {
             Listener::Tcp(listener),
             move |_| service.clone(),
             stop.wait(),
-            Duration::from_secs(1),
+            serve::ServeOptions::new(Duration::from_secs(1)),
         ));
         Self { addr, stop }
     }

@@ -1,0 +1,429 @@
+//! The limits of the request path, tried as a hostile local client would: slow and huge
+//! request heads, connections that send nothing or idle, stalled bodies, many h2c streams,
+//! more connections than allowed, a low open-file limit, TRACE. Where memory is the point
+//! the proxy runs as its own process and its peak RSS (`VmHWM`) is read from /proc.
+
+use crate::binary::{Proc, spawn_demo, spawn_demo_under};
+use crate::support::*;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+use pinecone_admin_proxy::body::{empty, full};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The shipped manifests' memory limit.
+const MEMORY_LIMIT_KIB: u64 = 64 << 10;
+/// How long a test waits for what a limit is due to do, well past the limit itself.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Open files enough for a test that holds a thousand connections, and the proxy's side.
+fn room_for_connections() {
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard).unwrap();
+    assert!(hard >= 4096, "these tests need an open-file limit of 4096 or more, have {hard}");
+}
+
+/// Connects `n` times to `addr` and writes `first` on each.
+async fn connections(addr: std::net::SocketAddr, n: usize, first: &[u8]) -> Vec<TcpStream> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if !first.is_empty() {
+            s.write_all(first).await.unwrap();
+        }
+        out.push(s);
+    }
+    out
+}
+
+/// Reads until the peer closes (or resets) the connection; what was read.
+async fn until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Waits until the proxy has closed every one of `streams`.
+async fn all_closed(streams: &mut [TcpStream]) {
+    let closing = one_by_one(streams.iter_mut().map(until_closed));
+    tokio::time::timeout(PATIENCE, closing).await.expect("the proxy closes them");
+}
+
+/// Awaits each in turn (they all run on the proxy's side meanwhile).
+async fn one_by_one<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    for f in futures {
+        out.push(f.await);
+    }
+    out
+}
+
+/// A GET through the binary's `listen`.
+async fn get_ok(proc: &Proc) {
+    let (status, _, body) = TestClient::default().get(&format!("http://{}/admin/projects", proc.listen)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+}
+
+/// An upstream that answers with the request's headers, and counts what reached it.
+async fn echoing_upstream() -> (Upstream, Arc<Mutex<Vec<(String, String)>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let upstream = Upstream::start(move |request: Request<Incoming>| {
+        let log = log.clone();
+        async move {
+            let headers = format!("{:?}", request.headers()).to_lowercase();
+            log.lock().push((request.method().to_string(), headers.clone()));
+            Response::new(full(headers))
+        }
+    })
+    .await;
+    (upstream, seen)
+}
+
+#[tokio::test]
+async fn trace_is_refused_and_max_forwards_is_not_passed_on() {
+    let fake = fake(3600).await;
+    let (upstream, seen) = echoing_upstream().await;
+    let proxy = start_with(&env(&fake.token_url(), &upstream.url(), &[])).await;
+    let client = TestClient::default();
+    let request = |method: &str| {
+        Request::builder()
+            .method(method)
+            .uri(url(&proxy, "/admin/projects"))
+            .header("max-forwards", "0")
+            .body(empty())
+            .unwrap()
+    };
+    let (status, headers, body) = collect(client.send(request("TRACE")).await).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["x-pinecone-proxy-error"], "bad_request");
+    assert!(!String::from_utf8_lossy(&body).to_lowercase().contains("bearer"));
+    assert!(seen.lock().is_empty(), "TRACE never reaches the upstream");
+
+    let (status, _, body) = collect(client.send(request("GET")).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let echoed = String::from_utf8_lossy(&body);
+    assert!(echoed.contains("\"authorization\""), "the upstream gets the token: {echoed}");
+    assert!(!echoed.contains("max-forwards"), "Max-Forwards is not passed on: {echoed}");
+}
+
+#[tokio::test]
+async fn a_head_over_max_head_bytes_gets_431_and_is_never_forwarded() {
+    let fake = fake(3600).await;
+    let (upstream, seen) = echoing_upstream().await;
+    let proxy = start_with(&env(&fake.token_url(), &upstream.url(), &[])).await;
+    let mut stream = TcpStream::connect(proxy.listen.tcp()).await.unwrap();
+    let head = format!("GET /admin/projects HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(66 << 10));
+    // The proxy stops reading at the limit: the rest of the write may fail.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let answer = until_closed(&mut stream).await;
+    assert!(answer.starts_with(b"HTTP/1.1 431"), "{}", String::from_utf8_lossy(&answer));
+    assert!(seen.lock().is_empty(), "never forwarded");
+    let metrics =
+        String::from_utf8_lossy(&TestClient::default().get(&ops_url(&proxy, "/metrics")).await.2).into_owned();
+    assert!(metrics.contains("pinecone_proxy_limit_hits_total{limit=\"max_head_bytes\"} 1"), "{metrics}");
+    // A head just under the limit is forwarded.
+    let fits = format!("GET /admin/projects HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(60 << 10));
+    let mut stream = TcpStream::connect(proxy.listen.tcp()).await.unwrap();
+    stream.write_all(fits.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 12];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+}
+
+#[tokio::test]
+async fn slow_heads_and_silent_connections_are_closed_while_normal_requests_succeed() {
+    room_for_connections();
+    let fake = fake(3600).await;
+    let limits =
+        [("PINECONE_PROXY_LIMITS_FIRST_BYTE_TIMEOUT", "2s"), ("PINECONE_PROXY_LIMITS_HEADER_READ_TIMEOUT", "2s")];
+    let proc = spawn_demo(&fake.token_url(), &fake.api_url(), &limits).await;
+    // 300 of them: silent, 10 bytes of the h2c preface, and 40 KiB of a head that never ends.
+    let partial = format!("GET /admin/projects HTTP/1.1\r\nhost: x\r\nx-slow: {}", "a".repeat(40 << 10));
+    let mut slow = connections(proc.listen, 100, b"").await;
+    slow.extend(connections(proc.listen, 100, b"PRI * HTTP").await);
+    slow.extend(connections(proc.listen, 100, partial.as_bytes()).await);
+    for _ in 0..20 {
+        get_ok(&proc).await;
+    }
+    all_closed(&mut slow).await;
+    get_ok(&proc).await;
+    assert!(proc.metric("pinecone_proxy_limit_hits_total{limit=\"first_byte_timeout\"}").await >= 200.0);
+    assert!(proc.metric("pinecone_proxy_limit_hits_total{limit=\"header_read_timeout\"}").await >= 100.0);
+    let peak = proc.peak_rss_kib();
+    assert!(peak < MEMORY_LIMIT_KIB, "peak RSS {peak} KiB");
+    assert!(proc.all.lock().contains("limits.header_read_timeout"), "a line names the limit");
+}
+
+#[tokio::test]
+async fn a_thousand_large_heads_stay_within_head_memory() {
+    room_for_connections();
+    let fake = fake(3600).await;
+    let proc = spawn_demo(&fake.token_url(), &fake.api_url(), &[]).await;
+    // 1,000 heads of 60 KiB that never end: 60 MiB of buffers without the budget.
+    let partial = format!("GET /admin/projects HTTP/1.1\r\nhost: x\r\nx-slow: {}", "a".repeat(60 << 10));
+    let mut heads = Vec::new();
+    for _ in 0..10 {
+        heads.extend(connections(proc.listen, 100, partial.as_bytes()).await);
+        get_ok(&proc).await;
+    }
+    let peak = proc.peak_rss_kib();
+    assert!(peak < MEMORY_LIMIT_KIB, "peak RSS {peak} KiB");
+    let refused = proc.metric("pinecone_proxy_limit_hits_total{limit=\"head_memory\"}").await;
+    assert!(refused >= 800.0, "8 MiB holds about 150 such heads; {refused} refused");
+    drop(heads);
+    get_ok(&proc).await;
+}
+
+#[tokio::test]
+async fn a_thousand_idle_connections_are_closed_after_the_idle_timeout() {
+    room_for_connections();
+    let fake = fake(3600).await;
+    let proc = spawn_demo(&fake.token_url(), &fake.api_url(), &[("PINECONE_PROXY_LIMITS_IDLE_TIMEOUT", "10s")]).await;
+    let request = b"GET /admin/projects HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut idle = connections(proc.listen, 1000, request).await;
+    // Each had its answer, and is kept alive.
+    for stream in &mut idle {
+        let mut buf = [0u8; 12];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+    }
+    assert_eq!(proc.metric("pinecone_proxy_open_connections").await, 1000.0);
+    let peak = proc.peak_rss_kib();
+    assert!(peak < MEMORY_LIMIT_KIB, "peak RSS {peak} KiB with 1,000 connections");
+    all_closed(&mut idle).await;
+    assert!(proc.metric("pinecone_proxy_limit_hits_total{limit=\"idle_timeout\"}").await >= 1000.0);
+    assert_eq!(proc.metric("pinecone_proxy_open_connections").await, 0.0);
+}
+
+#[tokio::test]
+async fn stalled_bodies_are_held_within_the_replay_budget_and_time_out_with_408() {
+    room_for_connections();
+    let fake = fake(3600).await;
+    let proc =
+        spawn_demo(&fake.token_url(), &fake.api_url(), &[("PINECONE_PROXY_LIMITS_BODY_READ_TIMEOUT", "3s")]).await;
+    // 80 bodies of 1 MiB less one byte, each stalled before its last byte: 80 MiB held
+    // before the budget.
+    let length = (1 << 20) - 1;
+    let head = format!(
+        "POST /admin/projects HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        length + 1
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..80 {
+        let mut s = TcpStream::connect(proc.listen).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&vec![b' '; length]).await.unwrap();
+        stalled.push(s);
+    }
+    get_ok(&proc).await;
+    let answers = tokio::time::timeout(PATIENCE, one_by_one(stalled.iter_mut().map(until_closed)))
+        .await
+        .expect("each stalled request is answered");
+    for answer in answers {
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("x-pinecone-proxy-error: body_timeout"), "{text}");
+    }
+    assert!(proc.metric("pinecone_proxy_limit_hits_total{limit=\"body_read_timeout\"}").await >= 80.0);
+    let peak = proc.peak_rss_kib();
+    assert!(peak < MEMORY_LIMIT_KIB, "peak RSS {peak} KiB");
+    get_ok(&proc).await;
+}
+
+#[tokio::test]
+async fn a_body_streamed_for_lack_of_replay_memory_is_not_replayed_and_counted() {
+    let fake = fake(3600).await;
+    let upstream = Upstream::start(|request: Request<Incoming>| async move {
+        let _ = collect_body(request).await;
+        let mut r = Response::new(full(r#"{"error":{"code":"UNAUTHENTICATED","message":"no"},"status":401}"#));
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        r
+    })
+    .await;
+    let proxy =
+        start_with(&env(&fake.token_url(), &upstream.url(), &[("PINECONE_PROXY_LIMITS_REPLAY_MEMORY", "1KiB")])).await;
+    let (status, _, _) = TestClient::default().post(&url(&proxy, "/admin/projects"), &"x".repeat(4096)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the 401 goes back");
+    let metrics =
+        String::from_utf8_lossy(&TestClient::default().get(&ops_url(&proxy, "/metrics")).await.2).into_owned();
+    assert!(metrics.contains("pinecone_proxy_replays_total{result=\"no_budget\"} 1"), "{metrics}");
+    assert!(metrics.contains("pinecone_proxy_replays_total{result=\"too_large\"} 0"), "{metrics}");
+}
+
+async fn collect_body(request: Request<Incoming>) -> bytes::Bytes {
+    use http_body_util::BodyExt;
+    request.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_stalled_body_gets_408_whether_buffered_or_streamed() {
+    let fake = fake(3600).await;
+    let proxy = start_with(&env(
+        &fake.token_url(),
+        &fake.api_url(),
+        &[("PINECONE_PROXY_LIMITS_BODY_READ_TIMEOUT", "1s"), ("PINECONE_PROXY_UPSTREAM_REPLAY_LIMIT", "1KiB")],
+    ))
+    .await;
+    // 10 bytes of 100 (kept for a replay), and 4 KiB of 1 MiB (streamed to the upstream).
+    for (sent, length) in [(10, 100), (4096, 1 << 20)] {
+        let mut s = TcpStream::connect(proxy.listen.tcp()).await.unwrap();
+        let head = format!("POST /admin/projects HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&vec![b' '; sent]).await.unwrap();
+        let answer = tokio::time::timeout(PATIENCE, until_closed(&mut s)).await.expect("answered");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408"), "{sent} of {length}: {text}");
+        assert!(text.contains("x-pinecone-proxy-error: body_timeout"), "{text}");
+        assert!(text.contains("limits.body_read_timeout"), "the body says which limit: {text}");
+    }
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_wait_until_one_closes() {
+    let fake = fake(3600).await;
+    let proxy = proxy_for(&fake, &[("PINECONE_PROXY_LIMITS_MAX_CONNECTIONS", "5")]).await;
+    let mut held = connections(proxy.listen.tcp(), 5, b"").await;
+    let metrics = || async {
+        String::from_utf8_lossy(&TestClient::default().get(&ops_url(&proxy, "/metrics")).await.2).into_owned()
+    };
+    let waiting = {
+        let url = url(&proxy, "/admin/projects");
+        tokio::spawn(async move { TestClient::default().get(&url).await.0 })
+    };
+    // The five are open, accepting has paused, and the sixth is not served...
+    loop {
+        let text = metrics().await;
+        if text.contains("pinecone_proxy_open_connections 5")
+            && !text.contains("pinecone_proxy_limit_hits_total{limit=\"max_connections\"} 0")
+        {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished(), "served past max_connections");
+    // ...until one of them goes.
+    drop(held.pop());
+    assert_eq!(tokio::time::timeout(PATIENCE, waiting).await.expect("served").unwrap(), StatusCode::OK);
+    // The ops listener answered all along: it has connections of its own.
+}
+
+#[tokio::test]
+async fn a_low_open_file_limit_lowers_max_connections_and_the_proxy_keeps_serving() {
+    let fake = fake(3600).await;
+    let proc = spawn_demo_under(
+        &["prlimit", "--nofile=300:300", "--"],
+        &fake.token_url(),
+        &fake.api_url(),
+        &[("PINECONE_PROXY_LIMITS_FIRST_BYTE_TIMEOUT", "2s")],
+    )
+    .await;
+    assert!(proc.all.lock().contains("accepting_at_most=76"), "{}", proc.all.lock());
+    // More silent connections than the limit leaves room for: accepting pauses instead of
+    // failing, they are closed after first_byte_timeout, and a request then gets through.
+    let mut silent = connections(proc.listen, 200, b"").await;
+    get_ok(&proc).await;
+    all_closed(&mut silent).await;
+    assert!(!proc.all.lock().contains("Too many open files"), "{}", proc.all.lock());
+    get_ok(&proc).await;
+}
+
+#[tokio::test]
+async fn h2c_has_its_stream_limit_and_an_idle_connection_gets_a_goaway() {
+    let fake = fake(3600).await;
+    let proxy = proxy_for(&fake, &[("PINECONE_PROXY_LIMITS_IDLE_TIMEOUT", "1s")]).await;
+    let tcp = TcpStream::connect(proxy.listen.tcp()).await.unwrap();
+    let (mut client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    // The server's SETTINGS come with its first answer.
+    let request = || Request::builder().uri(format!("http://{}/admin/projects", proxy.listen.tcp())).body(()).unwrap();
+    let (answer, _) = client.send_request(request(), true).unwrap();
+    let driven = tokio::spawn(async move {
+        let result = (&mut connection).await;
+        (connection.max_concurrent_send_streams(), result)
+    });
+    assert_eq!(answer.await.unwrap().status(), StatusCode::OK);
+    // 200 at once: the client holds back what the limit does not allow, and all succeed.
+    let mut answers = Vec::new();
+    for _ in 0..200 {
+        client = client.ready().await.unwrap();
+        answers.push(client.send_request(request(), true).unwrap().0);
+    }
+    for answer in answers {
+        assert_eq!(answer.await.unwrap().status(), StatusCode::OK);
+    }
+    drop(client);
+    // Idle for the idle timeout: a GOAWAY, and the connection ends cleanly.
+    let (streams, result) = tokio::time::timeout(PATIENCE, driven).await.expect("closed when idle").unwrap();
+    assert_eq!(streams, 64, "limits.max_concurrent_streams");
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_vanished_secret_file_shows_on_status_while_its_credentials_stay_in_use() {
+    let fake = fake(3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    std::fs::write(&path, pinecone_admin_proxy::fake::DEMO_CLIENT_SECRET).unwrap();
+    let mut env = pinecone_admin_proxy::config::Env::default();
+    env.set("PINECONE_CLIENT_ID", pinecone_admin_proxy::fake::DEMO_CLIENT_ID)
+        .set("PINECONE_CLIENT_SECRET_FILE", path.to_str().unwrap())
+        .set("PINECONE_PROXY_TOKEN_URL", &fake.token_url())
+        .set("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url())
+        .set("PINECONE_PROXY_LISTEN", "127.0.0.1:0")
+        .set("PINECONE_PROXY_OPS_LISTEN", "127.0.0.1:0");
+    let proxy = start_with(&env).await;
+    let status = || async { json(&TestClient::default().get(&ops_url(&proxy, "/status")).await.2) };
+    assert!(status().await["credentials"]["last_error"].is_null());
+    std::fs::remove_file(&path).unwrap();
+    let seen = async {
+        loop {
+            let s = status().await;
+            if !s["credentials"]["last_error"].is_null() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let s = tokio::time::timeout(PATIENCE, seen).await.expect("shown on /status");
+    let message = s["credentials"]["last_error"]["message"].as_str().unwrap();
+    assert!(message.contains(path.to_str().unwrap()), "names the file: {message}");
+    assert!(s["credentials"]["last_error"]["since"].is_string());
+    assert_eq!(TestClient::default().get(&url(&proxy, "/admin/projects")).await.0, StatusCode::OK, "still serving");
+    // Back again: the error clears.
+    std::fs::write(&path, pinecone_admin_proxy::fake::DEMO_CLIENT_SECRET).unwrap();
+    let cleared = async {
+        while !status().await["credentials"]["last_error"].is_null() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, cleared).await.expect("cleared on /status");
+}
+
+/// A keep-alive connection that completed a request and a silent one are both counted in
+/// `open_connections`, and counted out when they go.
+#[tokio::test]
+async fn open_connections_counts_what_is_open() {
+    let fake = fake(3600).await;
+    let proxy = proxy_for(&fake, &[]).await;
+    let streams = connections(proxy.listen.tcp(), 3, b"").await;
+    let gauge = || async {
+        let text =
+            String::from_utf8_lossy(&TestClient::default().get(&ops_url(&proxy, "/metrics")).await.2).into_owned();
+        text.lines().find_map(|l| l.strip_prefix("pinecone_proxy_open_connections ").map(str::to_owned)).unwrap()
+    };
+    while gauge().await != "3" {
+        tokio::task::yield_now().await;
+    }
+    drop(streams);
+    while gauge().await != "0" {
+        tokio::task::yield_now().await;
+    }
+}
