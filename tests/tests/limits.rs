@@ -187,7 +187,7 @@ async fn a_thousand_large_heads_stay_within_head_memory() {
 async fn a_thousand_idle_connections_are_closed_after_the_idle_timeout() {
     room_for_connections();
     let fake = fake(3600).await;
-    let proc = spawn_demo(&fake.token_url(), &fake.api_url(), &[("PINECONE_PROXY_LIMITS_IDLE_TIMEOUT", "10s")]).await;
+    let proc = spawn_demo(&fake.token_url(), &fake.api_url(), &[("PINECONE_PROXY_LIMITS_IDLE_TIMEOUT", "15s")]).await;
     let request = b"GET /admin/projects HTTP/1.1\r\nhost: x\r\n\r\n";
     let mut idle = connections(proc.listen, 1000, request).await;
     // Each had its answer, and is kept alive.
