@@ -125,8 +125,14 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let tokens = TokenSource::new(metrics.clone(), config.token.timeout);
     let fetcher = HttpFetcher::new(client, &config.token, config.upstream.api_version.clone());
     let refresher = Refresher::new(tokens.clone(), fetcher, credentials.clone(), &config.token);
-    let proxy =
-        Proxy::new(Upstream::new(&config.upstream)?, tokens.clone(), metrics.clone(), &config.upstream, &config.limits);
+    let proxy = Proxy::new(
+        Upstream::new(&config.upstream)?,
+        tokens.clone(),
+        metrics.clone(),
+        &config.upstream,
+        &config.limits,
+        config.policy.clone(),
+    );
     let quit = Trigger::default();
     let ops =
         Ops::new(tokens.clone(), metrics.clone(), credentials.clone(), config.upstream.url.to_string(), quit.clone());

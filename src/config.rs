@@ -55,6 +55,7 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     pub log: RawLog,
     pub limits: RawLimits,
+    pub policy: RawPolicy,
 }
 
 impl Default for RawConfig {
@@ -70,6 +71,7 @@ impl Default for RawConfig {
             shutdown: RawShutdown::default(),
             log: RawLog::default(),
             limits: RawLimits::default(),
+            policy: RawPolicy::default(),
         }
     }
 }
@@ -173,6 +175,19 @@ impl Default for RawLog {
     fn default() -> Self {
         Self { format: LogFormat::Text, level: "info".into() }
     }
+}
+
+/// What this application may do (PRODUCT.md, "Policy"). In force once any of its keys is
+/// set; without, everything is forwarded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Operation names (`operationId`s), `read_only`, `*`, `unknown`.
+    pub allow: Vec<String>,
+    /// The same names; wins over `allow`.
+    pub deny: Vec<String>,
+    /// Project ids: project-scoped operations only in these.
+    pub projects: Vec<String>,
 }
 
 /// What a client of `listen` may take (PRODUCT.md, "Limits on the request path").
@@ -430,6 +445,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
     pub limits: Limits,
+    /// `None` without a `[policy]`: everything is forwarded.
+    pub policy: Option<crate::policy::Policy>,
     /// Where each key that was set came from; keys not here have their default.
     pub origins: BTreeMap<String, Origin>,
     /// `PINECONE_PROXY_…` variables that matched no key: reported as warnings, not errors,
@@ -448,6 +465,8 @@ enum Kind {
     Float,
     Integer,
     Text,
+    /// A list of names: comma-separated in the environment or a flag.
+    List,
 }
 
 /// Every key, dotted (`token.timeout`), with its kind: the fields of [`RawConfig`].
@@ -460,6 +479,7 @@ fn keys() -> Vec<(String, Kind)> {
                 Json::Bool(_) => Kind::Bool,
                 Json::Number(n) if n.is_f64() => Kind::Float,
                 Json::Number(_) => Kind::Integer,
+                Json::Array(_) => Kind::List,
                 _ => Kind::Text,
             };
             (key, kind)
@@ -565,6 +585,9 @@ fn typed(text: &str, kind: Kind) -> Result<toml::Value, String> {
         ),
         Kind::Integer => toml::Value::Integer(t.parse().map_err(|_| format!("must be a whole number, got {text:?}"))?),
         Kind::Text => toml::Value::String(text.to_owned()),
+        Kind::List => toml::Value::Array(
+            t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.to_owned())).collect(),
+        ),
     })
 }
 
@@ -675,6 +698,13 @@ fn validate(raw: RawConfig, origins: &BTreeMap<String, Origin>, env: &Env) -> Re
     };
     let log = LogConfig { format: raw.log.format, level: log_filter(&raw.log.level).map_err(|p| err("log.level", p))? };
     let limits = limits(&raw.limits).map_err(|(key, p)| err(key, p))?;
+    let policy = match origins.keys().any(|k| k.starts_with("policy.")) {
+        false => None,
+        true => Some(
+            crate::policy::Policy::new(&raw.policy.allow, &raw.policy.deny, &raw.policy.projects)
+                .map_err(|(key, p)| err(key, p))?,
+        ),
+    };
     Ok(Config {
         listen,
         listen_mode,
@@ -686,6 +716,7 @@ fn validate(raw: RawConfig, origins: &BTreeMap<String, Origin>, env: &Env) -> Re
         shutdown: ShutdownConfig { delay: raw.shutdown.delay, grace: raw.shutdown.grace },
         log,
         limits,
+        policy,
         origins: origins.clone(),
         unknown_env: Vec::new(),
         raw,
@@ -1012,7 +1043,7 @@ mod tests {
     #[test]
     fn env_names_are_derived_from_the_keys() {
         let names: Vec<(String, Vec<String>)> = keys().into_iter().map(|(k, _)| (k.clone(), env_names(&k))).collect();
-        assert_eq!(names.len(), 35, "{names:?}");
+        assert_eq!(names.len(), 38, "{names:?}");
         let find = |key: &str| names.iter().find(|(k, _)| k == key).map(|(_, n)| n.clone()).unwrap();
         assert_eq!(find("listen"), ["PINECONE_PROXY_LISTEN"]);
         assert_eq!(find("token.max_requests_per_minute"), ["PINECONE_PROXY_TOKEN_MAX_REQUESTS_PER_MINUTE"]);
@@ -1095,6 +1126,10 @@ mod tests {
             (None, &[("PINECONE_CLIENT_ID_FILE", "/x")], "credentials.client_id_file"),
             (Some("[limits]\nmax_connections = 0"), &[], "limits.max_connections"),
             (Some("[upstream]\nmax_connections = 0"), &[], "upstream.max_connections"),
+            (Some("[policy]\nallow = [\"crate_api_key\"]"), &[], "policy.allow"),
+            (None, &[("PINECONE_PROXY_POLICY_DENY", "list_projects,delet_project")], "policy.deny"),
+            (Some("[policy]\nprojects = [\"\"]"), &[], "policy.projects"),
+            (Some("[policy]\nallow = \"list_projects\""), &[], "policy.allow"),
             (None, &[("PINECONE_PROXY_LIMITS_IDLE_TIMEOUT", "0s")], "limits.idle_timeout"),
             (None, &[("PINECONE_PROXY_LIMITS_FIRST_BYTE_TIMEOUT", "soon")], "limits.first_byte_timeout"),
             (Some("[limits]\nmax_head_bytes = \"4KiB\""), &[], "limits.max_head_bytes"),

@@ -13,6 +13,8 @@
 //! - [`client`]: the rustls HTTP client of the token requests, and the TLS trust both clients use.
 //! - [`upstream`]: the forwarding client: a pool of hyper HTTP/1.1 and HTTP/2 connections to the upstream.
 //! - [`proxy`]: forwarding: the request rewrite, header policy, streaming, proxy errors.
+//! - [`policy`]: the Admin API's route table (from its OpenAPI specifications) and the
+//!   `[policy]` that narrows what the proxy forwards.
 //! - [`replay`]: request bodies kept in memory for one replay after an upstream 401.
 //! - [`ops`]: health, readiness, startup, metrics, status and quit endpoints.
 //! - [`metrics`]: the one `Metrics` struct that owns the Prometheus registry.
@@ -34,6 +36,7 @@ pub(crate) mod limits;
 pub mod logging;
 pub mod metrics;
 pub(crate) mod ops;
+pub mod policy;
 pub(crate) mod proxy;
 pub(crate) mod replay;
 pub mod secret;

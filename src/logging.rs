@@ -17,6 +17,10 @@ use tracing_subscriber::EnvFilter;
 
 /// The target of the access lines, for filters such as `pinecone_admin_proxy::access=off`.
 pub const ACCESS_TARGET: &str = "pinecone_admin_proxy::access";
+/// The target of the audit lines (every request that changes something, PRODUCT.md
+/// "Policy"), at `info`: `log.level = "warn,pinecone_admin_proxy::audit=info"` keeps them
+/// alone.
+pub const AUDIT_TARGET: &str = "pinecone_admin_proxy::audit";
 
 /// `key=value` fields, values as `Debug` writes them, the message bare: what
 /// tracing-subscriber's default writes without colours, without its default's cost of

@@ -46,6 +46,16 @@ enum Command {
     },
     /// Load and validate the configuration, and print the effective values (secrets redacted)
     CheckConfig(Flags),
+    /// Say what the configured [policy] decides for a request: its operation, the decision,
+    /// the rule (exit 0 allowed, 1 refused, 64 bad configuration)
+    PolicyCheck {
+        #[command(flatten)]
+        flags: Flags,
+        /// The request's method, e.g. DELETE
+        method: String,
+        /// The request's path, e.g. /admin/projects/3fa85f64-5717-4562-b3fc-2c963f66afa6
+        path: String,
+    },
     /// Wait until a running proxy reports ready (exit 0), or time out (exit 1)
     Wait {
         /// The proxy's ops listener [default: PINECONE_PROXY_OPS_LISTEN or 127.0.0.1:9484]
@@ -93,6 +103,7 @@ fn main() -> ExitCode {
             Some(Command::Demo(flags)) => demo(&flags, &env).await,
             Some(Command::FakePinecone { listen, expires_in }) => fake_pinecone(listen, expires_in).await,
             Some(Command::CheckConfig(flags)) => check_config(&flags, &env),
+            Some(Command::PolicyCheck { flags, method, path }) => policy_check(&flags, &env, &method, &path),
             Some(Command::Wait { ops, timeout }) => wait_command(ops, timeout, &env).await,
         }
     })
@@ -193,10 +204,52 @@ fn check_config(flags: &Flags, env: &Env) -> ExitCode {
         credentials.describe(),
         credentials.current().client_id.fingerprint()
     );
+    match &config.policy {
+        Some(policy) => policy.describe().iter().for_each(|line| println!("{line}")),
+        None => println!("policy: none ([policy] not set): every request is forwarded"),
+    }
     for name in &config.unknown_env {
         println!("warning: {name} starts with PINECONE_PROXY_ but sets no configuration key; ignored");
     }
     ExitCode::SUCCESS
+}
+
+fn policy_check(flags: &Flags, env: &Env, method: &str, path: &str) -> ExitCode {
+    // The policy is judged without credentials, so that a CI job can check a manifest's
+    // policy without its secret: stand-ins when none are set (they are never used).
+    let mut loaded = config::load(flags, env);
+    if loaded.as_ref().is_err_and(|e| e.key.starts_with("credentials.")) {
+        let mut stand_in = env.clone();
+        stand_in.set("PINECONE_CLIENT_ID", "policy-check").set("PINECONE_CLIENT_SECRET", "policy-check");
+        let retried = config::load(flags, &stand_in);
+        if retried.as_ref().is_ok() || retried.as_ref().is_err_and(|e| !e.key.starts_with("credentials.")) {
+            loaded = retried;
+        }
+    }
+    let config = match loaded {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("pinecone-admin-proxy: configuration error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+        eprintln!("pinecone-admin-proxy: policy-check: {method:?} is not an HTTP method");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    // A full URL or a path with a query: the path is what the policy judges.
+    let path = match path.parse::<http::Uri>() {
+        Ok(uri) if path.starts_with('/') || uri.scheme().is_some() => uri.path().to_owned(),
+        _ => {
+            eprintln!("pinecone-admin-proxy: policy-check: {path:?} is not a request path (it starts with /)");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let check = pinecone_admin_proxy::policy::explain(config.policy.as_ref(), &method, &path);
+    for line in &check.lines {
+        println!("{line}");
+    }
+    if check.allowed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 async fn demo(flags: &Flags, env: &Env) -> ExitCode {
@@ -207,14 +260,17 @@ async fn demo(flags: &Flags, env: &Env) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The demo honours where to listen and how to log, and nothing else of the caller's
-    // configuration: its credentials and endpoints are the fake's.
+    // The demo honours where to listen, how to log and a policy from the environment, and
+    // nothing else of the caller's configuration: its credentials and endpoints are the fake's.
     let mut demo_env = Env::default();
     for name in [
         "PINECONE_PROXY_LISTEN",
         "PINECONE_PROXY_OPS_LISTEN",
         "PINECONE_PROXY_LOG_FORMAT",
         "PINECONE_PROXY_LOG_LEVEL",
+        "PINECONE_PROXY_POLICY_ALLOW",
+        "PINECONE_PROXY_POLICY_DENY",
+        "PINECONE_PROXY_POLICY_PROJECTS",
         "RUST_LOG",
     ] {
         if let Some(v) = env.get(name) {

@@ -61,8 +61,8 @@ impl Metrics {
                 .expect("valid histogram")
         };
         let requests = IntCounterVec::new(
-            opts("requests_total", "Requests answered, by method and status code."),
-            &["method", "code"],
+            opts("requests_total", "Requests answered, by method, status code and Admin API operation."),
+            &["method", "code", "operation"],
         )
         .expect("valid metric");
         let upstream_errors = IntCounterVec::new(
@@ -183,10 +183,11 @@ impl Metrics {
     }
 
     /// Counts one answered request. The method label is a closed set (unknown methods are
-    /// `OTHER`), and the code is a status code, so the series stay few.
-    pub fn request(&self, method: &Method, status: StatusCode) {
+    /// `OTHER`), the code is a status code, and the operation one of the route table's
+    /// (or `unknown`), so the series stay few.
+    pub fn request(&self, method: &Method, status: StatusCode, operation: &'static str) {
         let method = METHODS.iter().find(|m| **m == method.as_str()).copied().unwrap_or("OTHER");
-        self.requests.with_label_values(&[method, status.as_str()]).inc();
+        self.requests.with_label_values(&[method, status.as_str(), operation]).inc();
     }
 
     /// Counts a limit that bit; `limit` is one of [`crate::limits`]'s closed set of labels.
@@ -215,16 +216,16 @@ mod tests {
     #[test]
     fn every_contract_metric_is_exposed() {
         let m = Metrics::new();
-        m.request(&Method::GET, StatusCode::OK);
-        m.request(&Method::from_bytes(b"BREW").unwrap(), StatusCode::METHOD_NOT_ALLOWED);
-        m.request(&Method::GET, StatusCode::from_u16(999).unwrap());
-        m.request(&Method::GET, StatusCode::OK);
+        m.request(&Method::GET, StatusCode::OK, "list_projects");
+        m.request(&Method::from_bytes(b"BREW").unwrap(), StatusCode::METHOD_NOT_ALLOWED, "unknown");
+        m.request(&Method::GET, StatusCode::from_u16(999).unwrap(), "list_projects");
+        m.request(&Method::GET, StatusCode::OK, "list_projects");
         m.replay(ReplayResult::Success);
         let text = String::from_utf8(m.render()).unwrap();
         for name in [
-            "pinecone_proxy_requests_total{code=\"200\",method=\"GET\"} 2",
-            "pinecone_proxy_requests_total{code=\"999\",method=\"GET\"} 1",
-            "pinecone_proxy_requests_total{code=\"405\",method=\"OTHER\"} 1",
+            "pinecone_proxy_requests_total{code=\"200\",method=\"GET\",operation=\"list_projects\"} 2",
+            "pinecone_proxy_requests_total{code=\"999\",method=\"GET\",operation=\"list_projects\"} 1",
+            "pinecone_proxy_requests_total{code=\"405\",method=\"OTHER\",operation=\"unknown\"} 1",
             "pinecone_proxy_request_duration_seconds_bucket",
             "pinecone_proxy_upstream_errors_total{reason=\"upstream_unreachable\"} 0",
             "pinecone_proxy_token_requests_total{result=\"success\"} 0",

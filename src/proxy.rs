@@ -11,6 +11,7 @@ use crate::body::{Body, BoxError, full};
 use crate::config::Limits;
 use crate::config::UpstreamConfig;
 use crate::metrics::{Metrics, ReplayResult};
+use crate::policy::{Decision, Policy, Resolved};
 use crate::replay::{Buffered, NotKept, ReplayBudget, RequestBody};
 use crate::token::{TokenSource, TokenUnavailable};
 use crate::upstream::{SendError, Upstream, is_loopback_host};
@@ -19,6 +20,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -49,6 +51,8 @@ pub(crate) enum ProxyError {
     BadRequest { status: StatusCode, message: String },
     #[error("the request body stalled: no data for {} (limits.body_read_timeout)", humantime::format_duration(*.0))]
     BodyTimeout(Duration),
+    #[error("refused by policy: {0}")]
+    Forbidden(String),
 }
 
 impl ProxyError {
@@ -61,6 +65,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::BadRequest { .. } => "bad_request",
             ProxyError::BodyTimeout(_) => "body_timeout",
+            ProxyError::Forbidden(_) => "forbidden_by_policy",
         }
     }
 
@@ -71,6 +76,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest { status, .. } => *status,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -82,6 +88,7 @@ impl ProxyError {
             | ProxyError::UpstreamUnreachable(_) => "UNAVAILABLE",
             ProxyError::UpstreamTimeout(_) | ProxyError::BodyTimeout(_) => "DEADLINE_EXCEEDED",
             ProxyError::BadRequest { .. } => "INVALID_ARGUMENT",
+            ProxyError::Forbidden(_) => "PERMISSION_DENIED",
         }
     }
 
@@ -222,14 +229,29 @@ struct Inner {
     replay_limit: u64,
     replay_budget: Arc<ReplayBudget>,
     body_read_timeout: Duration,
+    /// `None`: everything is forwarded.
+    policy: Option<Policy>,
+    /// API key id → its project, as `fetch_api_key` said (a key never changes project).
+    key_projects: parking_lot::Mutex<HashMap<String, String>>,
 }
 
-/// What the access log line says of a forwarded request.
+/// How many API keys' projects are remembered; past it, the map starts over (a client
+/// naming random key ids cannot grow it).
+const KEY_PROJECTS_REMEMBERED: usize = 4096;
+/// The most of a `fetch_api_key` response that is read.
+const KEY_LOOKUP_BODY_LIMIT: usize = 64 * 1024;
+static X_PINECONE_REQUEST_ID: HeaderName = HeaderName::from_static("x-pinecone-request-id");
+
+/// What the access log line (and the audit line) says of a forwarded request.
 #[derive(Debug, Default)]
-struct Outcome {
+struct Outcome<'p> {
+    /// The policy's reason to forward it (`None`: no policy, or not decided).
+    allowed: Option<crate::policy::Allowed<'p>>,
     upstream_status: Option<u16>,
     token: Option<Arc<crate::token::Token>>,
     error: Option<&'static str>,
+    /// Why the policy refused it.
+    refusal: Option<String>,
     replayed: bool,
 }
 
@@ -249,6 +271,7 @@ impl Proxy {
         metrics: Arc<Metrics>,
         cfg: &UpstreamConfig,
         limits: &Limits,
+        policy: Option<Policy>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -263,6 +286,8 @@ impl Proxy {
                 replay_limit: cfg.replay_limit,
                 replay_budget: ReplayBudget::new(limits.replay_memory),
                 body_read_timeout: limits.body_read_timeout,
+                policy,
+                key_projects: parking_lot::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -282,8 +307,9 @@ impl Proxy {
         // A clone of the URI shares its bytes with the request: no copy of the path.
         let uri = request.uri().clone();
         let path = uri.path();
+        let resolved = crate::policy::resolve(&method, path);
         let mut outcome = Outcome::default();
-        let response = match self.forward(request, &mut outcome).await {
+        let response = match self.forward(request, &resolved, &mut outcome).await {
             Ok(response) => response,
             Err(error) => {
                 outcome.error = Some(error.reason());
@@ -296,19 +322,32 @@ impl Proxy {
                     inner.metrics.limit_hit(crate::limits::Limit::BodyReadTimeout.label());
                 }
                 // The client's own doing is on its access line, not a warning.
-                if !matches!(error, ProxyError::BadRequest { .. } | ProxyError::BodyTimeout(_)) {
+                if !matches!(
+                    error,
+                    ProxyError::BadRequest { .. } | ProxyError::BodyTimeout(_) | ProxyError::Forbidden(_)
+                ) {
                     tracing::warn!(method = %method, path = %path, reason = error.reason(), error = %error, "request failed");
                 }
-                error_response(&error)
+                let response = error_response(&error);
+                outcome.refusal = match error {
+                    ProxyError::Forbidden(why) => Some(why),
+                    _ => None,
+                };
+                response
             }
         };
         let elapsed = start.elapsed();
-        inner.metrics.request(&method, response.status());
+        let operation = resolved.operation();
+        inner.metrics.request(&method, response.status(), operation);
         inner.metrics.request_duration.observe(elapsed.as_secs_f64());
+        if !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            self.audit(&method, &resolved, &outcome, &response, elapsed);
+        }
         tracing::info!(
             target: crate::logging::ACCESS_TARGET,
             method = %method,
             path = %path,
+            operation,
             status = response.status().as_u16(),
             upstream_status = outcome.upstream_status,
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
@@ -320,7 +359,12 @@ impl Proxy {
         Ok(response)
     }
 
-    async fn forward<B>(&self, request: Request<B>, outcome: &mut Outcome) -> Result<Response<Body>, ProxyError>
+    async fn forward<'p, B>(
+        &'p self,
+        request: Request<B>,
+        resolved: &Resolved<'_>,
+        outcome: &mut Outcome<'p>,
+    ) -> Result<Response<Body>, ProxyError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -330,6 +374,18 @@ impl Proxy {
         self.check_target(&parts.method, &parts.uri, parts.version)?;
         if parts.method == Method::POST && parts.uri.path() == "/oauth/token" {
             return Ok(Box::pin(token_shim(body)).await);
+        }
+        if let Some(policy) = &inner.policy {
+            // Before any token or body: a refused request costs nothing upstream.
+            let decision = match policy.decide(resolved) {
+                Decision::KeyProject(allowed) => Box::pin(self.decide_key(policy, resolved, allowed)).await,
+                decision => decision,
+            };
+            match decision {
+                Decision::Allowed(allowed) => outcome.allowed = Some(allowed),
+                Decision::Refused(why) => return Err(ProxyError::Forbidden(why)),
+                Decision::KeyProject(_) => unreachable!("decide_key decides"),
+            }
         }
 
         let token = inner.tokens.get().await?;
@@ -386,7 +442,7 @@ impl Proxy {
         response: Response<Body>,
         rejected: u64,
         replay: Result<(Method, Uri, HeaderMap, Buffered), NotKept>,
-        outcome: &mut Outcome,
+        outcome: &mut Outcome<'_>,
     ) -> Result<Response<Body>, ProxyError> {
         let inner = &self.inner;
         inner.metrics.upstream_unauthorized.inc();
@@ -433,6 +489,124 @@ impl Proxy {
             SendError::Timeout => ProxyError::UpstreamTimeout(inner.timeout),
             SendError::Unreachable(e) => ProxyError::UpstreamUnreachable(e),
         })
+    }
+
+    /// Finishes the decision on an operation on an API key by id: its project, from the
+    /// map or from `fetch_api_key` (through the proxy's own token).
+    async fn decide_key<'p>(
+        &self,
+        policy: &'p Policy,
+        resolved: &Resolved<'_>,
+        allowed: crate::policy::Allowed<'p>,
+    ) -> Decision<'p> {
+        let key = resolved.param("api_key_id").unwrap_or_default();
+        let known = self.inner.key_projects.lock().get(key).cloned();
+        let project = match known {
+            Some(project) => Ok(project),
+            None => self.look_up_key_project(key).await,
+        };
+        match &project {
+            Ok(project) => policy.decide_key(resolved, allowed, Ok(project)),
+            Err(why) => {
+                tracing::debug!(api_key_id = key, error = %why, "policy: the API key's project could not be looked up");
+                policy.decide_key(resolved, allowed, Err(why))
+            }
+        }
+    }
+
+    /// `GET /admin/api-keys/{key}` upstream: the key's `project_id`, remembered; or why
+    /// not (a failure is not remembered: the next request asks again).
+    async fn look_up_key_project(&self, key: &str) -> Result<String, String> {
+        let inner = &self.inner;
+        let token = inner.tokens.get().await.map_err(|e| ProxyError::from(e).to_string())?;
+        let uri = Uri::try_from(format!("{}/admin/api-keys/{key}", inner.base_path))
+            .map_err(|_| "the key id does not make a valid path".to_owned())?;
+        let mut request = Request::new(crate::body::empty());
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        rewrite_request_headers(headers, token.authorization(), &inner.api_version, true);
+        let response = self.send(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let request_id =
+            response.headers().get(&X_PINECONE_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        // Typed as a boxed future: the higher-ranked `Send` check of the service's future
+        // cannot see through `Limited`'s error conversion otherwise.
+        let read: Pin<Box<dyn Future<Output = Result<http_body_util::Collected<Bytes>, BoxError>> + Send>> =
+            Box::pin(http_body_util::Limited::new(response.into_body(), KEY_LOOKUP_BODY_LIMIT).collect());
+        let body = match tokio::time::timeout(inner.timeout, read).await {
+            Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(e)) => return Err(format!("fetch_api_key's response could not be read: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "fetch_api_key's response body took over {}",
+                    humantime::format_duration(inner.timeout)
+                ));
+            }
+        };
+        let request_id = request_id.map(|id| format!(", request id {id}")).unwrap_or_default();
+        match status {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Err(format!("fetch_api_key: no such API key (404{request_id})")),
+            StatusCode::UNAUTHORIZED => {
+                inner.metrics.upstream_unauthorized.inc();
+                inner.tokens.invalidate(token.generation);
+                return Err(format!("fetch_api_key: the Pinecone API rejected the proxy's token (401{request_id})"));
+            }
+            status => return Err(format!("fetch_api_key answered {status}{request_id}")),
+        }
+        #[derive(serde::Deserialize)]
+        struct ApiKey {
+            project_id: String,
+        }
+        let project = match serde_json::from_slice::<ApiKey>(&body) {
+            Ok(key) if !key.project_id.is_empty() => key.project_id,
+            _ => return Err(format!("fetch_api_key's response has no project_id{request_id}")),
+        };
+        let mut known = inner.key_projects.lock();
+        if known.len() >= KEY_PROJECTS_REMEMBERED {
+            known.clear();
+        }
+        known.insert(key.to_owned(), project.clone());
+        Ok(project)
+    }
+
+    /// The audit line of a request that changes something (any method but GET, HEAD and
+    /// OPTIONS), allowed or refused: what, on which ids, the decision, what the upstream
+    /// said. Never a body, a header value of the client's, a secret or a token.
+    fn audit(
+        &self,
+        method: &Method,
+        resolved: &Resolved<'_>,
+        outcome: &Outcome<'_>,
+        response: &Response<Body>,
+        elapsed: Duration,
+    ) {
+        let (decision, rule) = match (&outcome.refusal, &outcome.allowed) {
+            (Some(why), _) => ("refused", why.clone()),
+            (None, Some(allowed)) => ("allowed", allowed.to_string()),
+            (None, None) if self.inner.policy.is_none() => ("allowed", "no policy".to_owned()),
+            // Answered by the proxy before the policy was asked (a bad request).
+            (None, None) => ("not_decided", String::new()),
+        };
+        // A header of the upstream's; visible ASCII only (to_str), and short.
+        let request_id =
+            response.headers().get(&X_PINECONE_REQUEST_ID).and_then(|v| v.to_str().ok()).filter(|id| id.len() <= 128);
+        tracing::info!(
+            target: crate::logging::AUDIT_TARGET,
+            method = %method,
+            operation = resolved.operation(),
+            params = resolved.params_text().as_str(),
+            decision,
+            rule = rule.as_str(),
+            status = response.status().as_u16(),
+            upstream_status = outcome.upstream_status,
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
+            request_id,
+            token = outcome.token.as_ref().map(|t| t.fingerprint.as_str()),
+            error = outcome.error,
+            "audit",
+        );
     }
 
     /// Not an open proxy: no `CONNECT`, and an absolute-form target (HTTP/1) must name

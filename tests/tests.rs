@@ -22,6 +22,8 @@ mod lifecycle;
 mod limits;
 #[path = "tests/ops.rs"]
 mod ops;
+#[path = "tests/policy.rs"]
+mod policy;
 #[path = "tests/pool.rs"]
 mod pool;
 #[path = "tests/replay.rs"]

@@ -38,7 +38,7 @@ fn command_under(prefix: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Comma
     c
 }
 
-async fn output(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+pub(crate) async fn output(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let out = command(args, envs).output().await.unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -95,7 +95,7 @@ async fn usage_errors_exit_64_and_help_exits_0() {
     assert_eq!(output(&["no-such-command"], &CREDS).await.0, 64);
     let (code, stdout, _) = output(&["--help"], &[]).await;
     assert_eq!(code, 0);
-    for command in ["run", "demo", "fake-pinecone", "check-config", "wait"] {
+    for command in ["run", "demo", "fake-pinecone", "check-config", "policy-check", "wait"] {
         assert!(stdout.contains(command), "--help lists {command}");
     }
     let (code, stdout, _) = output(&["--version"], &[]).await;

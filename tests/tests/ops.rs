@@ -76,9 +76,9 @@ async fn metrics_count_what_happened() {
     assert!(headers["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = String::from_utf8(body.to_vec()).unwrap();
     for line in [
-        "pinecone_proxy_requests_total{code=\"200\",method=\"GET\"} 3",
-        "pinecone_proxy_requests_total{code=\"404\",method=\"GET\"} 1",
-        "pinecone_proxy_requests_total{code=\"200\",method=\"POST\"} 1",
+        "pinecone_proxy_requests_total{code=\"200\",method=\"GET\",operation=\"list_projects\"} 3",
+        "pinecone_proxy_requests_total{code=\"404\",method=\"GET\",operation=\"fetch_project\"} 1",
+        "pinecone_proxy_requests_total{code=\"200\",method=\"POST\",operation=\"create_project\"} 1",
         "pinecone_proxy_request_duration_seconds_count 5",
         "pinecone_proxy_token_requests_total{result=\"success\"} 1",
         "pinecone_proxy_token_request_duration_seconds_count 1",

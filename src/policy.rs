@@ -1,0 +1,666 @@
+//! What this application may do: the Admin API's operations by name, from the route table
+//! that `build.rs` makes of the OpenAPI specifications, and the `[policy]` that narrows an
+//! organization-wide service account to some of them, in some projects (PRODUCT.md,
+//! "Policy").
+//!
+//! [`resolve`] names a request's operation (or `unknown`) and its path parameters; it is a
+//! scan of a static table of about thirty routes, on a path split once. [`Policy::decide`]
+//! is a pure function of the policy and that; the one decision that needs the network (an
+//! API key's project, looked up by id) is handed back to [`crate::proxy`] as
+//! [`Decision::KeyProject`], and finished by [`Policy::decide_key`].
+
+use http::Method;
+
+/// One segment of a route's path template.
+#[derive(Debug)]
+pub(crate) enum Segment {
+    Literal(&'static str),
+    Param(&'static str),
+}
+
+/// A documented route: method and path template, and its operation.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) method: Method,
+    pub(crate) template: &'static str,
+    pub(crate) segments: &'static [Segment],
+    /// The `operationId` of the newest specification that has the route.
+    pub(crate) operation: &'static str,
+    /// What older specifications called it.
+    pub(crate) aliases: &'static [&'static str],
+}
+
+include!(concat!(env!("OUT_DIR"), "/routes.rs"));
+
+/// The operation of a request that matches no documented route.
+pub(crate) const UNKNOWN: &str = "unknown";
+/// The policy's shorthands: every GET, every documented operation, undocumented routes.
+const READ_ONLY: &str = "read_only";
+const EVERYTHING: &str = "*";
+
+/// The longest template has four segments; a path of more is undocumented.
+const MAX_SEGMENTS: usize = 8;
+const MAX_PARAMS: usize = 2;
+const _: () = assert!(ROUTES.len() <= 64, "an operation set is a u64");
+
+/// The methods of the route table; a case variant of one (`delete`) is ambiguous, since
+/// a server may treat it as the method.
+const METHODS: [Method; 7] =
+    [Method::GET, Method::PUT, Method::POST, Method::DELETE, Method::OPTIONS, Method::HEAD, Method::PATCH];
+
+/// Where a request stands in the route table: its route (if documented) and path parameters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resolved<'a> {
+    route: Option<(usize, &'static Route)>,
+    params: [Option<(&'static str, &'a str)>; MAX_PARAMS],
+    /// Why the path or method could mean another route to a server that normalises it
+    /// (`..`, `%2F`, an empty segment): a policy refuses such a request, even with
+    /// `unknown` allowed, since its route cannot be told.
+    ambiguous: Option<&'static str>,
+}
+
+impl<'a> Resolved<'a> {
+    /// The operation's name: the `operationId`, or `unknown`.
+    pub(crate) fn operation(&self) -> &'static str {
+        self.route.map_or(UNKNOWN, |(_, r)| r.operation)
+    }
+
+    /// The documented route, if any.
+    pub(crate) fn route(&self) -> Option<&'static Route> {
+        self.route.map(|(_, r)| r)
+    }
+
+    /// The path parameters, in the order of the template.
+    pub(crate) fn params(&self) -> impl Iterator<Item = (&'static str, &'a str)> + '_ {
+        self.params.iter().flatten().copied()
+    }
+
+    pub(crate) fn param(&self, name: &str) -> Option<&'a str> {
+        self.params().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// `project_id=…,api_key_id=…` (for the audit line; the values are plain segments).
+    pub(crate) fn params_text(&self) -> String {
+        let mut text = String::new();
+        for (name, value) in self.params() {
+            if !text.is_empty() {
+                text.push(',');
+            }
+            text.push_str(name);
+            text.push('=');
+            text.push_str(value);
+        }
+        text
+    }
+}
+
+/// Whether a path segment is plain: what Admin API ids and literals are made of. Anything
+/// else (a percent-encoding, `;` parameters, `\`, a dot segment) may be decoded or
+/// normalised by a server into another route than the one judged.
+fn plain(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment != "."
+        && segment != ".."
+        && segment.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':' | b'@'))
+}
+
+/// The route of `method` and `path` (a request's path, without its query).
+pub(crate) fn resolve<'a>(method: &Method, path: &'a str) -> Resolved<'a> {
+    let unknown = |ambiguous| Resolved { route: None, params: [None; MAX_PARAMS], ambiguous };
+    if !METHODS.contains(method) {
+        let variant = METHODS.iter().any(|m| m.as_str().eq_ignore_ascii_case(method.as_str()));
+        return unknown(variant.then_some("the method is a case variant of a standard one"));
+    }
+    let Some(rest) = path.strip_prefix('/') else { return unknown(Some("the path does not start with /")) };
+    let mut segments = [""; MAX_SEGMENTS];
+    let mut n = 0;
+    for segment in rest.split('/') {
+        if !plain(segment) {
+            let why = match segment {
+                "" => "the path has an empty segment (// or a trailing /)",
+                "." | ".." => "the path has a dot segment",
+                _ => "a path segment has a character other than letters, digits and -._~:@ (a percent-encoding?)",
+            };
+            // `/` alone is the root: undocumented, but not ambiguous.
+            return unknown((path != "/").then_some(why));
+        }
+        if n == MAX_SEGMENTS {
+            return unknown(None);
+        }
+        segments[n] = segment;
+        n += 1;
+    }
+    let segments = &segments[..n];
+    'routes: for (index, route) in ROUTES.iter().enumerate() {
+        if route.method != *method || route.segments.len() != n {
+            continue;
+        }
+        let mut params = [None; MAX_PARAMS];
+        let mut k = 0;
+        for (template, segment) in route.segments.iter().zip(segments) {
+            match template {
+                Segment::Literal(literal) if literal == segment => {}
+                Segment::Param(name) if k < MAX_PARAMS => {
+                    params[k] = Some((*name, *segment));
+                    k += 1;
+                }
+                _ => continue 'routes,
+            }
+        }
+        return Resolved { route: Some((index, route)), params, ambiguous: None };
+    }
+    unknown(None)
+}
+
+/// Every operation name the policy accepts: the routes' names and their aliases.
+pub(crate) fn operation_names() -> impl Iterator<Item = &'static str> {
+    ROUTES.iter().flat_map(|r| std::iter::once(r.operation).chain(r.aliases.iter().copied()))
+}
+
+/// Whether an operation is limited by `policy.projects`: its path names a project, or an
+/// API key (whose project is looked up).
+fn project_scoped(route: &Route) -> bool {
+    route.segments.iter().any(|s| matches!(s, Segment::Param("project_id" | "api_key_id")))
+}
+
+/// The operations a policy entry names, as a set of route indices, and whether it names
+/// the undocumented routes.
+fn entry_set(entry: &str) -> Option<(u64, bool)> {
+    let set = |keep: &dyn Fn(&Route) -> bool| {
+        ROUTES.iter().enumerate().filter(|(_, r)| keep(r)).fold(0u64, |set, (i, _)| set | (1 << i))
+    };
+    match entry {
+        EVERYTHING => Some((set(&|_| true), false)),
+        READ_ONLY => Some((set(&|r| r.method == Method::GET), false)),
+        UNKNOWN => Some((0, true)),
+        name => {
+            let named = set(&|r| r.operation == name || r.aliases.contains(&name));
+            (named != 0).then_some((named, false))
+        }
+    }
+}
+
+/// The known name closest to an unknown one, for the error message.
+fn closest(name: &str) -> &'static str {
+    operation_names()
+        .chain([READ_ONLY, EVERYTHING, UNKNOWN])
+        .min_by_key(|known| strsim::levenshtein(name, known))
+        .expect("there are operations")
+}
+
+/// Why a policy entry is not valid.
+pub(crate) fn check_entry(entry: &str) -> Result<(), String> {
+    match entry_set(entry) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{entry:?} is not an Admin API operation; did you mean {:?}? (names are the operationIds of the \
+             Admin API's OpenAPI specifications, or \"read_only\", \"*\", \"unknown\")",
+            closest(entry)
+        )),
+    }
+}
+
+/// One list of a policy, with the entry that put each route in.
+#[derive(Debug, Clone, Default)]
+struct Entries {
+    entries: Vec<(String, u64, bool)>,
+}
+
+impl Entries {
+    fn new(names: &[String]) -> Result<Self, String> {
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
+            check_entry(name)?;
+            let (set, unknown) = entry_set(name).expect("checked");
+            entries.push((name.clone(), set, unknown));
+        }
+        Ok(Self { entries })
+    }
+
+    /// The entry that holds this route (`None`: an undocumented route).
+    fn find(&self, route: Option<usize>) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(_, set, unknown)| match route {
+                Some(i) => set & (1 << i) != 0,
+                None => *unknown,
+            })
+            .map(|(name, _, _)| name.as_str())
+    }
+}
+
+/// The validated `[policy]`.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    allow: Entries,
+    deny: Entries,
+    /// `None`: every project.
+    projects: Option<Vec<String>>,
+}
+
+/// Why an allowed request was allowed: the entry of `policy.allow`, and what `projects`
+/// said. Borrowed from the policy, so that deciding allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Allowed<'p> {
+    entry: &'p str,
+    scope: Scope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// No `projects`, or an operation that is not project-scoped.
+    Any,
+    /// The path's `project_id` is in `projects`.
+    Project,
+    /// The API key's project (looked up) is in `projects`.
+    KeyProject,
+}
+
+impl std::fmt::Display for Allowed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "allowed by policy.allow ({:?})", self.entry)?;
+        match self.scope {
+            Scope::Any => Ok(()),
+            Scope::Project => f.write_str(", its project in policy.projects"),
+            Scope::KeyProject => f.write_str(", the API key's project in policy.projects"),
+        }
+    }
+}
+
+/// What the policy says of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision<'p> {
+    /// Forward it.
+    Allowed(Allowed<'p>),
+    /// Refuse it; the rule, for the error message (it names the operation).
+    Refused(String),
+    /// An operation on an API key by id (`api_key_id`), with `policy.projects` set: allowed
+    /// if the key's project is one of them; [`Policy::decide_key`] finishes it.
+    KeyProject(Allowed<'p>),
+}
+
+impl Policy {
+    /// `Err((key, problem))` names the list with the bad entry.
+    pub fn new(allow: &[String], deny: &[String], projects: &[String]) -> Result<Self, (&'static str, String)> {
+        let allow = Entries::new(allow).map_err(|p| ("policy.allow", p))?;
+        let deny = Entries::new(deny).map_err(|p| ("policy.deny", p))?;
+        if let Some(bad) = projects.iter().find(|p| !plain(p)) {
+            return Err((
+                "policy.projects",
+                format!("{bad:?} is not a project id (letters, digits and -._~:@, as in a path)"),
+            ));
+        }
+        let projects = (!projects.is_empty()).then(|| projects.to_vec());
+        Ok(Self { allow, deny, projects })
+    }
+
+    /// The decision for a request, as far as it can be made without the network.
+    pub(crate) fn decide(&self, resolved: &Resolved<'_>) -> Decision<'_> {
+        let op = resolved.operation();
+        if let Some(why) = resolved.ambiguous {
+            return Decision::Refused(format!(
+                "the request cannot be matched to an Admin API operation: {why}; a policy forwards only \
+                 requests whose route it can tell"
+            ));
+        }
+        let index = resolved.route.map(|(i, _)| i);
+        if let Some(entry) = self.deny.find(index) {
+            return Decision::Refused(format!("{op} is denied by policy.deny ({entry:?})"));
+        }
+        let Some(entry) = self.allow.find(index) else {
+            return Decision::Refused(match resolved.route {
+                Some(_) => format!("{op} is not in policy.allow"),
+                None => "the route is not an Admin API operation (unknown), and policy.allow has no \"unknown\"".into(),
+            });
+        };
+        let allowed = |scope| Allowed { entry, scope };
+        let (Some(projects), Some(route)) = (&self.projects, resolved.route()) else {
+            return Decision::Allowed(allowed(Scope::Any));
+        };
+        if !project_scoped(route) {
+            return Decision::Allowed(allowed(Scope::Any));
+        }
+        if let Some(project) = resolved.param("project_id") {
+            return match projects.iter().any(|p| p == project) {
+                true => Decision::Allowed(allowed(Scope::Project)),
+                false => Decision::Refused(format!("{op} in project {project}, which is not in policy.projects")),
+            };
+        }
+        Decision::KeyProject(allowed(Scope::KeyProject))
+    }
+
+    /// Finishes a [`Decision::KeyProject`]: `project` is the key's project, or why it could
+    /// not be had (which refuses: a failed lookup never allows).
+    pub(crate) fn decide_key<'p>(
+        &self,
+        resolved: &Resolved<'_>,
+        allowed: Allowed<'p>,
+        project: Result<&str, &str>,
+    ) -> Decision<'p> {
+        let op = resolved.operation();
+        let key = resolved.param("api_key_id").unwrap_or_default();
+        let projects = self.projects.as_deref().unwrap_or_default();
+        match project {
+            Ok(project) if projects.iter().any(|p| p == project) => Decision::Allowed(allowed),
+            Ok(project) => Decision::Refused(format!(
+                "{op} on API key {key}, of project {project}, which is not in policy.projects"
+            )),
+            Err(why) => Decision::Refused(format!(
+                "{op} on API key {key}: the key's project could not be looked up ({why}); policy.projects \
+                 allows it only for keys of its projects"
+            )),
+        }
+    }
+
+    /// The projects an API key must belong to, for `policy-check`'s explanation.
+    pub fn projects(&self) -> &[String] {
+        self.projects.as_deref().unwrap_or_default()
+    }
+
+    /// Lines for `check-config`: what the policy allows, which operations `policy.projects`
+    /// narrows, and which it cannot (organization-level objects).
+    pub fn describe(&self) -> Vec<String> {
+        let allowed: Vec<&Route> = ROUTES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.allow.find(Some(*i)).is_some() && self.deny.find(Some(*i)).is_none())
+            .map(|(_, r)| r)
+            .collect();
+        let names = |scoped: bool| {
+            let mut v: Vec<&str> =
+                allowed.iter().filter(|r| project_scoped(r) == scoped).map(|r| r.operation).collect();
+            v.sort_unstable();
+            v.dedup();
+            if v.is_empty() { "none".to_owned() } else { v.join(", ") }
+        };
+        let mut lines = vec![format!("policy: {} of {} operations allowed", allowed.len(), ROUTES.len())];
+        match &self.projects {
+            Some(projects) => {
+                lines.push(format!("policy: only in projects {}: {}", projects.join(", "), names(true)));
+                lines.push(format!(
+                    "policy: not project-scoped (organization-level objects; policy.projects cannot narrow them, \
+                     allow/deny alone decide): {}",
+                    names(false)
+                ));
+            }
+            None => {
+                let mut all: Vec<&str> = allowed.iter().map(|r| r.operation).collect();
+                all.sort_unstable();
+                lines.push(format!(
+                    "policy: in every project: {}",
+                    if all.is_empty() { "none".into() } else { all.join(", ") }
+                ));
+            }
+        }
+        let unknown = self.allow.find(None).is_some() && self.deny.find(None).is_none();
+        lines.push(format!("policy: undocumented routes (unknown): {}", if unknown { "forwarded" } else { "refused" }));
+        lines
+    }
+}
+
+/// What `policy-check` prints, and whether the request would be forwarded.
+#[derive(Debug)]
+pub struct Explained {
+    pub lines: Vec<String>,
+    pub allowed: bool,
+}
+
+/// `policy-check METHOD PATH`: the operation, its path parameters, the decision and the
+/// rule that made it. An operation on an API key by id, with `projects` set, is allowed
+/// subject to the key's project, which only the running proxy can look up.
+pub fn explain(policy: Option<&Policy>, method: &Method, path: &str) -> Explained {
+    let resolved = resolve(method, path);
+    let mut lines = vec![match resolved.route() {
+        Some(route) => format!("operation: {} ({} {})", route.operation, route.method, route.template),
+        None => format!("operation: {UNKNOWN} (no documented route is {method} {path})"),
+    }];
+    if resolved.params().next().is_some() {
+        lines.push(format!("path parameters: {}", resolved.params_text()));
+    }
+    let Some(policy) = policy else {
+        lines.push("decision: allowed".into());
+        lines.push("rule: no [policy] is set: every request is forwarded".into());
+        return Explained { lines, allowed: true };
+    };
+    let allowed = match policy.decide(&resolved) {
+        Decision::Allowed(allowed) => {
+            lines.push("decision: allowed".into());
+            lines.push(format!("rule: {allowed}"));
+            true
+        }
+        Decision::Refused(why) => {
+            lines.push("decision: refused (403 forbidden_by_policy)".into());
+            lines.push(format!("rule: {why}"));
+            false
+        }
+        Decision::KeyProject(allowed) => {
+            lines.push(format!(
+                "decision: allowed if the API key belongs to one of policy.projects ({}); the proxy looks its \
+                 project up with fetch_api_key at the first request for it, and refuses if that fails",
+                policy.projects().join(", ")
+            ));
+            lines.push(format!("rule: {allowed}"));
+            true
+        }
+    };
+    Explained { lines, allowed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allow: &[&str], deny: &[&str], projects: &[&str]) -> Policy {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Policy::new(&v(allow), &v(deny), &v(projects)).unwrap()
+    }
+
+    fn refused(d: Decision<'_>) -> String {
+        match d {
+            Decision::Refused(why) => why,
+            other => panic!("allowed: {other:?}"),
+        }
+    }
+
+    fn allowed(d: Decision<'_>) -> String {
+        match d {
+            Decision::Allowed(a) => a.to_string(),
+            other => panic!("not allowed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn routes_resolve_with_their_parameters() {
+        let r = resolve(&Method::GET, "/admin/projects/p-1/api-keys");
+        assert_eq!(r.operation(), "list_project_api_keys");
+        assert_eq!(r.params().collect::<Vec<_>>(), [("project_id", "p-1")]);
+        assert_eq!(r.params_text(), "project_id=p-1");
+        assert_eq!(resolve(&Method::DELETE, "/admin/api-keys/k-9").param("api_key_id"), Some("k-9"));
+        for (method, path, ambiguous) in [
+            (Method::GET, "/", false),
+            (Method::PUT, "/admin/projects", false),
+            (Method::GET, "/admin/nothing", false),
+            (Method::GET, "/a/b/c/d/e/f/g/h/i/j", false),
+            (Method::from_bytes(b"PROPFIND").unwrap(), "/admin/projects", false),
+            (Method::GET, "/admin/projects/", true),
+            (Method::GET, "/admin/projects//api-keys", true),
+            (Method::GET, "admin/projects", true),
+            (Method::DELETE, "/admin/projects/p-1/../p-2", true),
+            (Method::DELETE, "/admin/projects/./p-2", true),
+            (Method::POST, "/admin/projects/p-2/api%2Dkeys", true),
+            (Method::DELETE, "/admin/projects/p-1%2F..%2Fp-2", true),
+            (Method::DELETE, "/admin/projects/p-2;x=1", true),
+            (Method::DELETE, "/admin/projects/p-2\\x", true),
+            (Method::from_bytes(b"delete").unwrap(), "/admin/projects/p-2", true),
+        ] {
+            let r = resolve(&method, path);
+            assert_eq!(r.operation(), UNKNOWN, "{method} {path}");
+            assert_eq!(r.ambiguous.is_some(), ambiguous, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn decisions_name_their_rule() {
+        let p = policy(&["read_only", "create_api_key"], &["fetch_organization"], &["p-1"]);
+        let d = |m: Method, path: &str| p.decide(&resolve(&m, path));
+        assert_eq!(allowed(d(Method::GET, "/admin/projects")), "allowed by policy.allow (\"read_only\")");
+        assert_eq!(
+            allowed(d(Method::POST, "/admin/projects/p-1/api-keys")),
+            "allowed by policy.allow (\"create_api_key\"), its project in policy.projects"
+        );
+        assert_eq!(
+            refused(d(Method::POST, "/admin/projects/p-2/api-keys")),
+            "create_api_key in project p-2, which is not in policy.projects"
+        );
+        assert_eq!(refused(d(Method::DELETE, "/admin/projects/p-1")), "delete_project is not in policy.allow");
+        assert_eq!(
+            refused(d(Method::GET, "/admin/organizations/o-1")),
+            "fetch_organization is denied by policy.deny (\"fetch_organization\")",
+            "deny wins over allow"
+        );
+        assert!(refused(d(Method::GET, "/v1/whatever")).contains("(unknown), and policy.allow has no \"unknown\""));
+        assert!(
+            matches!(d(Method::GET, "/admin/service-accounts"), Decision::Allowed(a) if a.scope == Scope::Any),
+            "organization-level objects are not project-scoped"
+        );
+        assert!(matches!(d(Method::GET, "/admin/api-keys/k-1"), Decision::KeyProject(_)));
+
+        let p = policy(&["*", "unknown"], &[], &[]);
+        assert!(matches!(p.decide(&resolve(&Method::GET, "/v1/whatever")), Decision::Allowed(_)));
+        assert!(
+            matches!(p.decide(&resolve(&Method::GET, "/admin/api-keys/k-1")), Decision::Allowed(_)),
+            "no projects: no lookup"
+        );
+        assert!(
+            refused(p.decide(&resolve(&Method::DELETE, "/admin/projects/p-1/../p-2"))).contains("dot segment"),
+            "an ambiguous path is refused even with unknown allowed"
+        );
+        let p = policy(&["*"], &["unknown", "delete_project"], &[]);
+        assert!(refused(p.decide(&resolve(&Method::GET, "/v1/x"))).contains("denied by policy.deny (\"unknown\")"));
+        assert!(matches!(p.decide(&resolve(&Method::DELETE, "/admin/api-keys/k")), Decision::Allowed(_)));
+    }
+
+    #[test]
+    fn an_api_key_decision_follows_its_looked_up_project() {
+        let p = policy(&["delete_api_key"], &[], &["p-1", "p-3"]);
+        let r = resolve(&Method::DELETE, "/admin/api-keys/k-7");
+        let Decision::KeyProject(a) = p.decide(&r) else { panic!("a lookup is needed") };
+        assert_eq!(
+            allowed(p.decide_key(&r, a, Ok("p-3"))),
+            "allowed by policy.allow (\"delete_api_key\"), the API key's project in policy.projects"
+        );
+        assert_eq!(
+            refused(p.decide_key(&r, a, Ok("p-2"))),
+            "delete_api_key on API key k-7, of project p-2, which is not in policy.projects"
+        );
+        assert!(refused(p.decide_key(&r, a, Err("404"))).contains("could not be looked up (404)"));
+    }
+
+    #[test]
+    fn an_old_name_is_an_alias() {
+        let p = policy(&["list_api_keys"], &[], &[]);
+        assert!(matches!(p.decide(&resolve(&Method::GET, "/admin/projects/p/api-keys")), Decision::Allowed(_)));
+    }
+
+    #[test]
+    fn unknown_names_are_refused_with_the_closest_known_one() {
+        let e = Policy::new(&["crate_api_key".into()], &[], &[]).unwrap_err();
+        assert_eq!(e.0, "policy.allow");
+        assert!(e.1.contains("did you mean \"create_api_key\""), "{}", e.1);
+        let e = Policy::new(&[], &["read_onyl".into()], &[]).unwrap_err();
+        assert_eq!(e.0, "policy.deny");
+        assert!(e.1.contains("did you mean \"read_only\""), "{}", e.1);
+        assert_eq!(Policy::new(&[], &[], &["a/b".into()]).unwrap_err().0, "policy.projects");
+    }
+
+    #[test]
+    fn check_config_says_what_projects_cannot_narrow() {
+        let lines = policy(&["list_projects", "create_api_key", "list_service_accounts"], &[], &["p-1"]).describe();
+        assert_eq!(lines[0], "policy: 3 of 32 operations allowed");
+        assert_eq!(lines[1], "policy: only in projects p-1: create_api_key");
+        assert!(lines[2].ends_with(": list_projects, list_service_accounts"), "{}", lines[2]);
+        assert_eq!(lines[3], "policy: undocumented routes (unknown): refused");
+    }
+
+    /// Every operation of every specification, read here from the YAML apart from
+    /// `build.rs`: a concrete path made of its template resolves to it (or to the newer name
+    /// of its route, with this one as an alias), with its path parameters.
+    #[test]
+    fn every_operation_of_every_spec_resolves_to_itself() {
+        use yaml_rust2::YamlLoader;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("spec/pinecone");
+        let mut seen = 0;
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let file = file.unwrap().path();
+            if !file.file_name().unwrap().to_str().unwrap().starts_with("admin_") {
+                continue;
+            }
+            let docs = YamlLoader::load_from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            for (template, item) in docs[0]["paths"].as_hash().unwrap() {
+                let template = template.as_str().unwrap();
+                for (method, op) in item.as_hash().unwrap() {
+                    let Some(id) = op["operationId"].as_str() else { continue };
+                    let method = Method::from_bytes(method.as_str().unwrap().to_ascii_uppercase().as_bytes()).unwrap();
+                    let mut expected = Vec::new();
+                    let path: Vec<String> = template
+                        .split('/')
+                        .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                            Some(name) => {
+                                let value = format!("{name}-3fa85f64-5717-4562-b3fc-2c963f66afa6");
+                                expected.push((name.to_owned(), value.clone()));
+                                value
+                            }
+                            None => s.to_owned(),
+                        })
+                        .collect();
+                    let path = path.join("/");
+                    let r = resolve(&method, &path);
+                    let route = r.route().unwrap_or_else(|| panic!("{}: {method} {path} is unknown", file.display()));
+                    assert!(
+                        route.operation == id || route.aliases.contains(&id),
+                        "{}: {method} {template} is {id}, resolved to {}",
+                        file.display(),
+                        route.operation
+                    );
+                    let params: Vec<(String, String)> = r.params().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
+                    assert_eq!(params, expected, "{method} {template}");
+                    assert!(operation_names().any(|n| n == id));
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 5 * 13 + 19, "{seen} operations in the specs");
+    }
+
+    /// `spec/pinecone/` is the crate's copy of the specifications in the project's shared
+    /// folder (`../shared/pinecone/`, beside the repository where it is checked out with
+    /// it): the copy must be the same, file for file, so the route table is never stale.
+    #[test]
+    fn the_specs_are_the_shared_ones() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let shared = root.join("../shared/pinecone");
+        let Ok(entries) = std::fs::read_dir(&shared) else {
+            eprintln!("no {}: the copy in spec/pinecone is not compared", shared.display());
+            return;
+        };
+        let mut compared = 0;
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if name.starts_with("admin_") && name.ends_with(".oas.yaml") {
+                let ours = std::fs::read(root.join("spec/pinecone").join(&name))
+                    .unwrap_or_else(|_| panic!("{name} is in {} but not in spec/pinecone", shared.display()));
+                assert!(
+                    ours == std::fs::read(&path).unwrap(),
+                    "spec/pinecone/{name} differs from the shared one: copy it"
+                );
+                compared += 1;
+            }
+        }
+        assert_eq!(
+            compared,
+            std::fs::read_dir(root.join("spec/pinecone")).unwrap().count(),
+            "a spec that is not shared"
+        );
+    }
+}
