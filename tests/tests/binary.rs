@@ -21,7 +21,7 @@ fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
 }
 
 /// The binary run by `prefix` (`prlimit --nofile=…`), or by itself.
-fn command_under(prefix: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Command {
+pub(crate) fn command_under(prefix: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut c = match prefix.split_first() {
         Some((program, rest)) => {
             let mut c = Command::new(program);

@@ -3,7 +3,7 @@
 //! more connections than allowed, a low open-file limit, TRACE. Where memory is the point
 //! the proxy runs as its own process and its peak RSS (`VmHWM`) is read from /proc.
 
-use crate::binary::{Proc, spawn_demo, spawn_demo_under};
+use crate::binary::{Proc, command_under, spawn_demo, spawn_demo_under};
 use crate::support::*;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -426,4 +426,63 @@ async fn open_connections_counts_what_is_open() {
     while gauge().await != "0" {
         tokio::task::yield_now().await;
     }
+}
+
+/// Runs the binary in a mount namespace of its own whose `/etc/hosts` says `localhost` is
+/// 192.0.2.1 (TEST-NET-1: off the machine), as a bad resolver entry would.
+fn with_localhost_elsewhere(dir: &tempfile::TempDir) -> Vec<String> {
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "192.0.2.1 localhost\n").unwrap();
+    let script = format!("mount --bind {} /etc/hosts && exec \"$@\"", hosts.display());
+    ["unshare", "-m", "sh", "-c", &script, "sh"].map(String::from).to_vec()
+}
+
+#[tokio::test]
+async fn localhost_resolving_off_the_machine_is_refused_with_a_clear_error() {
+    let fake = fake(3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = with_localhost_elsewhere(&dir);
+    let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    let elsewhere = "localhost resolves to 192.0.2.1, which is not a loopback address; refusing to connect";
+
+    // The upstream named localhost: the proxy has its token (from 127.0.0.1), and forwarding
+    // refuses to connect.
+    let upstream = format!("http://localhost:{}", fake.addr().port());
+    let proc = spawn_demo_under(&prefix, &fake.token_url(), &upstream, &[]).await;
+    let before = fake.state().admin_requests.load(std::sync::atomic::Ordering::SeqCst);
+    let (status, headers, body) = TestClient::default().get(&format!("http://{}/admin/projects", proc.listen)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["x-pinecone-proxy-error"], "upstream_unreachable");
+    assert!(String::from_utf8_lossy(&body).contains(elsewhere), "{}", String::from_utf8_lossy(&body));
+    assert_eq!(fake.state().admin_requests.load(std::sync::atomic::Ordering::SeqCst), before);
+
+    // The token endpoint named localhost: no token request leaves, the log says why.
+    let token_url = format!("http://localhost:{}/oauth/token", fake.addr().port());
+    let envs = [
+        ("PINECONE_CLIENT_ID", pinecone_admin_proxy::fake::DEMO_CLIENT_ID),
+        ("PINECONE_CLIENT_SECRET", pinecone_admin_proxy::fake::DEMO_CLIENT_SECRET),
+        ("PINECONE_PROXY_TOKEN_URL", &token_url),
+        ("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url()),
+        ("PINECONE_PROXY_LISTEN", "127.0.0.1:0"),
+        ("PINECONE_PROXY_OPS_LISTEN", "127.0.0.1:0"),
+    ];
+    let tokens_before = fake.state().token_requests.load(std::sync::atomic::Ordering::SeqCst);
+    let mut child = command_under(&prefix, &[], &envs).spawn().unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    let line = tokio::time::timeout(PATIENCE, async {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(stderr.read_line(&mut line).await.unwrap() > 0, "the proxy exited");
+            if line.contains("token request failed") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("a token request failure is logged");
+    assert!(line.contains(elsewhere), "{line}");
+    assert_eq!(fake.state().token_requests.load(std::sync::atomic::Ordering::SeqCst), tokens_before);
+    child.kill().await.unwrap();
 }
