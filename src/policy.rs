@@ -40,13 +40,13 @@ const EVERYTHING: &str = "*";
 
 /// The longest template has four segments; a path of more is undocumented.
 const MAX_SEGMENTS: usize = 8;
+const _: () = assert!(BY_SEGMENTS.len() == MAX_SEGMENTS + 1);
 const MAX_PARAMS: usize = 2;
 const _: () = assert!(ROUTES.len() <= 64, "an operation set is a u64");
 
 /// The methods of the route table; a case variant of one (`delete`) is ambiguous, since
 /// a server may treat it as the method.
-const METHODS: [Method; 7] =
-    [Method::GET, Method::PUT, Method::POST, Method::DELETE, Method::OPTIONS, Method::HEAD, Method::PATCH];
+const METHODS: [&str; 7] = ["GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH"];
 
 /// Where a request stands in the route table: its route (if documented) and path parameters.
 #[derive(Debug, Clone, Copy)]
@@ -94,35 +94,51 @@ impl<'a> Resolved<'a> {
     }
 }
 
-/// Whether a path segment is plain: what Admin API ids and literals are made of. Anything
-/// else (a percent-encoding, `;` parameters, `\`, a dot segment) may be decoded or
-/// normalised by a server into another route than the one judged.
+/// The bytes of a plain path segment: what Admin API ids and literals are made of.
+/// Anything else (a percent-encoding, `;` parameters, `\\`) may be decoded or normalised by
+/// a server into another route than the one judged.
+const PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~' | b':' | b'@');
+        b += 1;
+    }
+    table
+};
+
+/// Whether a path segment is plain: [`PLAIN`] bytes, and not a dot segment.
 fn plain(segment: &str) -> bool {
-    !segment.is_empty()
-        && segment != "."
-        && segment != ".."
-        && segment.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':' | b'@'))
+    !segment.is_empty() && segment != "." && segment != ".." && segment.bytes().all(|b| PLAIN[b as usize])
 }
 
 /// The route of `method` and `path` (a request's path, without its query).
 pub(crate) fn resolve<'a>(method: &Method, path: &'a str) -> Resolved<'a> {
     let unknown = |ambiguous| Resolved { route: None, params: [None; MAX_PARAMS], ambiguous };
-    if !METHODS.contains(method) {
-        let variant = METHODS.iter().any(|m| m.as_str().eq_ignore_ascii_case(method.as_str()));
-        return unknown(variant.then_some("the method is a case variant of a standard one"));
-    }
     let Some(rest) = path.strip_prefix('/') else { return unknown(Some("the path does not start with /")) };
+    // One pass over the bytes: each checked, the segments cut at each `/`.
     let mut segments = [""; MAX_SEGMENTS];
     let mut n = 0;
-    for segment in rest.split('/') {
-        if !plain(segment) {
-            let why = match segment {
-                "" => "the path has an empty segment (// or a trailing /)",
-                "." | ".." => "the path has a dot segment",
-                _ => "a path segment has a character other than letters, digits and -._~:@ (a percent-encoding?)",
-            };
+    let mut start = 0;
+    let bytes = rest.as_bytes();
+    for i in 0..=bytes.len() {
+        if i < bytes.len() && bytes[i] != b'/' {
+            if !PLAIN[bytes[i] as usize] {
+                return unknown(Some(
+                    "a path segment has a character other than letters, digits and -._~:@ (a percent-encoding?)",
+                ));
+            }
+            continue;
+        }
+        let segment = &rest[start..i];
+        start = i + 1;
+        if matches!(segment, "" | "." | "..") {
             // `/` alone is the root: undocumented, but not ambiguous.
-            return unknown((path != "/").then_some(why));
+            return unknown((path != "/").then_some(match segment {
+                "" => "the path has an empty segment (// or a trailing /)",
+                _ => "the path has a dot segment",
+            }));
         }
         if n == MAX_SEGMENTS {
             return unknown(None);
@@ -131,8 +147,9 @@ pub(crate) fn resolve<'a>(method: &Method, path: &'a str) -> Resolved<'a> {
         n += 1;
     }
     let segments = &segments[..n];
-    'routes: for (index, route) in ROUTES.iter().enumerate() {
-        if route.method != *method || route.segments.len() != n {
+    let candidates = BY_SEGMENTS[n].clone();
+    'routes: for (index, route) in ROUTES.iter().enumerate().skip(candidates.start).take(candidates.len()) {
+        if route.method != *method {
             continue;
         }
         let mut params = [None; MAX_PARAMS];
@@ -149,7 +166,11 @@ pub(crate) fn resolve<'a>(method: &Method, path: &'a str) -> Resolved<'a> {
         }
         return Resolved { route: Some((index, route)), params, ambiguous: None };
     }
-    unknown(None)
+    // Off the path of documented requests: an extension method that is a standard one in
+    // another case.
+    let variant =
+        !METHODS.contains(&method.as_str()) && METHODS.iter().any(|m| m.eq_ignore_ascii_case(method.as_str()));
+    unknown(variant.then_some("the method is a case variant of a standard one"))
 }
 
 /// Every operation name the policy accepts: the routes' names and their aliases.
