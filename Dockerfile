@@ -6,8 +6,10 @@
 
 FROM rust:1.95.0-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+# The Admin API's specifications: build.rs makes the policy's route table of them.
+COPY spec ./spec
 RUN cargo build --release --locked \
  && install -D -m 0755 target/release/pinecone-admin-proxy /out/pinecone-admin-proxy
 

@@ -89,3 +89,30 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// No Docker engine runs where the tests do, so the image's build context is checked here:
+/// every input of `cargo build` (the manifest, the lock, build.rs and what it reads, the
+/// sources) is let in by `.dockerignore` and copied by the Dockerfile.
+#[test]
+fn the_docker_build_gets_every_input_of_the_build() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words[..words.len() - 1].to_vec()
+        })
+        .collect();
+    for input in ["Cargo.toml", "Cargo.lock", "build.rs", "src", "spec"] {
+        assert!(root.join(input).exists(), "{input}");
+        assert!(copied.contains(&input), "the Dockerfile does not COPY {input}");
+        let unignored = ignore.lines().any(|l| l.trim_end_matches('/') == format!("!{input}"));
+        assert!(unignored, ".dockerignore keeps {input} out of the build context");
+    }
+    let build_rs = std::fs::read_to_string(root.join("build.rs")).unwrap();
+    assert!(build_rs.contains("\"spec/pinecone\""), "build.rs reads something else than spec/: check the Docker build");
+}
