@@ -145,6 +145,7 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let stop_ops = Trigger::default();
     let grace = config.shutdown.grace;
     let limits = fit_to_open_files(config.limits.clone(), config.upstream.max_connections);
+    metrics.max_connections.set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
     let proxy_options = ServeOptions { grace, limits: limits.clone(), metrics: Some(metrics.clone()) };
     let proxy_task =
         tokio::spawn(serve::serve("proxy", proxy_listener, move |_| proxy.clone(), stop_proxy.wait(), proxy_options));

@@ -35,12 +35,17 @@ pub struct Metrics {
     pub token_expiry: Gauge,
     pub token_usable: IntGauge,
     pub token_refresh: Gauge,
+    /// When the current token is due to be replaced: fixed per token, so that an alert can
+    /// tell a refresh that is late from one that is merely retrying.
+    pub token_refresh_due: Gauge,
     pub token_budget_exhausted: IntCounter,
     pub upstream_unauthorized: IntCounter,
     replays: [IntCounter; 5],
     pub inflight: IntGauge,
     /// Connections open on `listen`.
     pub open_connections: IntGauge,
+    /// `limits.max_connections` in force (after fitting the open-file limit).
+    pub max_connections: IntGauge,
     limit_hits: IntCounterVec,
 }
 
@@ -118,6 +123,11 @@ impl Metrics {
                 "When the next token request is due (UNIX time).",
             ))
             .expect("valid metric"),
+            token_refresh_due: Gauge::with_opts(opts(
+                "token_refresh_due_timestamp_seconds",
+                "When the current token is due to be replaced (UNIX time); a past time means its refresh is late.",
+            ))
+            .expect("valid metric"),
             token_budget_exhausted: IntCounter::with_opts(opts(
                 "token_budget_exhausted_total",
                 "Times a token request was held back by token.max_requests_per_minute.",
@@ -140,6 +150,11 @@ impl Metrics {
             open_connections: IntGauge::with_opts(opts(
                 "open_connections",
                 "Connections open on listen (at most limits.max_connections).",
+            ))
+            .expect("valid metric"),
+            max_connections: IntGauge::with_opts(opts(
+                "max_connections",
+                "Connections listen accepts at most: limits.max_connections, lowered to fit the open-file limit.",
             ))
             .expect("valid metric"),
             limit_hits: IntCounterVec::new(
@@ -168,13 +183,18 @@ impl Metrics {
             Box::new(m.token_expiry.clone()),
             Box::new(m.token_usable.clone()),
             Box::new(m.token_refresh.clone()),
+            Box::new(m.token_refresh_due.clone()),
             Box::new(m.token_budget_exhausted.clone()),
             Box::new(m.upstream_unauthorized.clone()),
             Box::new(replays),
             Box::new(m.inflight.clone()),
             Box::new(m.open_connections.clone()),
+            Box::new(m.max_connections.clone()),
             Box::new(m.limit_hits.clone()),
             Box::new(build_info),
+            // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+            // process_max_fds, …: the standard names, read from /proc at each scrape.
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {
             r.register(c).expect("unique metric names");
@@ -235,6 +255,11 @@ mod tests {
             "pinecone_proxy_token_expiry_timestamp_seconds",
             "pinecone_proxy_token_usable 0",
             "pinecone_proxy_token_refresh_timestamp_seconds",
+            "pinecone_proxy_token_refresh_due_timestamp_seconds",
+            "pinecone_proxy_max_connections",
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
             "pinecone_proxy_upstream_unauthorized_total 0",
             "pinecone_proxy_replays_total{result=\"success\"} 1",
             "pinecone_proxy_inflight_requests 0",

@@ -20,6 +20,8 @@ mod forwarding;
 mod lifecycle;
 #[path = "tests/limits.rs"]
 mod limits;
+#[path = "tests/monitoring.rs"]
+mod monitoring;
 #[path = "tests/ops.rs"]
 mod ops;
 #[path = "tests/policy.rs"]

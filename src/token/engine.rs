@@ -343,6 +343,7 @@ impl<F: Fetch> Refresher<F> {
                     let u = if self.jitter { 2.0 * self.random() - 1.0 } else { 0.0 };
                     let refresh_in = schedule::refresh_after(token.lifetime, self.refresh_at, self.refresh_jitter, u);
                     local.refresh_due = Some(issued + refresh_in);
+                    shared.metrics.token_refresh_due.set(unix_secs(issued_wall + refresh_in));
                     local.failures = 0;
                     local.hold = None;
                     shared.metrics.token_success.inc();
