@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 use pinecone_admin_proxy::config::{self, Config, Env, Flags};
 use pinecone_admin_proxy::credentials::{Credentials, Reload};
+use pinecone_admin_proxy::fake::quota::Quota;
 use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FakePinecone};
 use pinecone_admin_proxy::serve::Listen;
 use pinecone_admin_proxy::{app, wait};
@@ -34,7 +35,14 @@ enum Command {
     /// Run the proxy (the default)
     Run(Flags),
     /// Run the proxy against a built-in fake Pinecone: no credentials, no network
-    Demo(Flags),
+    Demo {
+        #[command(flatten)]
+        flags: Flags,
+        /// Give the fake a token quota, as Auth0 meters tokens: e.g. per_hour=10,per_day=50
+        /// (a bucket's window may be set: per_hour=3/2m)
+        #[arg(long, value_name = "SPEC", value_parser = parse_quota)]
+        quota: Option<Quota>,
+    },
     /// Run the fake Pinecone alone (token endpoint and in-memory Admin API)
     FakePinecone {
         /// Where to listen
@@ -43,6 +51,10 @@ enum Command {
         /// Lifetime of the tokens it issues, in seconds
         #[arg(long, default_value_t = 86400, value_name = "SECS")]
         expires_in: u64,
+        /// Meter tokens as Auth0 does: e.g. per_hour=10,per_day=50,rate=30 (a bucket's
+        /// window may be set: per_hour=3/2m)
+        #[arg(long, value_name = "SPEC", value_parser = parse_quota)]
+        quota: Option<Quota>,
     },
     /// Load and validate the configuration, and print the effective values (secrets redacted)
     CheckConfig(Flags),
@@ -100,8 +112,8 @@ fn main() -> ExitCode {
         match cli.command {
             None => run(&cli.flags, &env).await,
             Some(Command::Run(flags)) => run(&flags, &env).await,
-            Some(Command::Demo(flags)) => demo(&flags, &env).await,
-            Some(Command::FakePinecone { listen, expires_in }) => fake_pinecone(listen, expires_in).await,
+            Some(Command::Demo { flags, quota }) => demo(&flags, quota, &env).await,
+            Some(Command::FakePinecone { listen, expires_in, quota }) => fake_pinecone(listen, expires_in, quota).await,
             Some(Command::CheckConfig(flags)) => check_config(&flags, &env),
             Some(Command::PolicyCheck { flags, method, path }) => policy_check(&flags, &env, &method, &path),
             Some(Command::Wait { ops, timeout }) => wait_command(ops, timeout, &env).await,
@@ -252,7 +264,11 @@ fn policy_check(flags: &Flags, env: &Env, method: &str, path: &str) -> ExitCode 
     if check.allowed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-async fn demo(flags: &Flags, env: &Env) -> ExitCode {
+fn parse_quota(spec: &str) -> Result<Quota, String> {
+    Quota::parse(spec)
+}
+
+async fn demo(flags: &Flags, quota: Option<Quota>, env: &Env) -> ExitCode {
     let fake = match FakePinecone::start(SocketAddr::from(([127, 0, 0, 1], 0)), 3600).await {
         Ok(f) => f,
         Err(e) => {
@@ -260,6 +276,7 @@ async fn demo(flags: &Flags, env: &Env) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    fake.state().set_quota(quota);
     // The demo honours where to listen, how to log and a policy from the environment, and
     // nothing else of the caller's configuration: its credentials and endpoints are the fake's.
     let mut demo_env = Env::default();
@@ -321,7 +338,7 @@ async fn demo(flags: &Flags, env: &Env) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn fake_pinecone(listen: SocketAddr, expires_in: u64) -> ExitCode {
+async fn fake_pinecone(listen: SocketAddr, expires_in: u64, quota: Option<Quota>) -> ExitCode {
     let fake = match FakePinecone::start(listen, expires_in).await {
         Ok(f) => f,
         Err(e) => {
@@ -329,8 +346,17 @@ async fn fake_pinecone(listen: SocketAddr, expires_in: u64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let quota_text = quota.as_ref().map_or("none".into(), |q| {
+        let rules: Vec<String> = q
+            .rules()
+            .iter()
+            .map(|r| format!("{} {} per {}", r.name, r.limit, humantime::format_duration(r.window)))
+            .collect();
+        rules.join(", ")
+    });
+    fake.state().set_quota(quota);
     println!(
-        "fake Pinecone on {api}\n  token endpoint: {token}\n  client id:      {DEMO_CLIENT_ID}\n  client secret:  {DEMO_CLIENT_SECRET}\n  token lifetime: {expires_in}s\n",
+        "fake Pinecone on {api}\n  token endpoint: {token}\n  client id:      {DEMO_CLIENT_ID}\n  client secret:  {DEMO_CLIENT_SECRET}\n  token lifetime: {expires_in}s\n  token quota:    {quota_text}\n  counters:       {api}/_fake/stats\n",
         api = fake.api_url(),
         token = fake.token_url(),
     );

@@ -3,7 +3,9 @@
 //! PRODUCT.md's, all prefixed `pinecone_proxy_`.
 
 use http::{Method, StatusCode};
-use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// `replays_total{result}`: what became of a request that saw a 401.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +49,10 @@ pub struct Metrics {
     /// `limits.max_connections` in force (after fitting the open-file limit).
     pub max_connections: IntGauge,
     limit_hits: IntCounterVec,
+    /// `token_quota_limit`, `token_quota_remaining`, `token_quota_reset_timestamp_seconds`,
+    /// by bucket: what the token endpoint last reported.
+    quota: [GaugeVec; 3],
+    shared_cache_errors: IntCounterVec,
 }
 
 const METHODS: [&str; 9] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT"];
@@ -166,6 +172,24 @@ impl Metrics {
                 &["limit"],
             )
             .expect("valid metric"),
+            quota: [
+                (
+                    "token_quota_limit",
+                    "Token requests a quota bucket allows (per_hour, per_day, rate), as last reported.",
+                ),
+                ("token_quota_remaining", "Token requests left in a quota bucket, as last reported."),
+                ("token_quota_reset_timestamp_seconds", "When a quota bucket fills again (UNIX time)."),
+            ]
+            .map(|(name, help)| GaugeVec::new(opts(name, help), &["bucket"]).expect("valid metric")),
+            shared_cache_errors: IntCounterVec::new(
+                opts(
+                    "shared_cache_errors_total",
+                    "Times the shared token cache failed and the proxy fetched for itself, by reason: \
+                     unreachable, timeout, error, unreadable, lock_wait.",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
             requests,
             registry,
         };
@@ -191,6 +215,10 @@ impl Metrics {
             Box::new(m.open_connections.clone()),
             Box::new(m.max_connections.clone()),
             Box::new(m.limit_hits.clone()),
+            Box::new(m.quota[0].clone()),
+            Box::new(m.quota[1].clone()),
+            Box::new(m.quota[2].clone()),
+            Box::new(m.shared_cache_errors.clone()),
             Box::new(build_info),
             // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
             // process_max_fds, …: the standard names, read from /proc at each scrape.
@@ -213,6 +241,18 @@ impl Metrics {
     /// Counts a limit that bit; `limit` is one of [`crate::limits`]'s closed set of labels.
     pub fn limit_hit(&self, limit: &'static str) {
         self.limit_hits.with_label_values(&[limit]).inc();
+    }
+
+    /// Sets a quota bucket's gauges; `bucket` is one of [`crate::token::quota::BUCKETS`].
+    pub fn quota(&self, bucket: &'static str, limit: u64, remaining: u64, reset_unix: f64) {
+        self.quota[0].with_label_values(&[bucket]).set(limit as f64);
+        self.quota[1].with_label_values(&[bucket]).set(remaining as f64);
+        self.quota[2].with_label_values(&[bucket]).set(reset_unix);
+    }
+
+    /// Counts a shared cache failure; `reason` is one of [`crate::token::shared`]'s labels.
+    pub fn shared_cache_error(&self, reason: &'static str) {
+        self.shared_cache_errors.with_label_values(&[reason]).inc();
     }
 
     pub fn replay(&self, result: ReplayResult) {
@@ -241,6 +281,8 @@ mod tests {
         m.request(&Method::GET, StatusCode::from_u16(999).unwrap(), "list_projects");
         m.request(&Method::GET, StatusCode::OK, "list_projects");
         m.replay(ReplayResult::Success);
+        m.quota("per_hour", 10, 7, 1_800_000_000.0);
+        m.shared_cache_error("timeout");
         let text = String::from_utf8(m.render()).unwrap();
         for name in [
             "pinecone_proxy_requests_total{code=\"200\",method=\"GET\",operation=\"list_projects\"} 2",
@@ -266,6 +308,10 @@ mod tests {
             "pinecone_proxy_open_connections 0",
             "pinecone_proxy_replays_total{result=\"no_budget\"} 0",
             "pinecone_proxy_build_info{version=",
+            "pinecone_proxy_token_quota_limit{bucket=\"per_hour\"} 10",
+            "pinecone_proxy_token_quota_remaining{bucket=\"per_hour\"} 7",
+            "pinecone_proxy_token_quota_reset_timestamp_seconds{bucket=\"per_hour\"} 1800000000",
+            "pinecone_proxy_shared_cache_errors_total{reason=\"timeout\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

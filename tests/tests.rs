@@ -28,6 +28,8 @@ mod ops;
 mod policy;
 #[path = "tests/pool.rs"]
 mod pool;
+#[path = "tests/quota.rs"]
+mod quota;
 #[path = "tests/replay.rs"]
 mod replay;
 #[path = "tests/rotation.rs"]

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod iam;
+pub mod quota;
 pub mod token;
 
 use crate::body::{Body, BoxError, empty, full};
@@ -93,6 +94,10 @@ pub struct State {
     recording: AtomicBool,
     pub(crate) recorded: Mutex<Vec<Recorded>>,
     pub(crate) data: Mutex<Data>,
+    /// The token quota, if one is set.
+    pub(crate) quota: Mutex<Option<quota::Quota>>,
+    /// Token requests refused with 429 because a quota bucket was spent.
+    pub quota_refused: AtomicU64,
 }
 
 impl State {
@@ -116,7 +121,25 @@ impl State {
             recording: AtomicBool::new(false),
             recorded: Mutex::new(Vec::new()),
             data: Mutex::new(Data::seeded()),
+            quota: Mutex::new(None),
+            quota_refused: AtomicU64::new(0),
         }
+    }
+
+    /// Meters token requests from now on (`None`: no quota, no quota headers).
+    pub fn set_quota(&self, quota: Option<quota::Quota>) {
+        *self.quota.lock() = quota;
+    }
+
+    /// What `GET /_fake/stats` shows: the counters, for scripts that run the fake as a
+    /// process (the fleet benchmark). Not part of Pinecone's API.
+    pub fn stats(&self) -> Value {
+        serde_json::json!({
+            "token_requests": Self::count(&self.token_requests),
+            "tokens_issued": Self::count(&self.tokens_issued),
+            "quota_refused": Self::count(&self.quota_refused),
+            "admin_requests": Self::count(&self.admin_requests),
+        })
     }
 
     /// Accepts this client id with this secret (replacing an earlier secret: a rotation).
@@ -226,6 +249,9 @@ impl Service {
         let body = body.collect().await?.to_bytes();
         if parts.uri.path() == "/oauth/token" {
             return token::handle(&self.state, &parts, body).await;
+        }
+        if parts.uri.path() == "/_fake/stats" {
+            return Ok(json(StatusCode::OK, &self.state.stats()));
         }
         let delay = *self.state.admin_delay.lock();
         if !delay.is_zero() {

@@ -4,11 +4,12 @@
 //! field or an unparsable body; success is `{"access_token", "expires_in", "token_type"}`
 //! with a JWT-shaped token. Scripted faults come first.
 
+use super::quota::Verdict;
 use super::{AUDIENCE, Issued, Recorded, State, TokenFault, base64url, json};
 use crate::body::{Body, BoxError, full};
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -25,6 +26,20 @@ impl Drop for InFlight<'_> {
 }
 
 pub(crate) async fn handle(state: &State, parts: &Parts, body: Bytes) -> Result<Response<Body>, BoxError> {
+    // With a quota, every answer reports it, whatever its status.
+    let mut quota = HeaderMap::new();
+    let mut response = answer(state, parts, body, &mut quota).await?;
+    response.headers_mut().extend(quota);
+    Ok(response)
+}
+
+/// Counts a refusal for a spent bucket and answers as Auth0 does: 429 `too_many_requests`.
+fn spent(state: &State, bucket: &str) -> Response<Body> {
+    state.quota_refused.fetch_add(1, Ordering::SeqCst);
+    error(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", &format!("Quota exceeded ({bucket})"))
+}
+
+async fn answer(state: &State, parts: &Parts, body: Bytes, quota: &mut HeaderMap) -> Result<Response<Body>, BoxError> {
     let n = state.token_requests.fetch_add(1, Ordering::SeqCst) + 1;
     let now_inflight = state.token_inflight.fetch_add(1, Ordering::SeqCst) + 1;
     state.token_inflight_max.fetch_max(now_inflight, Ordering::SeqCst);
@@ -58,6 +73,15 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: Bytes) -> Result<
     if parts.method != Method::POST {
         return Ok(error(StatusCode::NOT_FOUND, "not_found", "Not Found"));
     }
+    let verdict = state.quota.lock().as_mut().map(|q| q.request(Instant::now()));
+    match verdict {
+        Some(Verdict::Go(headers)) => *quota = headers,
+        Some(Verdict::Spent(bucket, headers)) => {
+            *quota = headers;
+            return Ok(spent(state, bucket));
+        }
+        None => {}
+    }
     let fields = match parse(parts, &body) {
         Ok(fields) => fields,
         Err(description) => return Ok(error(StatusCode::BAD_REQUEST, "invalid_request", &description)),
@@ -90,6 +114,15 @@ pub(crate) async fn handle(state: &State, parts: &Parts, body: Bytes) -> Result<
         ));
     }
 
+    let verdict = state.quota.lock().as_mut().map(|q| q.issue(&fields["client_id"], Instant::now()));
+    match verdict {
+        Some(Verdict::Go(headers)) => quota.extend(headers),
+        Some(Verdict::Spent(bucket, headers)) => {
+            quota.extend(headers);
+            return Ok(spent(state, bucket));
+        }
+        None => {}
+    }
     let expires_in = state.expires_in();
     let token = jwt(&fields["client_id"], expires_in);
     state.issued.lock().insert(

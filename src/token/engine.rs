@@ -8,7 +8,8 @@
 //! `token.timeout`. A failed fetch never touches the current token.
 
 use super::Token;
-use super::fetch::{Fetch, FetchError};
+use super::fetch::{Answer, Fetch, FetchError};
+use super::quota::{Bucket, Quotas, Timed};
 use super::schedule::{self, Budget, Plan, PlanToken};
 use crate::config::TokenConfig;
 use crate::credentials::Credentials;
@@ -47,6 +48,10 @@ struct Status {
     ever: bool,
     credentials_in_use: u64,
     credentials_tried: u64,
+    /// The quota buckets the token endpoint last reported, and the fingerprint of the
+    /// client id they belong to (a quota is per application).
+    quotas: Quotas,
+    quota_client: Option<String>,
 }
 
 #[derive(Debug)]
@@ -84,6 +89,21 @@ pub struct StatusSnapshot {
     pub credential_generation_in_use: u64,
     pub credential_generation_tried: u64,
     pub last_error: Option<LastError>,
+    /// The token quota buckets, as the token endpoint last reported them.
+    pub quota: Vec<QuotaSnapshot>,
+}
+
+/// One quota bucket in `/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuotaSnapshot {
+    pub bucket: &'static str,
+    pub limit: u64,
+    pub remaining: u64,
+    pub resets_at: String,
+    /// No request left until `resets_at`.
+    pub spent: bool,
+    /// A tenth or less left: refreshes are put off to the latest safe point.
+    pub low: bool,
 }
 
 impl TokenSource {
@@ -182,6 +202,14 @@ impl TokenSource {
             return None;
         }
         let status = self.shared.status.lock();
+        if let Some((b, _)) = status.quotas.spent(Instant::now()) {
+            return Some(format!(
+                "no usable token: the token quota is spent (bucket {}, {} requests), no token request before it resets at {}",
+                b.name,
+                b.limit,
+                humantime::format_rfc3339_seconds(b.reset),
+            ));
+        }
         Some(match (&status.last_error, status.ever) {
             (Some(e), _) => format!("no usable token; last token request failed: {}", e.message),
             (None, true) => "no usable token: the current one is about to expire and its refresh is pending".into(),
@@ -209,6 +237,17 @@ impl TokenSource {
             credential_generation_in_use: status.credentials_in_use,
             credential_generation_tried: status.credentials_tried,
             last_error: status.last_error.clone(),
+            quota: {
+                let quota = status.quotas.buckets(Instant::now()).map(|(b, spent, low)| QuotaSnapshot {
+                    bucket: b.name,
+                    limit: b.limit,
+                    remaining: b.remaining,
+                    resets_at: humantime::format_rfc3339_seconds(b.reset).to_string(),
+                    spent,
+                    low,
+                });
+                quota.collect()
+            },
         }
     }
 
@@ -243,6 +282,8 @@ struct Local {
     credentials_tried: u64,
     generation: u64,
     budget_blocked: bool,
+    /// The last quota condition warned about, so that each is logged once.
+    quota_warned: Option<(&'static str, SystemTime)>,
 }
 
 impl<F: Fetch> Refresher<F> {
@@ -269,6 +310,72 @@ impl<F: Fetch> Refresher<F> {
         if self.jitter { rand::random::<f64>() } else { 0.5 }
     }
 
+    /// The spent and the low quota bucket, if any, of the client id in force (readings
+    /// taken for another client id do not count).
+    fn quota_state(&self, client: &str, now: Instant) -> (Option<Timed>, Option<Timed>) {
+        let status = self.source.shared.status.lock();
+        if status.quota_client.as_deref() != Some(client) {
+            return (None, None);
+        }
+        (status.quotas.spent(now), status.quotas.low(now))
+    }
+
+    /// Keeps a response's quota readings, for the plan, `/status` and the metrics.
+    fn record_quota(&self, readings: &[Bucket], client: String) {
+        let shared = &self.source.shared;
+        let mut status = shared.status.lock();
+        if status.quota_client.as_deref() != Some(client.as_str()) {
+            status.quotas.clear();
+            status.quota_client = Some(client);
+        }
+        status.quotas.update(readings, SystemTime::now(), Instant::now());
+        drop(status);
+        for b in readings {
+            shared.metrics.quota(b.name, b.limit, b.remaining, unix_secs(b.reset));
+        }
+    }
+
+    /// Logs a spent or low bucket once per condition, when it changes the plan.
+    fn warn_quota(
+        &self,
+        local: &mut Local,
+        spent: Option<Timed>,
+        low: Option<Timed>,
+        token: Option<&Token>,
+        wanted: Instant,
+        now: Instant,
+    ) {
+        let wait =
+            |at: Instant| humantime::format_duration(Duration::from_secs(at.saturating_duration_since(now).as_secs()));
+        if let Some((b, _)) = spent {
+            if local.quota_warned != Some((b.name, b.reset)) {
+                local.quota_warned = Some((b.name, b.reset));
+                tracing::warn!(
+                    bucket = b.name,
+                    limit = b.limit,
+                    resets_at = %humantime::format_rfc3339_seconds(b.reset),
+                    wait = %wait(wanted),
+                    token_usable = token.is_some_and(|t| t.usable(now)),
+                    "token quota spent: no token request before the bucket resets{}",
+                    if token.is_some_and(|t| t.usable(now)) { "; the current token stays in use" } else { "" },
+                );
+            }
+        } else if let (Some((b, _)), Some(t)) = (low, token) {
+            if local.quota_warned != Some((b.name, b.reset)) && wanted > local.refresh_due.unwrap_or(now) {
+                local.quota_warned = Some((b.name, b.reset));
+                tracing::warn!(
+                    bucket = b.name,
+                    limit = b.limit,
+                    remaining = b.remaining,
+                    resets_at = %humantime::format_rfc3339_seconds(b.reset),
+                    refresh_in = %wait(wanted),
+                    usable_for = %wait(t.usable_until),
+                    "token quota low: the next refresh is put off to the latest safe point",
+                );
+            }
+        }
+    }
+
     /// Runs until `shutdown` resolves. The first token request goes out at once.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -278,22 +385,33 @@ impl<F: Fetch> Refresher<F> {
         shared.budget.lock().get_or_insert_with(|| Budget::new(self.max_per_minute));
         loop {
             let now = Instant::now();
-            let credentials_generation = credentials.borrow_and_update().generation;
+            let (credentials_generation, client) = {
+                let c = credentials.borrow_and_update();
+                (c.generation, c.client_id.fingerprint())
+            };
             let token = shared.token.read().clone();
+            let (spent, low) = self.quota_state(&client, now);
             let plan = Plan {
                 now,
-                token: token.as_ref().map(|t| PlanToken {
-                    generation: t.generation,
-                    refresh_due: local.refresh_due.unwrap_or(now),
-                    usable_until: t.usable_until,
-                    usable_now: t.usable(now),
+                token: token.as_ref().map(|t| {
+                    let refresh_due = local.refresh_due.unwrap_or(now);
+                    PlanToken {
+                        generation: t.generation,
+                        refresh_due,
+                        latest_refresh: schedule::latest_refresh(refresh_due, t.usable_until, self.timeout),
+                        usable_until: t.usable_until,
+                        usable_now: t.usable(now),
+                    }
                 }),
                 invalidated: shared.status.lock().invalidated,
                 credentials: credentials_generation,
                 credentials_tried: local.credentials_tried,
                 hold: local.hold,
+                quota_spent_until: spent.map(|(_, at)| at),
+                quota_low_until: low.map(|(_, at)| at),
             };
             let wanted = schedule::next_fetch(&plan);
+            self.warn_quota(&mut local, spent, low, token.as_deref(), wanted, now);
             let next = shared.budget.lock().as_ref().map_or(wanted, |b| b.earliest(wanted));
             if next > wanted && wanted <= now && !local.budget_blocked {
                 local.budget_blocked = true;
@@ -328,15 +446,18 @@ impl<F: Fetch> Refresher<F> {
             shared.status.lock().credentials_tried = creds.generation;
             let issued = Instant::now();
             let issued_wall = SystemTime::now();
-            let outcome = tokio::select! {
+            let answer = tokio::select! {
                 r = tokio::time::timeout(self.timeout, self.fetcher.fetch(&creds)) => r.unwrap_or_else(|_| {
-                    Err(FetchError::transient(format!("token request timed out after {}", humantime::format_duration(self.timeout))))
+                    Answer::from(Err(FetchError::transient(format!("token request timed out after {}", humantime::format_duration(self.timeout)))))
                 }),
                 () = &mut shutdown => return,
             };
             shared.metrics.token_request_duration.observe(issued.elapsed().as_secs_f64());
+            if !answer.quota.is_empty() {
+                self.record_quota(&answer.quota, creds.client_id.fingerprint());
+            }
 
-            match outcome {
+            match answer.result {
                 Ok(fetched) => {
                     local.generation += 1;
                     let token = Arc::new(Token::new(&fetched, local.generation, issued, issued_wall));
@@ -419,6 +540,8 @@ mod tests {
     struct Scripted {
         calls: Arc<AtomicU64>,
         script: Arc<Mutex<VecDeque<Result<Duration, FetchError>>>>,
+        /// The quota readings each answer reports, in order (then none).
+        quota: Arc<Mutex<VecDeque<Vec<Bucket>>>>,
         delay: Duration,
         lifetime: Duration,
     }
@@ -434,14 +557,22 @@ mod tests {
         fn calls(&self) -> u64 {
             self.calls.load(Ordering::SeqCst)
         }
+        /// The next answer reports one bucket.
+        fn quota(self, name: &'static str, limit: u64, remaining: u64, reset_in: Duration) -> Self {
+            let reset = SystemTime::now() + reset_in;
+            self.quota.lock().push_back(vec![Bucket { name, limit, remaining, reset }]);
+            self
+        }
     }
 
     impl Fetch for Scripted {
-        async fn fetch(&self, _: &crate::credentials::CredentialSet) -> Result<Fetched, FetchError> {
+        async fn fetch(&self, _: &crate::credentials::CredentialSet) -> Answer {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
             tokio::time::sleep(self.delay).await;
             let next = self.script.lock().pop_front().unwrap_or(Ok(self.lifetime));
-            next.map(|lifetime| Fetched { access_token: Secret::new(format!("token-{n}")), lifetime })
+            let quota = self.quota.lock().pop_front().unwrap_or_default();
+            let result = next.map(|lifetime| Fetched { access_token: Secret::new(format!("token-{n}")), lifetime });
+            Answer { result, quota }
         }
     }
 
@@ -578,6 +709,74 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_spent_bucket_holds_every_request_until_its_reset() {
+        // The first answer says the hourly bucket is spent for 200 s. The token (100 s) is
+        // used to the end of its usable window (90 s), then no token is had, but nothing
+        // is asked of the endpoint before the reset.
+        let fetcher = Scripted::new(S(100)).quota("per_hour", 2, 0, S(200));
+        let (source, _task) = start(fetcher.clone(), 6);
+        assert_eq!(source.get().await.unwrap().generation, 1);
+        let quota = source.snapshot().quota;
+        assert_eq!((quota[0].bucket, quota[0].remaining, quota[0].spent), ("per_hour", 0, true));
+        tokio::time::sleep(S(60)).await;
+        assert_eq!(fetcher.calls(), 1, "no refresh at the refresh point");
+        assert_eq!(source.current().unwrap().generation, 1, "the token stays in use");
+        tokio::time::sleep(S(31)).await;
+        assert!(source.current().is_none(), "not past its usable window");
+        assert!(source.not_ready_reason().unwrap().contains("quota is spent (bucket per_hour"));
+        match source.get().await {
+            Err(TokenUnavailable::Timeout { .. }) => {}
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        tokio::time::sleep_until(Instant::now() + S(199) - S(101)).await;
+        assert_eq!(fetcher.calls(), 1, "nothing sent into the spent bucket");
+        tokio::time::sleep(S(2)).await;
+        assert_eq!(fetcher.calls(), 2, "sent at the reset");
+        assert_eq!(source.current().unwrap().generation, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_waits_for_the_later_of_retry_after_and_the_reset() {
+        let too_many = FetchError::Transient { reason: "HTTP 429".into(), retry_after: Some(S(30)) };
+        let fetcher = Scripted::new(S(1000)).then(Err(too_many)).quota("rate", 30, 0, S(120));
+        let (source, _task) = start(fetcher.clone(), 6);
+        assert!(source.current().is_none());
+        tokio::time::sleep(S(119)).await;
+        assert_eq!(fetcher.calls(), 1, "Retry-After (30 s) is not enough: the bucket resets at 120 s");
+        tokio::time::sleep(S(2)).await;
+        assert_eq!(fetcher.calls(), 2);
+        assert!(source.current().is_some());
+        // A Retry-After longer than the reset wins.
+        let longer = FetchError::Transient { reason: "HTTP 429".into(), retry_after: Some(S(300)) };
+        let fetcher = Scripted::new(S(1000)).then(Err(longer));
+        let fetcher = fetcher.quota("rate", 30, 0, S(120));
+        let (_source, _task) = start(fetcher.clone(), 6);
+        tokio::time::sleep_until(Instant::now() + S(299)).await;
+        assert_eq!(fetcher.calls(), 1);
+        tokio::time::sleep(S(2)).await;
+        assert_eq!(fetcher.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_low_bucket_puts_the_refresh_off_to_the_latest_safe_point() {
+        // Lifetime 1000 s: refresh due at 500 s, usable until 940 s, token.timeout 10 s, so
+        // the latest safe point is 930 s. 3 of 50 left is low.
+        let fetcher = Scripted::new(S(1000)).quota("per_day", 50, 3, S(5000));
+        let (source, _task) = start(fetcher.clone(), 6);
+        source.get().await.unwrap();
+        assert!(source.snapshot().quota[0].low);
+        tokio::time::sleep(S(929)).await;
+        assert_eq!(fetcher.calls(), 1, "not at the refresh point");
+        tokio::time::sleep(S(2)).await;
+        assert_eq!(fetcher.calls(), 2, "at the latest safe point");
+        assert_eq!(source.current().unwrap().generation, 2, "before the old token stopped being usable");
+        // That answer said nothing of quotas: the reading stays, so the next refresh is
+        // put off the same way.
+        tokio::time::sleep(S(600)).await;
+        assert_eq!(fetcher.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_budget_holds_when_everything_fails() {
         let fetcher = Scripted::new(S(100));
         for _ in 0..1000 {
@@ -627,7 +826,13 @@ mod tests {
         }
 
         impl Fetch for Arc<Truth> {
-            async fn fetch(&self, _: &crate::credentials::CredentialSet) -> Result<Fetched, FetchError> {
+            async fn fetch(&self, _: &crate::credentials::CredentialSet) -> Answer {
+                Answer::from(self.answer().await)
+            }
+        }
+
+        impl Truth {
+            async fn answer(&self) -> Result<Fetched, FetchError> {
                 let n = {
                     let mut calls = self.calls.lock();
                     calls.push(Instant::now());

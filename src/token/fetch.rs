@@ -6,6 +6,7 @@
 //! in-memory token source. Nothing here logs; nothing here puts the secret or a token in
 //! an error.
 
+use super::quota::{self, Bucket};
 use super::schedule::{MAX_LIFETIME, RETRY_AFTER_CAP};
 use crate::VERSION;
 use crate::body::full;
@@ -50,9 +51,23 @@ impl FetchError {
     }
 }
 
+/// What one token request came back with: its outcome, and the quota buckets its response
+/// reported (none when there was no response, or it said nothing of quotas).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub result: Result<Fetched, FetchError>,
+    pub quota: Vec<Bucket>,
+}
+
+impl From<Result<Fetched, FetchError>> for Answer {
+    fn from(result: Result<Fetched, FetchError>) -> Self {
+        Self { result, quota: Vec::new() }
+    }
+}
+
 /// Something that fetches tokens: the real endpoint, or a test's in-memory source.
 pub trait Fetch: Send + Sync + 'static {
-    fn fetch(&self, credentials: &CredentialSet) -> impl Future<Output = Result<Fetched, FetchError>> + Send;
+    fn fetch(&self, credentials: &CredentialSet) -> impl Future<Output = Answer> + Send;
 }
 
 /// The token endpoint over HTTP.
@@ -103,7 +118,7 @@ impl HttpFetcher {
 }
 
 impl Fetch for HttpFetcher {
-    async fn fetch(&self, credentials: &CredentialSet) -> Result<Fetched, FetchError> {
+    async fn fetch(&self, credentials: &CredentialSet) -> Answer {
         let (body, content_type) = self.body(credentials);
         let request = Request::post(self.url.clone())
             .header(header::CONTENT_TYPE, content_type)
@@ -112,19 +127,22 @@ impl Fetch for HttpFetcher {
             .header(header::USER_AGENT, self.user_agent.clone())
             .body(full(body))
             .expect("valid request parts");
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| FetchError::transient(format!("token endpoint unreachable: {}", error_chain(&e))))?;
+        let response = match self.client.request(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                return Err(FetchError::transient(format!("token endpoint unreachable: {}", error_chain(&e)))).into();
+            }
+        };
         let status = response.status();
-        let retry_after = retry_after(response.headers(), SystemTime::now());
-        let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| FetchError::transient(format!("reading the token response failed: {e}")))?
-            .to_bytes();
-        classify(status, &bytes, retry_after)
+        let now = SystemTime::now();
+        let retry_after = retry_after(response.headers(), now);
+        // Read whatever the outcome: a 429 reports the quota as much as a 200 does.
+        let quota = quota::parse(response.headers(), now);
+        let result = match Limited::new(response.into_body(), MAX_RESPONSE).collect().await {
+            Ok(body) => classify(status, &body.to_bytes(), retry_after),
+            Err(e) => Err(FetchError::transient(format!("reading the token response failed: {e}"))),
+        };
+        Answer { result, quota }
     }
 }
 

@@ -4,10 +4,11 @@
 
 pub mod engine;
 pub mod fetch;
+pub mod quota;
 pub mod schedule;
 
 pub use engine::{Refresher, StatusSnapshot, TokenSource, TokenUnavailable};
-pub use fetch::{Fetch, FetchError, Fetched, HttpFetcher};
+pub use fetch::{Answer, Fetch, FetchError, Fetched, HttpFetcher};
 
 use http::HeaderValue;
 use std::time::{Duration, SystemTime};

@@ -70,6 +70,11 @@ pub struct Plan {
     /// No fetch before this, after a failure; and whether that failure was a rejection
     /// (a rejection hold is lifted when the credentials change).
     pub hold: Option<(Instant, bool)>,
+    /// A quota bucket is spent until then: no fetch before it, whatever else is due.
+    pub quota_spent_until: Option<Instant>,
+    /// A quota bucket is low until then: the refresh waits for that reset, or for the
+    /// token's latest safe refresh point, whichever comes first.
+    pub quota_low_until: Option<Instant>,
 }
 
 /// What the plan needs of the current token.
@@ -78,6 +83,9 @@ pub struct PlanToken {
     pub generation: u64,
     /// When it is due for refresh.
     pub refresh_due: Instant,
+    /// The latest point at which a refresh still ends before the token stops being usable:
+    /// `usable_until` minus `token.timeout`, never before `refresh_due`.
+    pub latest_refresh: Instant,
     /// When it stops being usable by the monotonic clock.
     pub usable_until: Instant,
     /// Whether it is usable now by both clocks (see [`crate::token::Token::usable`]): false
@@ -95,15 +103,28 @@ pub fn next_fetch(p: &Plan) -> Instant {
             if credentials_changed || t.generation <= p.invalidated || !t.usable_now || p.now >= t.usable_until {
                 p.now
             } else {
-                t.refresh_due.min(t.usable_until)
+                let due = match p.quota_low_until {
+                    Some(reset) => t.refresh_due.max(reset.min(t.latest_refresh)),
+                    None => t.refresh_due,
+                };
+                due.min(t.usable_until)
             }
         }
     };
-    match p.hold {
+    let wanted = match p.hold {
         Some((_, true)) if credentials_changed => wanted,
         Some((until, _)) => wanted.max(until),
         None => wanted,
-    }
+    };
+    // A request into a spent bucket is refused and may count against the quota: wait.
+    p.quota_spent_until.map_or(wanted, |until| wanted.max(until))
+}
+
+/// The latest safe refresh point of a token: early enough that a refresh that takes the
+/// whole `timeout` still ends before the token stops being usable, and never before its
+/// normal refresh point.
+pub fn latest_refresh(refresh_due: Instant, usable_until: Instant, timeout: Duration) -> Instant {
+    refresh_due.max(usable_until.checked_sub(timeout).unwrap_or(usable_until))
 }
 
 /// A hard cap on token requests in any 60-second window: the times of the last
@@ -184,11 +205,21 @@ mod tests {
     }
 
     fn plan(now: Instant) -> Plan {
-        Plan { now, token: None, invalidated: 0, credentials: 1, credentials_tried: 1, hold: None }
+        Plan {
+            now,
+            token: None,
+            invalidated: 0,
+            credentials: 1,
+            credentials_tried: 1,
+            hold: None,
+            quota_spent_until: None,
+            quota_low_until: None,
+        }
     }
 
     fn tok(generation: u64, refresh_due: Instant, usable_until: Instant) -> Option<PlanToken> {
-        Some(PlanToken { generation, refresh_due, usable_until, usable_now: true })
+        let latest_refresh = latest_refresh(refresh_due, usable_until, S(10));
+        Some(PlanToken { generation, refresh_due, latest_refresh, usable_until, usable_now: true })
     }
 
     #[test]
@@ -226,6 +257,42 @@ mod tests {
         // A hold earlier than the refresh point changes nothing.
         let p = Plan { token: tok(1, at(500), at(900)), hold: Some((at(10), false)), ..plan(t0) };
         assert_eq!(next_fetch(&p), at(500));
+
+        // A spent quota bucket holds back every fetch until its reset: the first token,
+        // an invalidated one, new credentials, a refresh.
+        let spent = Some(at(3600));
+        assert_eq!(next_fetch(&Plan { quota_spent_until: spent, ..plan(t0) }), at(3600));
+        let p = Plan { token: tok(3, at(500), at(900)), invalidated: 3, quota_spent_until: spent, ..plan(t0) };
+        assert_eq!(next_fetch(&p), at(3600));
+        let p = Plan { token: tok(1, at(500), at(900)), credentials: 2, quota_spent_until: spent, ..plan(t0) };
+        assert_eq!(next_fetch(&p), at(3600));
+        let p = Plan { token: tok(1, at(500), at(900)), quota_spent_until: Some(at(20)), ..plan(t0) };
+        assert_eq!(next_fetch(&p), at(500), "a reset before the refresh point changes nothing");
+        // A spent bucket outlasts a shorter Retry-After hold, and a longer hold outlasts it.
+        let p = Plan { hold: Some((at(30), false)), quota_spent_until: Some(at(60)), ..plan(t0) };
+        assert_eq!(next_fetch(&p), at(60));
+        let p = Plan { hold: Some((at(90), false)), quota_spent_until: Some(at(60)), ..plan(t0) };
+        assert_eq!(next_fetch(&p), at(90));
+
+        // A low bucket puts the refresh off to its reset, or to the latest safe point
+        // (usable_until minus token.timeout) if that comes first; never earlier than due.
+        let p = Plan { token: tok(1, at(500), at(900)), quota_low_until: Some(at(3600)), ..plan(t0) };
+        assert_eq!(next_fetch(&p), at(890));
+        let p = Plan { token: tok(1, at(500), at(900)), quota_low_until: Some(at(700)), ..plan(t0) };
+        assert_eq!(next_fetch(&p), at(700));
+        let p = Plan { token: tok(1, at(500), at(900)), quota_low_until: Some(at(100)), ..plan(t0) };
+        assert_eq!(next_fetch(&p), at(500));
+        // ...but an urgent fetch stays urgent.
+        let p = Plan { token: tok(3, at(500), at(900)), invalidated: 3, quota_low_until: Some(at(3600)), ..plan(t0) };
+        assert_eq!(next_fetch(&p), t0);
+    }
+
+    #[test]
+    fn latest_refresh_leaves_room_for_one_request() {
+        let t0 = Instant::now();
+        assert_eq!(latest_refresh(t0 + S(500), t0 + S(900), S(10)), t0 + S(890));
+        // A token so short that the timeout does not fit after its refresh point.
+        assert_eq!(latest_refresh(t0 + S(5), t0 + S(9), S(10)), t0 + S(5));
     }
 
     #[test]

@@ -1,0 +1,105 @@
+//! Auth0's token quota over real sockets: the fake meters tokens and reports its buckets on
+//! every token response; the proxy shows them and never sends into a spent bucket.
+
+use crate::support::*;
+use pinecone_admin_proxy::fake::quota::Quota;
+use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FakePinecone};
+use pinecone_admin_proxy::token::TokenSource;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn metered(fake: &FakePinecone, spec: &str) {
+    fake.state().set_quota(Some(Quota::parse(spec).expect("quota spec")));
+}
+
+/// Waits (after each token request, up to `within`) until the engine holds generation `n`.
+async fn until_generation(tokens: &TokenSource, n: u64, within: Duration) {
+    let mut changed = tokens.subscribe();
+    tokio::time::timeout(within, async {
+        while tokens.snapshot().generation.unwrap_or(0) < n {
+            changed.changed().await.expect("engine running");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no token generation {n} within {within:?}: {:?}", tokens.snapshot()));
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test]
+async fn quota_headers_become_metrics_and_status() {
+    let fake = fake(3600).await;
+    metered(&fake, "per_hour=10,per_day=50,rate=30");
+    let proxy = proxy_for(&fake, &[]).await;
+    proxy.tokens.get().await.unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    let (_, _, body) = TestClient::default().get(&ops_url(&proxy, "/metrics")).await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for (bucket, limit, window) in [("per_hour", 10.0, 3600.0), ("per_day", 50.0, 86400.0), ("rate", 30.0, 60.0)] {
+        let series = |name: &str| format!("pinecone_proxy_token_quota_{name}{{bucket=\"{bucket}\"}}");
+        assert_eq!(metric(&text, &series("limit")), limit, "{bucket}");
+        assert_eq!(metric(&text, &series("remaining")), limit - 1.0, "{bucket}: one token taken");
+        let reset = metric(&text, &series("reset_timestamp_seconds"));
+        assert!(reset > now + window - 5.0 && reset <= now + window + 1.0, "{bucket} resets at {reset}, now {now}");
+    }
+    let (_, _, body) = TestClient::default().get(&ops_url(&proxy, "/status")).await;
+    let quota = &json(&body)["token"]["quota"];
+    assert_eq!(quota[0]["bucket"], "per_hour");
+    assert_eq!(quota[0]["limit"], 10);
+    assert_eq!(quota[0]["remaining"], 9);
+    assert_eq!(quota[0]["spent"], false);
+    assert_eq!(quota.as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn without_quota_headers_nothing_is_shown() {
+    let fake = fake(3600).await;
+    let proxy = proxy_for(&fake, &[]).await;
+    proxy.tokens.get().await.unwrap();
+    let (_, _, body) = TestClient::default().get(&ops_url(&proxy, "/metrics")).await;
+    assert!(!String::from_utf8_lossy(&body).contains("pinecone_proxy_token_quota_limit{"));
+    assert_eq!(proxy.tokens.snapshot().quota.len(), 0);
+}
+
+#[tokio::test]
+async fn a_spent_bucket_blocks_token_requests_until_its_reset() {
+    // 2-second tokens are refreshed about every second, but the quota allows 2 tokens per
+    // 3 seconds: the second token spends the bucket, and the third may only be asked for
+    // after the reset. A request sent before would be answered 429.
+    let fake = fake(2).await;
+    metered(&fake, "per_hour=2/3s");
+    let proxy = proxy_for(&fake, &[("PINECONE_PROXY_TOKEN_MAX_REQUESTS_PER_MINUTE", "120")]).await;
+    until_generation(&proxy.tokens, 3, Duration::from_secs(20)).await;
+    let state = fake.state();
+    assert_eq!(state.quota_refused.load(SeqCst), 0, "a token request went into the spent bucket");
+    assert_eq!(state.token_requests.load(SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_429_for_a_spent_bucket_is_obeyed_until_the_reset() {
+    // Another replica already took the only token of this 3-second window: the proxy's
+    // first request gets 429 with r=0, and it waits for the reset instead of backing off
+    // for a second and trying again.
+    let fake = fake(3600).await;
+    metered(&fake, "per_hour=1/3s");
+    let body = serde_json::json!({
+        "grant_type": "client_credentials", "client_id": DEMO_CLIENT_ID,
+        "client_secret": DEMO_CLIENT_SECRET, "audience": "https://api.pinecone.io/",
+    });
+    let (status, _, _) = TestClient::default().post(&fake.token_url(), &body.to_string()).await;
+    assert_eq!(status, 200);
+    let proxy = proxy_for(&fake, &[]).await;
+    let mut changed = proxy.tokens.subscribe();
+    changed.changed().await.unwrap();
+    assert_eq!(proxy.tokens.snapshot().last_error.unwrap().kind, "transient_error");
+    let reason = proxy.tokens.not_ready_reason().unwrap();
+    assert!(reason.contains("quota is spent (bucket per_hour"), "{reason}");
+    until_generation(&proxy.tokens, 1, Duration::from_secs(10)).await;
+    let state = fake.state();
+    assert_eq!(state.quota_refused.load(SeqCst), 1, "one 429, then nothing until the reset");
+    assert_eq!(state.token_requests.load(SeqCst), 3);
+}
