@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::proxy::Proxy;
 use crate::serve::{self, BoundAddr, ServeOptions, Trigger};
+use crate::token::shared::SharedCache;
 use crate::token::{HttpFetcher, Refresher, TokenSource};
 use crate::upstream::Upstream;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub enum StartError {
     Bind { key: &'static str, addr: String, source: std::io::Error },
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("{0}")]
+    SharedCache(String),
 }
 
 /// A started proxy.
@@ -124,7 +127,19 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let client = crate::client::build(&config.upstream)?;
     let tokens = TokenSource::new(metrics.clone(), config.token.timeout);
     let fetcher = HttpFetcher::new(client, &config.token, config.upstream.api_version.clone());
-    let refresher = Refresher::new(tokens.clone(), fetcher, credentials.clone(), &config.token);
+    let mut refresher = Refresher::new(tokens.clone(), fetcher, credentials.clone(), &config.token);
+    if let Some(cache) = &config.token.shared_cache {
+        let shared = SharedCache::new(cache, &config.token.audience, config.token.timeout, metrics.clone())
+            .map_err(StartError::SharedCache)?;
+        if cache.clear_text_password {
+            tracing::warn!(
+                shared_cache = %cache.shown,
+                "the Redis password travels in clear text to a host off this machine; use rediss:// (the token itself is encrypted)",
+            );
+        }
+        tracing::info!(shared_cache = %cache.shown, "tokens are shared with the fleet through Redis");
+        refresher = refresher.with_shared_cache(shared);
+    }
     let proxy = Proxy::new(
         Upstream::new(&config.upstream)?,
         tokens.clone(),

@@ -95,6 +95,51 @@ pub struct RawToken {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub max_requests_per_minute: u32,
+    /// `redis://…` or `rediss://…`: the fleet's shared token cache. May hold a password, so
+    /// it is a [`RedisUrl`]: redacted in `Debug` and `check-config`.
+    pub shared_cache: Option<RedisUrl>,
+    /// A file holding that URL (a Kubernetes Secret), instead of `shared_cache`.
+    pub shared_cache_file: Option<PathBuf>,
+    /// PEM certificates to trust for `rediss://` instead of the web PKI roots.
+    pub shared_cache_ca_file: Option<PathBuf>,
+}
+
+/// A Redis URL as written. It may carry a password, so it is kept as a [`Secret`], shown
+/// only as [`redact_url`] makes it, and never quoted in an error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(pub Secret);
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", redact_url(self.0.expose()))
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&redact_url(self.0.expose()))
+    }
+}
+
+impl<'de> Deserialize<'de> for RedisUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self(Secret::new(String::deserialize(d)?.trim())))
+    }
+}
+
+/// A URL with the password of its user information replaced by `<redacted>` (all of the
+/// user information, when it has no `user:` part, since some write the password alone).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "<redacted: not a URL>".into() };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        None => url.to_owned(),
+        Some((info, host)) => match info.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}{tail}"),
+            None => format!("{scheme}://<redacted>@{host}{tail}"),
+        },
+    }
 }
 
 impl Default for RawToken {
@@ -110,6 +155,9 @@ impl Default for RawToken {
             // Real lifetimes are minutes to a day: 6 a minute is room for retries, and a
             // hard stop for a loop that burns Auth0's quota (PRODUCT.md, "The token").
             max_requests_per_minute: 6,
+            shared_cache: None,
+            shared_cache_file: None,
+            shared_cache_ca_file: None,
         }
     }
 }
@@ -380,6 +428,22 @@ pub struct TokenConfig {
     pub refresh_jitter: f64,
     pub timeout: Duration,
     pub max_requests_per_minute: u32,
+    /// The fleet's shared token cache, if one is set.
+    pub shared_cache: Option<SharedCacheConfig>,
+}
+
+/// Where the shared token cache is.
+#[derive(Debug, Clone)]
+pub struct SharedCacheConfig {
+    /// The URL, which may hold a password.
+    pub url: Secret,
+    /// The URL with its password redacted, for logs and `/status`.
+    pub shown: String,
+    /// The certificates of `token.shared_cache_ca_file`, as PEM, if set.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Whether a password travels in clear text to a host off this machine (`redis://` with a
+    /// password to a non-loopback host): warned about at start.
+    pub clear_text_password: bool,
 }
 
 /// The upstream base URL, split once so the request path only concatenates.
@@ -674,6 +738,7 @@ fn validate(raw: RawConfig, origins: &BTreeMap<String, Origin>, env: &Env) -> Re
         timeout: positive(t.timeout).map_err(|p| err("token.timeout", p))?,
         max_requests_per_minute: in_range(t.max_requests_per_minute, 1, 6000)
             .map_err(|p| err("token.max_requests_per_minute", p))?,
+        shared_cache: shared_cache(t).map_err(|(key, p)| err(key, p))?,
     };
     check_refresh(t.refresh_at, t.refresh_jitter).map_err(|(key, p)| err(key, p))?;
 
@@ -909,6 +974,64 @@ pub fn parse_url(text: &str) -> Result<Uri, String> {
         )),
         other => Err(format!("must be an https:// URL, got scheme {other:?}")),
     }
+}
+
+/// `token.shared_cache` or `token.shared_cache_file`, checked: a `redis://` or `rediss://`
+/// URL that the Redis client reads. Problems never quote the URL (it may hold a password).
+fn shared_cache(t: &RawToken) -> Result<Option<SharedCacheConfig>, (&'static str, String)> {
+    let (key, url) = match (&t.shared_cache, &t.shared_cache_file) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "token.shared_cache_file",
+                "set only one of token.shared_cache and token.shared_cache_file".into(),
+            ));
+        }
+        (Some(url), None) => ("token.shared_cache", url.0.clone()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ("token.shared_cache_file", format!("cannot read {}: {e}", path.display())))?;
+            ("token.shared_cache_file", Secret::new(text.trim()))
+        }
+        (None, None) => {
+            if t.shared_cache_ca_file.is_some() {
+                return Err(("token.shared_cache_ca_file", "is set, but token.shared_cache is not".into()));
+            }
+            return Ok(None);
+        }
+    };
+    let text = url.expose();
+    if text.is_empty() {
+        return Err((key, "is empty".into()));
+    }
+    let tls = text.starts_with("rediss://");
+    if !tls && !text.starts_with("redis://") {
+        return Err((key, "must be a redis:// or rediss:// URL (redis://[user:password@]host[:port][/db])".into()));
+    }
+    let info = redis::IntoConnectionInfo::into_connection_info(text).map_err(|e| {
+        (
+            key,
+            format!(
+                "is not a Redis URL the client can use ({:?}): write redis://[user:password@]host[:port][/db]",
+                e.kind()
+            ),
+        )
+    })?;
+    let ca_pem = match &t.shared_cache_ca_file {
+        None => None,
+        Some(_) if !tls => return Err(("token.shared_cache_ca_file", "applies to rediss:// URLs only".into())),
+        Some(path) => {
+            read_roots(path).map_err(|p| ("token.shared_cache_ca_file", p))?;
+            Some(std::fs::read(path).map_err(|e| ("token.shared_cache_ca_file", e.to_string()))?)
+        }
+    };
+    let loopback = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+            host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => true,
+    };
+    let clear_text_password = !tls && !loopback && info.redis_settings().password().is_some();
+    Ok(Some(SharedCacheConfig { shown: redact_url(text), url, ca_pem, clear_text_password }))
 }
 
 fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -255,6 +255,11 @@ impl Metrics {
         self.shared_cache_errors.with_label_values(&[reason]).inc();
     }
 
+    /// Creates a shared cache failure's series at 0, so that a rate over it is never missing.
+    pub fn shared_cache_errors_at_zero(&self, reason: &'static str) {
+        self.shared_cache_errors.with_label_values(&[reason]);
+    }
+
     pub fn replay(&self, result: ReplayResult) {
         self.replays[result as usize].inc();
     }

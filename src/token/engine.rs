@@ -11,6 +11,7 @@ use super::Token;
 use super::fetch::{Answer, Fetch, FetchError};
 use super::quota::{Bucket, Quotas, Timed};
 use super::schedule::{self, Budget, Plan, PlanToken};
+use super::shared::{CacheStatus, Look, SharedCache};
 use crate::config::TokenConfig;
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
@@ -52,6 +53,7 @@ struct Status {
     /// client id they belong to (a quota is per application).
     quotas: Quotas,
     quota_client: Option<String>,
+    shared_cache: Option<Arc<Mutex<CacheStatus>>>,
 }
 
 #[derive(Debug)]
@@ -91,6 +93,8 @@ pub struct StatusSnapshot {
     pub last_error: Option<LastError>,
     /// The token quota buckets, as the token endpoint last reported them.
     pub quota: Vec<QuotaSnapshot>,
+    /// The shared token cache, if one is set.
+    pub shared_cache: Option<CacheStatus>,
 }
 
 /// One quota bucket in `/status`.
@@ -248,6 +252,7 @@ impl TokenSource {
                 });
                 quota.collect()
             },
+            shared_cache: status.shared_cache.as_ref().map(|s| s.lock().clone()),
         }
     }
 
@@ -271,6 +276,7 @@ pub struct Refresher<F> {
     timeout: Duration,
     max_per_minute: u32,
     jitter: bool,
+    cache: Option<SharedCache>,
 }
 
 /// What the loop remembers between iterations.
@@ -297,7 +303,15 @@ impl<F: Fetch> Refresher<F> {
             timeout: cfg.timeout,
             max_per_minute: cfg.max_requests_per_minute,
             jitter: true,
+            cache: None,
         }
+    }
+
+    /// Shares tokens with the fleet through `cache` (`token.shared_cache`).
+    pub fn with_shared_cache(mut self, cache: SharedCache) -> Self {
+        self.source.shared.status.lock().shared_cache = Some(cache.status());
+        self.cache = Some(cache);
+        self
     }
 
     /// Switches off the random parts (refresh jitter, backoff jitter) for tests.
@@ -377,8 +391,9 @@ impl<F: Fetch> Refresher<F> {
     }
 
     /// Runs until `shutdown` resolves. The first token request goes out at once.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut cache = self.cache.take();
         let mut credentials = self.credentials.subscribe();
         let mut local = Local::default();
         let shared = self.source.shared.clone();
@@ -438,10 +453,31 @@ impl<F: Fetch> Refresher<F> {
             }
 
             local.budget_blocked = false;
+            let creds = credentials.borrow_and_update().clone();
+            let mut held = None;
+            if let Some(cache) = cache.as_mut() {
+                let current = token.as_ref().map(|t| t.expires);
+                let look = tokio::select! {
+                    look = cache.obtain(&creds, current) => look,
+                    () = &mut shutdown => return,
+                };
+                match look {
+                    Look::Hit(cached) => {
+                        local.generation += 1;
+                        let token = Arc::new(Token::from_cache(&cached.fetched, local.generation, cached.expires));
+                        local.credentials_tried = creds.generation;
+                        shared.status.lock().credentials_tried = creds.generation;
+                        self.install(&mut local, token, creds.generation, "token read from the shared cache");
+                        self.source.notify_waiters();
+                        continue;
+                    }
+                    Look::Lock(lock) => held = Some(lock),
+                    Look::Fallback => {}
+                }
+            }
             if let Some(budget) = shared.budget.lock().as_mut() {
                 budget.record(now);
             }
-            let creds = credentials.borrow_and_update().clone();
             local.credentials_tried = creds.generation;
             shared.status.lock().credentials_tried = creds.generation;
             let issued = Instant::now();
@@ -461,28 +497,12 @@ impl<F: Fetch> Refresher<F> {
                 Ok(fetched) => {
                     local.generation += 1;
                     let token = Arc::new(Token::new(&fetched, local.generation, issued, issued_wall));
-                    let u = if self.jitter { 2.0 * self.random() - 1.0 } else { 0.0 };
-                    let refresh_in = schedule::refresh_after(token.lifetime, self.refresh_at, self.refresh_jitter, u);
-                    local.refresh_due = Some(issued + refresh_in);
-                    shared.metrics.token_refresh_due.set(unix_secs(issued_wall + refresh_in));
-                    local.failures = 0;
-                    local.hold = None;
                     shared.metrics.token_success.inc();
-                    shared.metrics.token_expiry.set(unix_secs(token.expires_wall));
-                    shared.metrics.token_usable.set(1);
-                    tracing::info!(
-                        generation = token.generation,
-                        fingerprint = %token.fingerprint,
-                        lifetime = %humantime::format_duration(token.lifetime),
-                        refresh_in = %humantime::format_duration(refresh_in),
-                        credential_generation = creds.generation,
-                        "token fetched",
-                    );
-                    *shared.token.write() = Some(token);
-                    let mut status = shared.status.lock();
-                    status.rejected = false;
-                    status.ever = true;
-                    status.credentials_in_use = creds.generation;
+                    let expires = token.expires;
+                    self.install(&mut local, token, creds.generation, "token fetched");
+                    if let Some(cache) = cache.as_mut() {
+                        cache.store(&creds, &fetched, expires.saturating_duration_since(Instant::now())).await;
+                    }
                 }
                 Err(error) => {
                     local.failures += 1;
@@ -518,8 +538,41 @@ impl<F: Fetch> Refresher<F> {
                     });
                 }
             }
+            if let (Some(cache), Some(lock)) = (cache.as_mut(), held) {
+                cache.release(lock).await;
+            }
             self.source.notify_waiters();
         }
+    }
+
+    /// Makes `token` the current one, whether fetched or read from the shared cache, and
+    /// sets when it is refreshed.
+    fn install(&self, local: &mut Local, token: Arc<Token>, credential_generation: u64, message: &'static str) {
+        let shared = &self.source.shared;
+        let u = if self.jitter { 2.0 * self.random() - 1.0 } else { 0.0 };
+        let refresh_in = schedule::refresh_after(token.lifetime, self.refresh_at, self.refresh_jitter, u);
+        local.refresh_due = Some(token.issued + refresh_in);
+        shared.metrics.token_refresh_due.set(unix_secs(token.issued_wall + refresh_in));
+        local.failures = 0;
+        local.hold = None;
+        shared.metrics.token_expiry.set(unix_secs(token.expires_wall));
+        shared.metrics.token_usable.set(1);
+        tracing::info!(
+            generation = token.generation,
+            fingerprint = %token.fingerprint,
+            lifetime = %humantime::format_duration(token.lifetime),
+            expires_in = %humantime::format_duration(Duration::from_secs(token.expires.saturating_duration_since(Instant::now()).as_secs())),
+            refresh_in = %humantime::format_duration(Duration::from_secs(
+                (token.issued + refresh_in).saturating_duration_since(Instant::now()).as_secs()
+            )),
+            credential_generation,
+            "{message}",
+        );
+        *shared.token.write() = Some(token);
+        let mut status = shared.status.lock();
+        status.rejected = false;
+        status.ever = true;
+        status.credentials_in_use = credential_generation;
     }
 }
 
@@ -585,6 +638,7 @@ mod tests {
             refresh_jitter: 0.1,
             timeout: Duration::from_secs(10),
             max_requests_per_minute: max_per_minute,
+            shared_cache: None,
         }
     }
 

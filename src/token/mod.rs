@@ -6,6 +6,7 @@ pub mod engine;
 pub mod fetch;
 pub mod quota;
 pub mod schedule;
+pub mod shared;
 
 pub use engine::{Refresher, StatusSnapshot, TokenSource, TokenUnavailable};
 pub use fetch::{Answer, Fetch, FetchError, Fetched, HttpFetcher};
@@ -62,6 +63,23 @@ impl Token {
             expires_wall: issued_wall + fetched.lifetime,
             usable_until_wall: issued_wall + usable_for,
         }
+    }
+
+    /// Dates a token read from the shared cache, which expires at `expires` by Redis's
+    /// clock (its entry's remaining TTL), whenever it was issued.
+    pub fn from_cache(fetched: &Fetched, generation: u64, expires: Instant) -> Self {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let remaining = expires.saturating_duration_since(now);
+        let age = fetched.lifetime.saturating_sub(remaining);
+        let mut token = Self::new(fetched, generation, now.checked_sub(age).unwrap_or(now), wall - age);
+        // Exact whatever the subtraction did: the entry's TTL decides.
+        let usable_for = remaining.saturating_sub(schedule::usable_margin(fetched.lifetime));
+        token.expires = expires;
+        token.usable_until = now + usable_for;
+        token.expires_wall = wall + remaining;
+        token.usable_until_wall = wall + usable_for;
+        token
     }
 
     /// The `Authorization` header value (marked sensitive).

@@ -1,0 +1,537 @@
+//! The fleet's shared token cache on Redis (`token.shared_cache`): all proxies with the same
+//! client id, secret and audience share one token, and one of them fetches it.
+//!
+//! Only the refresher uses it, when a token request is due:
+//!
+//! 1. It reads the entry. A token there that is usable and newer than the one it holds is
+//!    taken, and no token request is sent.
+//! 2. Otherwise it takes the fleet's lock (`SET … NX PX token.timeout`). The holder fetches,
+//!    writes the entry and releases the lock (compare-and-delete, so an expired lock that
+//!    another proxy took over is not released by the first). A holder that dies leaves the
+//!    lock to expire after `token.timeout`; another proxy then takes it.
+//! 3. The others poll the entry every 100 ms, up to the lock's TTL and a second, and read
+//!    the holder's token.
+//!
+//! The entry's name and its key both come from HKDF-SHA256 over the client secret (salt: the
+//! client id; info: the audience and what the output is for). The value is the token and its
+//! lifetime, sealed with AES-256-GCM under a random nonce, with the entry's name as
+//! associated data. Whoever reads Redis without the secret learns nothing usable; a rotated
+//! secret means another name and key. The entry expires in Redis when the token does, and a
+//! reader dates the token by the entry's remaining TTL (Redis's clock, not the writer's), so
+//! clock skew between pods never stretches a token's life.
+//!
+//! Every Redis command is bounded by 500 ms. A failure (unreachable, slow, an error answer,
+//! an unreadable entry, a lock that never came free) is counted in
+//! `shared_cache_errors_total{reason}` and logged, and the proxy fetches for itself within
+//! its own request budget; after a connection failure the cache is skipped for 5 s, then
+//! tried again. Nothing here is on the request path, and readiness never waits on it.
+
+use super::fetch::Fetched;
+use crate::config::SharedCacheConfig;
+use crate::credentials::CredentialSet;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use redis::aio::MultiplexedConnection;
+use ring::{aead, hkdf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The most any one Redis command may take (PRODUCT.md: "slow (over 500 ms)").
+pub const OP_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a proxy waiting for another's fetch reads the entry.
+pub const POLL: Duration = Duration::from_millis(100);
+/// How long the cache is skipped after a connection failure.
+pub const SKIP_AFTER_FAILURE: Duration = Duration::from_secs(5);
+/// The prefix of every key we write.
+pub const PREFIX: &str = "pinecone-admin-proxy:v1:";
+
+/// Why the cache was not used: the `reason` label of `shared_cache_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection (refused, reset, DNS, TLS).
+    Unreachable,
+    /// A command took longer than 500 ms.
+    Timeout,
+    /// Redis answered with an error (a wrong password, a read-only replica, …).
+    Error,
+    /// The entry could not be opened: garbage, or sealed under another key.
+    Unreadable,
+    /// Another proxy held the lock longer than its TTL allows, and wrote no token.
+    LockWait,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 5] =
+        [Failure::Unreachable, Failure::Timeout, Failure::Error, Failure::Unreadable, Failure::LockWait];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Unreachable => "unreachable",
+            Failure::Timeout => "timeout",
+            Failure::Error => "error",
+            Failure::Unreadable => "unreadable",
+            Failure::LockWait => "lock_wait",
+        }
+    }
+}
+
+/// The entry name, the lock name and the key of one set of credentials and audience.
+struct Keys {
+    generation: u64,
+    entry: String,
+    lock: String,
+    key: aead::LessSafeKey,
+}
+
+/// A length for HKDF output that is not a ring key type.
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// The entry's and the lock's names in Redis for these credentials and audience:
+/// `pinecone-admin-proxy:v1:<32 hex digits>:token` and `…:lock`.
+pub fn entry_names(client_id: &str, client_secret: &str, audience: &str) -> (String, String) {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, client_id.as_bytes()).extract(client_secret.as_bytes());
+    let info = [b"pinecone-admin-proxy v1 entry name\0".as_slice(), audience.as_bytes()];
+    let mut id = [0u8; 16];
+    prk.expand(&info, Len(16)).and_then(|okm| okm.fill(&mut id)).expect("16 bytes is a valid HKDF length");
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    (format!("{PREFIX}{hex}:token"), format!("{PREFIX}{hex}:lock"))
+}
+
+fn derive(c: &CredentialSet, audience: &str) -> Keys {
+    let (entry, lock) = entry_names(c.client_id.expose(), c.client_secret.expose(), audience);
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, c.client_id.expose().as_bytes())
+        .extract(c.client_secret.expose().as_bytes());
+    let info = [b"pinecone-admin-proxy v1 aes-256-gcm key\0".as_slice(), audience.as_bytes()];
+    let okm = prk.expand(&info, &aead::AES_256_GCM).expect("32 bytes is a valid HKDF length");
+    Keys { generation: c.generation, entry, lock, key: aead::LessSafeKey::new(aead::UnboundKey::from(okm)) }
+}
+
+/// The version byte that starts every value.
+const VERSION: u8 = 1;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Plain {
+    access_token: String,
+    lifetime: f64,
+}
+
+/// Seals a token for the entry `entry`: version, nonce, ciphertext and tag.
+fn seal(key: &aead::LessSafeKey, entry: &str, token: &Fetched) -> Vec<u8> {
+    let plain = Plain { access_token: token.access_token.expose().to_owned(), lifetime: token.lifetime.as_secs_f64() };
+    let mut data = serde_json::to_vec(&plain).expect("serialises");
+    let nonce: [u8; aead::NONCE_LEN] = rand::random();
+    key.seal_in_place_append_tag(
+        aead::Nonce::assume_unique_for_key(nonce),
+        aead::Aad::from(entry.as_bytes()),
+        &mut data,
+    )
+    .expect("in-memory sealing does not fail");
+    let mut out = Vec::with_capacity(1 + nonce.len() + data.len());
+    out.push(VERSION);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&data);
+    // The plain copy of the token is gone with `plain`; the sealed bytes are all that leave.
+    out
+}
+
+/// Opens a value of the entry `entry`, or says it cannot be read.
+fn open(key: &aead::LessSafeKey, entry: &str, value: &[u8]) -> Option<Fetched> {
+    let (&version, rest) = value.split_first()?;
+    if version != VERSION || rest.len() < aead::NONCE_LEN + aead::AES_256_GCM.tag_len() {
+        return None;
+    }
+    let (nonce, sealed) = rest.split_at(aead::NONCE_LEN);
+    let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut sealed = sealed.to_vec();
+    let plain = key.open_in_place(nonce, aead::Aad::from(entry.as_bytes()), &mut sealed).ok()?;
+    let plain: Plain = serde_json::from_slice(plain).ok()?;
+    // The same checks as a token endpoint's answer: a sealed value is ours, but be strict.
+    let valid = http::HeaderValue::from_str(&format!("Bearer {}", plain.access_token)).is_ok()
+        && !plain.access_token.is_empty()
+        && plain.lifetime.is_finite()
+        && plain.lifetime >= 1.0
+        && plain.lifetime <= super::schedule::MAX_LIFETIME.as_secs_f64();
+    valid.then(|| Fetched {
+        access_token: Secret::new(plain.access_token),
+        lifetime: Duration::from_secs_f64(plain.lifetime),
+    })
+}
+
+/// A token read from the cache: what it is, and when it expires by Redis's clock.
+#[derive(Debug)]
+pub struct Cached {
+    pub fetched: Fetched,
+    pub expires: Instant,
+}
+
+/// What [`SharedCache::obtain`] found.
+#[derive(Debug)]
+pub enum Look {
+    /// A usable token newer than ours: take it, send no token request.
+    Hit(Cached),
+    /// We hold the fleet's lock: fetch, then [`SharedCache::store`] and
+    /// [`SharedCache::release`].
+    Lock(Held),
+    /// The cache cannot help now (counted and logged): fetch for ourselves.
+    Fallback,
+}
+
+/// The fleet's lock, held: its name and our random value.
+#[derive(Debug)]
+pub struct Held {
+    name: String,
+    value: String,
+}
+
+/// What `/status` shows of the cache.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CacheStatus {
+    /// The URL, password redacted.
+    pub url: String,
+    /// Tokens taken from the cache, and tokens this proxy fetched and wrote there.
+    pub tokens_read: u64,
+    pub tokens_written: u64,
+    /// The last failure, if any: its reason label and message.
+    pub last_error: Option<CacheError>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheError {
+    /// UNIX seconds.
+    pub at: u64,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The refresher's handle on the shared cache.
+pub struct SharedCache {
+    client: redis::Client,
+    shown: String,
+    /// The URL's password, to scrub from any error message before it is logged.
+    password: Option<Secret>,
+    audience: String,
+    lock_ttl: Duration,
+    conn: Option<MultiplexedConnection>,
+    keys: Option<Keys>,
+    skip_until: Option<Instant>,
+    metrics: Arc<Metrics>,
+    status: Arc<parking_lot::Mutex<CacheStatus>>,
+}
+
+impl std::fmt::Debug for SharedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCache").field("url", &self.shown).finish_non_exhaustive()
+    }
+}
+
+const RELEASE: &str =
+    r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
+
+impl SharedCache {
+    /// Sets up the client; connects only when first used. `lock_ttl` is `token.timeout`.
+    pub fn new(
+        cfg: &SharedCacheConfig,
+        audience: &str,
+        lock_ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let url = cfg.url.expose();
+        let client = match &cfg.ca_pem {
+            None => redis::Client::open(url),
+            Some(pem) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) },
+            ),
+        }
+        .map_err(|e| format!("token.shared_cache: cannot set up the Redis client ({:?})", e.kind()))?;
+        let password = client.get_connection_info().redis_settings().password().map(Secret::new);
+        for failure in Failure::ALL {
+            metrics.shared_cache_errors_at_zero(failure.label());
+        }
+        let status = CacheStatus { url: cfg.shown.clone(), ..CacheStatus::default() };
+        Ok(Self {
+            client,
+            shown: cfg.shown.clone(),
+            password,
+            audience: audience.to_owned(),
+            lock_ttl,
+            conn: None,
+            keys: None,
+            skip_until: None,
+            metrics,
+            status: Arc::new(parking_lot::Mutex::new(status)),
+        })
+    }
+
+    /// The status `/status` shows; updated as the cache is used.
+    pub fn status(&self) -> Arc<parking_lot::Mutex<CacheStatus>> {
+        self.status.clone()
+    }
+
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    fn keys(&mut self, c: &CredentialSet) -> &Keys {
+        if self.keys.as_ref().is_none_or(|k| k.generation != c.generation) {
+            self.keys = Some(derive(c, &self.audience));
+        }
+        self.keys.as_ref().expect("just set")
+    }
+
+    /// Runs one command (or pipeline) within [`OP_TIMEOUT`], connecting first if needed.
+    async fn run<T: redis::FromRedisValue>(&mut self, what: &str, cmd: impl Query) -> Result<T, (Failure, String)> {
+        let mut conn = match &self.conn {
+            Some(c) => c.clone(),
+            None => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(OP_TIMEOUT))
+                    .set_response_timeout(Some(OP_TIMEOUT));
+                let connect = self.client.get_multiplexed_async_connection_with_config(&config);
+                let c = match tokio::time::timeout(OP_TIMEOUT, connect).await {
+                    Err(_) => return Err((Failure::Timeout, "connecting took over 500 ms".into())),
+                    Ok(Err(e)) => return Err(self.classify("connecting", &e)),
+                    Ok(Ok(c)) => c,
+                };
+                self.conn = Some(c.clone());
+                c
+            }
+        };
+        match tokio::time::timeout(OP_TIMEOUT, cmd.query(&mut conn)).await {
+            Err(_) => {
+                self.conn = None;
+                Err((Failure::Timeout, format!("{what} took over 500 ms")))
+            }
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(self.classify(what, &e))
+            }
+            Ok(Ok(value)) => Ok(value),
+        }
+    }
+
+    /// A Redis error as a reason and a message that never holds the password.
+    fn classify(&self, what: &str, e: &redis::RedisError) -> (Failure, String) {
+        let failure = if e.is_timeout() {
+            Failure::Timeout
+        } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+            Failure::Unreachable
+        } else {
+            Failure::Error
+        };
+        let mut message = format!("{what}: {e}");
+        if let Some(p) = self.password.as_ref().filter(|p| !p.expose().is_empty()) {
+            message = message.replace(p.expose(), "<redacted>");
+        }
+        (failure, message)
+    }
+
+    fn fail(&mut self, failure: Failure, message: String, fallback: bool) {
+        if matches!(failure, Failure::Unreachable | Failure::Timeout) {
+            self.skip_until = Some(Instant::now() + SKIP_AFTER_FAILURE);
+        }
+        self.metrics.shared_cache_error(failure.label());
+        tracing::warn!(
+            shared_cache = %self.shown,
+            reason = failure.label(),
+            error = %message,
+            "shared token cache failed{}",
+            if fallback { "; this proxy fetches for itself" } else { "" },
+        );
+        self.status.lock().last_error = Some(CacheError {
+            at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            reason: failure.label(),
+            message,
+        });
+    }
+
+    /// Looks for a usable token newer than the one that expires at `current_expires`, or
+    /// takes the lock to fetch one, or waits for the proxy that holds it.
+    pub async fn obtain(&mut self, c: &CredentialSet, current_expires: Option<Instant>) -> Look {
+        if self.skip_until.is_some_and(|t| Instant::now() < t) {
+            return Look::Fallback;
+        }
+        let (entry, lock) = {
+            let k = self.keys(c);
+            (k.entry.clone(), k.lock.clone())
+        };
+        let value: String = {
+            let bytes: [u8; 16] = rand::random();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        let ttl_ms = u64::try_from(self.lock_ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let deadline = Instant::now() + self.lock_ttl + Duration::from_secs(1);
+        let mut unreadable_counted = false;
+        loop {
+            let read =
+                self.run::<(Option<Vec<u8>>, i64)>("reading the entry", redis::pipe().get(&entry).pttl(&entry)).await;
+            let now = Instant::now();
+            match read {
+                Err((failure, message)) => {
+                    self.fail(failure, message, true);
+                    return Look::Fallback;
+                }
+                Ok((Some(bytes), pttl)) => {
+                    let key = &self.keys(c).key;
+                    match open(key, &entry, &bytes) {
+                        // pttl is -1 (no expiry: not ours) or -2 (gone since the GET).
+                        Some(fetched) if pttl > 0 => {
+                            let expires = now + Duration::from_millis(pttl as u64);
+                            let usable = expires.checked_sub(super::schedule::usable_margin(fetched.lifetime));
+                            let newer = current_expires.is_none_or(|e| expires > e + Duration::from_secs(1));
+                            if usable.is_some_and(|u| u > now) && newer {
+                                self.status.lock().tokens_read += 1;
+                                return Look::Hit(Cached { fetched, expires });
+                            }
+                        }
+                        Some(_) => {}
+                        None if !unreadable_counted => {
+                            // Garbage, or sealed under another key: treated as no entry, so
+                            // that one proxy still fetches for all and overwrites it.
+                            unreadable_counted = true;
+                            self.fail(Failure::Unreadable, format!("the entry {entry} could not be opened"), false);
+                        }
+                        None => {}
+                    }
+                }
+                Ok((None, _)) => {}
+            }
+            let set = redis::cmd("SET").arg(&lock).arg(&value).arg("NX").arg("PX").arg(ttl_ms).to_owned();
+            match self.run::<Option<String>>("taking the lock", set).await {
+                Err((failure, message)) => {
+                    self.fail(failure, message, true);
+                    return Look::Fallback;
+                }
+                Ok(Some(_)) => return Look::Lock(Held { name: lock, value }),
+                Ok(None) => {}
+            }
+            if Instant::now() >= deadline {
+                let message =
+                    format!("the lock {lock} stayed held for over {:?} and no token was written", self.lock_ttl);
+                self.fail(Failure::LockWait, message, true);
+                return Look::Fallback;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Writes a token this proxy fetched, to expire with it (`expires_in` from now).
+    pub async fn store(&mut self, c: &CredentialSet, token: &Fetched, expires_in: Duration) {
+        if self.skip_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let ms = u64::try_from(expires_in.as_millis()).unwrap_or(u64::MAX);
+        if ms == 0 {
+            return;
+        }
+        let (entry, sealed) = {
+            let k = self.keys(c);
+            (k.entry.clone(), seal(&k.key, &k.entry, token))
+        };
+        let set = redis::cmd("SET").arg(&entry).arg(sealed).arg("PX").arg(ms).to_owned();
+        match self.run::<()>("writing the entry", set).await {
+            Ok(()) => self.status.lock().tokens_written += 1,
+            Err((failure, message)) => self.fail(failure, message, false),
+        }
+    }
+
+    /// Releases the lock if it is still ours.
+    pub async fn release(&mut self, held: Held) {
+        let script = redis::cmd("EVAL").arg(RELEASE).arg(1).arg(&held.name).arg(&held.value).to_owned();
+        if let Err((failure, message)) = self.run::<i64>("releasing the lock", script).await {
+            self.fail(failure, message, false);
+        }
+    }
+}
+
+/// A command or a pipeline, run the same way.
+trait Query {
+    fn query<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send;
+}
+
+impl Query for redis::Cmd {
+    fn query<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send {
+        self.query_async(conn)
+    }
+}
+
+impl Query for &mut redis::Pipeline {
+    fn query<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send {
+        self.query_async(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(id: &str, secret: &str) -> CredentialSet {
+        CredentialSet { client_id: Secret::new(id), client_secret: Secret::new(secret), generation: 1 }
+    }
+
+    fn token(t: &str) -> Fetched {
+        Fetched { access_token: Secret::new(t), lifetime: Duration::from_secs(86400) }
+    }
+
+    #[test]
+    fn sealed_values_open_only_with_the_same_secret_and_entry() {
+        let aud = "https://api.pinecone.io/";
+        let k = derive(&creds("id", "secret"), aud);
+        let value = seal(&k.key, &k.entry, &token("eyJ.secret-token"));
+        let opened = open(&k.key, &k.entry, &value).expect("opens");
+        assert_eq!(opened.access_token.expose(), "eyJ.secret-token");
+        assert_eq!(opened.lifetime, Duration::from_secs(86400));
+        assert!(!String::from_utf8_lossy(&value).contains("secret-token"), "the token is not in the value");
+        // Another secret: another entry and another key; the value does not open.
+        let rotated = derive(&creds("id", "secret-2"), aud);
+        assert_ne!(rotated.entry, k.entry);
+        assert!(open(&rotated.key, &rotated.entry, &value).is_none());
+        assert!(open(&rotated.key, &k.entry, &value).is_none(), "under the old name too");
+        // The same key, but the value moved to another entry (the AAD): does not open.
+        assert!(open(&k.key, "pinecone-admin-proxy:v1:other:token", &value).is_none());
+        // Another audience or client id: another entry.
+        assert_ne!(derive(&creds("id", "secret"), "https://other/").entry, k.entry);
+        assert_ne!(derive(&creds("id2", "secret"), aud).entry, k.entry);
+        // Two seals of the same token differ (random nonces).
+        assert_ne!(seal(&k.key, &k.entry, &token("eyJ.secret-token")), value);
+    }
+
+    #[test]
+    fn garbage_never_opens() {
+        let k = derive(&creds("id", "secret"), "aud");
+        let good = seal(&k.key, &k.entry, &token("t"));
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        let mut wrong_version = good.clone();
+        wrong_version[0] = 2;
+        for bad in [vec![], vec![1], b"hello world".to_vec(), good[..20].to_vec(), flipped, wrong_version] {
+            assert!(open(&k.key, &k.entry, &bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_stable_and_hide_the_credentials() {
+        let (entry, lock) = entry_names("my-client", "my-secret", "https://api.pinecone.io/");
+        assert_eq!((entry.clone(), lock.clone()), entry_names("my-client", "my-secret", "https://api.pinecone.io/"));
+        assert!(entry.starts_with(PREFIX) && entry.ends_with(":token"), "{entry}");
+        assert_eq!(entry.len(), PREFIX.len() + 32 + ":token".len());
+        assert_eq!(lock, entry.replace(":token", ":lock"));
+        assert!(!entry.contains("my-client") && !entry.contains("my-secret"));
+    }
+}
