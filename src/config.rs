@@ -1100,6 +1100,85 @@ mod tests {
     }
 
     #[test]
+    fn redis_urls_are_redacted() {
+        for (url, shown) in [
+            ("redis://:hunter2@cache:6379/0", "redis://:<redacted>@cache:6379/0"),
+            ("rediss://app:hunter2@cache.internal:6380/1", "rediss://app:<redacted>@cache.internal:6380/1"),
+            ("redis://hunter2@cache", "redis://<redacted>@cache"),
+            ("redis://cache:6379/0", "redis://cache:6379/0"),
+            ("redis://:p@ss:w@rd@cache/0", "redis://:<redacted>@cache/0"),
+            ("hunter2", "<redacted: not a URL>"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn the_shared_cache_url_is_checked_and_never_shown() {
+        let env_url = [("PINECONE_PROXY_TOKEN_SHARED_CACHE", "redis://:hunter2@10.0.0.7:6379/0")];
+        let c = load_with(None, &env_url, Flags::default()).unwrap();
+        let cache = c.token.shared_cache.as_ref().unwrap();
+        assert_eq!(cache.url.expose(), "redis://:hunter2@10.0.0.7:6379/0");
+        assert_eq!(cache.shown, "redis://:<redacted>@10.0.0.7:6379/0");
+        assert!(cache.clear_text_password, "a password in clear text off the machine");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let rows = c.describe();
+        assert!(!format!("{rows:?}").contains("hunter2"));
+        let row = rows.iter().find(|(k, _, _)| k == "token.shared_cache").unwrap();
+        assert_eq!(row.1, "redis://:<redacted>@10.0.0.7:6379/0");
+
+        let local =
+            load_with(None, &[("PINECONE_PROXY_TOKEN_SHARED_CACHE", "redis://:pw@127.0.0.1:1/0")], Flags::default());
+        assert!(!local.unwrap().token.shared_cache.unwrap().clear_text_password, "loopback");
+        let tls =
+            load_with(None, &[("PINECONE_PROXY_TOKEN_SHARED_CACHE", "rediss://:pw@cache:6380")], Flags::default());
+        assert!(!tls.unwrap().token.shared_cache.unwrap().clear_text_password, "TLS");
+        assert!(load_with(None, &[], Flags::default()).unwrap().token.shared_cache.is_none());
+
+        // From a file (a Kubernetes Secret), trimmed.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("url");
+        std::fs::write(&file, "redis://:hunter2@cache:6379/0\n").unwrap();
+        let path = file.to_str().unwrap();
+        let c = load_with(None, &[("PINECONE_PROXY_TOKEN_SHARED_CACHE_FILE", path)], Flags::default()).unwrap();
+        assert_eq!(c.token.shared_cache.unwrap().url.expose(), "redis://:hunter2@cache:6379/0");
+
+        // Bad values name the key, and never quote the URL.
+        for (extra, key) in [
+            (vec![("PINECONE_PROXY_TOKEN_SHARED_CACHE", "http://:hunter2@cache")], "token.shared_cache"),
+            (vec![("PINECONE_PROXY_TOKEN_SHARED_CACHE", "redis://:hunter2@cache:notaport")], "token.shared_cache"),
+            (vec![("PINECONE_PROXY_TOKEN_SHARED_CACHE", " ")], "token.shared_cache"),
+            (
+                vec![
+                    ("PINECONE_PROXY_TOKEN_SHARED_CACHE", "redis://cache"),
+                    ("PINECONE_PROXY_TOKEN_SHARED_CACHE_FILE", path),
+                ],
+                "token.shared_cache_file",
+            ),
+            (vec![("PINECONE_PROXY_TOKEN_SHARED_CACHE_FILE", "/nonexistent/url")], "token.shared_cache_file"),
+            (vec![("PINECONE_PROXY_TOKEN_SHARED_CACHE_CA_FILE", path)], "token.shared_cache_ca_file"),
+            (
+                vec![
+                    ("PINECONE_PROXY_TOKEN_SHARED_CACHE", "redis://cache"),
+                    ("PINECONE_PROXY_TOKEN_SHARED_CACHE_CA_FILE", path),
+                ],
+                "token.shared_cache_ca_file",
+            ),
+            (
+                vec![
+                    ("PINECONE_PROXY_TOKEN_SHARED_CACHE", "rediss://cache"),
+                    ("PINECONE_PROXY_TOKEN_SHARED_CACHE_CA_FILE", path),
+                ],
+                "token.shared_cache_ca_file",
+            ),
+        ] {
+            let e = load_with(None, &extra, Flags::default()).expect_err(key);
+            assert_eq!(e.key, key, "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
     fn defaults_match_the_contract() {
         let c = load_with(None, &[], Flags::default()).unwrap();
         assert_eq!(c.listen, Listen::Tcp("127.0.0.1:8484".parse().unwrap()));
@@ -1166,7 +1245,7 @@ mod tests {
     #[test]
     fn env_names_are_derived_from_the_keys() {
         let names: Vec<(String, Vec<String>)> = keys().into_iter().map(|(k, _)| (k.clone(), env_names(&k))).collect();
-        assert_eq!(names.len(), 38, "{names:?}");
+        assert_eq!(names.len(), 41, "{names:?}");
         let find = |key: &str| names.iter().find(|(k, _)| k == key).map(|(_, n)| n.clone()).unwrap();
         assert_eq!(find("listen"), ["PINECONE_PROXY_LISTEN"]);
         assert_eq!(find("token.max_requests_per_minute"), ["PINECONE_PROXY_TOKEN_MAX_REQUESTS_PER_MINUTE"]);

@@ -34,6 +34,8 @@ mod quota;
 mod replay;
 #[path = "tests/rotation.rs"]
 mod rotation;
+#[path = "tests/shared_cache.rs"]
+mod shared_cache;
 #[path = "tests/soak.rs"]
 mod soak;
 #[path = "tests/tls.rs"]

@@ -23,8 +23,8 @@
 //! Every Redis command is bounded by 500 ms. A failure (unreachable, slow, an error answer,
 //! an unreadable entry, a lock that never came free) is counted in
 //! `shared_cache_errors_total{reason}` and logged, and the proxy fetches for itself within
-//! its own request budget; after a connection failure the cache is skipped for 5 s, then
-//! tried again. Nothing here is on the request path, and readiness never waits on it.
+//! its own request budget; after a connection failure, a timeout or an error answer the
+//! cache is skipped for 5 s, then tried again. Nothing here is on the request path, and readiness never waits on it.
 
 use super::fetch::Fetched;
 use crate::config::SharedCacheConfig;
@@ -41,7 +41,7 @@ use tokio::time::Instant;
 pub const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often a proxy waiting for another's fetch reads the entry.
 pub const POLL: Duration = Duration::from_millis(100);
-/// How long the cache is skipped after a connection failure.
+/// How long the cache is skipped after a connection failure, a timeout or an error answer.
 pub const SKIP_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// The prefix of every key we write.
 pub const PREFIX: &str = "pinecone-admin-proxy:v1:";
@@ -334,7 +334,9 @@ impl SharedCache {
     }
 
     fn fail(&mut self, failure: Failure, message: String, fallback: bool) {
-        if matches!(failure, Failure::Unreachable | Failure::Timeout) {
+        // A Redis that cannot be reached, is slow or refuses us (a wrong password) is not
+        // asked again for a while; an unreadable entry or a stuck lock is Redis working.
+        if matches!(failure, Failure::Unreachable | Failure::Timeout | Failure::Error) {
             self.skip_until = Some(Instant::now() + SKIP_AFTER_FAILURE);
         }
         self.metrics.shared_cache_error(failure.label());

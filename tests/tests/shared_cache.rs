@@ -1,0 +1,357 @@
+//! The shared token cache against a real `redis-server` (the Debian package, which `.ci/run`
+//! installs), started on a free loopback port by each test.
+
+use crate::binary::{command_under, output, spawn_demo};
+use crate::support::*;
+use pinecone_admin_proxy::app::Running;
+use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FakePinecone, TokenFault};
+use pinecone_admin_proxy::token::TokenSource;
+use pinecone_admin_proxy::token::shared::entry_names;
+use std::process::Stdio;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const AUDIENCE: &str = "https://api.pinecone.io/";
+
+/// A `redis-server` of our own on a free loopback port; killed when dropped.
+struct Redis {
+    port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Redis {
+    async fn start(extra: &[&str]) -> Self {
+        let mut r = Self { port: free_port(), args: extra.iter().map(|s| (*s).to_owned()).collect(), child: None };
+        r.restart().await;
+        r
+    }
+
+    /// Starts it (again) on the same port, and waits until it says it accepts connections.
+    async fn restart(&mut self) {
+        let port = self.port.to_string();
+        let tls = self.args.iter().any(|a| a == "--tls-port");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "notice"]);
+        if tls {
+            cmd.args(["--port", "0", "--tls-port", &port]);
+        } else {
+            cmd.args(["--port", &port]);
+        }
+        cmd.args(self.args.iter().filter(|a| *a != "--tls-port"));
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs (Debian package redis-server; .ci/run installs it)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("Ready to accept connections") {
+                    return;
+                }
+            }
+            panic!("redis-server ended before it was ready");
+        };
+        tokio::time::timeout(Duration::from_secs(10), ready).await.expect("redis-server ready");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    async fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut self.conn().await).await.unwrap();
+        keys.sort();
+        keys
+    }
+}
+
+async fn cached_proxy(fake: &FakePinecone, redis_url: &str, extra: &[(&str, &str)]) -> Running {
+    let mut all = vec![("PINECONE_PROXY_TOKEN_SHARED_CACHE", redis_url)];
+    all.extend_from_slice(extra);
+    proxy_for(fake, &all).await
+}
+
+fn errors(proxy: &Running, reason: &str) -> u64 {
+    let text = String::from_utf8(proxy.metrics.render()).unwrap();
+    let series = format!("pinecone_proxy_shared_cache_errors_total{{reason=\"{reason}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)?.parse().ok()).unwrap_or_else(|| panic!("no {series}"))
+}
+
+/// Waits (after each token request or cache read, up to `within`) until `cond` holds.
+async fn until(tokens: &TokenSource, within: Duration, what: &str, cond: impl Fn(&TokenSource) -> bool) {
+    let mut changed = tokens.subscribe();
+    tokio::time::timeout(within, async {
+        while !cond(tokens) {
+            changed.changed().await.expect("engine running");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not within {within:?}: {what}: {:?}", tokens.snapshot()));
+}
+
+fn generation(t: &TokenSource) -> u64 {
+    t.snapshot().generation.unwrap_or(0)
+}
+
+#[tokio::test]
+async fn proxies_sharing_one_redis_make_one_token_request() {
+    let redis = Redis::start(&[]).await;
+    let fake = fake(3600).await;
+    fake.state().set_token_delay(Duration::from_millis(300));
+    let url = redis.url();
+    // Started one after another within milliseconds: all look before the first token (300 ms) arrives.
+    let mut proxies = Vec::new();
+    for _ in 0..5 {
+        proxies.push(cached_proxy(&fake, &url, &[]).await);
+    }
+    let mut fingerprints = Vec::new();
+    for p in &proxies {
+        p.tokens.get().await.expect("a token");
+        fingerprints.push(p.tokens.snapshot().fingerprint.unwrap());
+    }
+    assert_eq!(fake.state().token_requests.load(SeqCst), 1, "one token request for five proxies");
+    assert!(fingerprints.iter().all(|f| *f == fingerprints[0]), "{fingerprints:?}");
+    let written: u64 = proxies.iter().map(|p| p.tokens.snapshot().shared_cache.unwrap().tokens_written).sum();
+    let read: u64 = proxies.iter().map(|p| p.tokens.snapshot().shared_cache.unwrap().tokens_read).sum();
+    assert_eq!((written, read), (1, 4));
+    let (entry, _) = entry_names(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AUDIENCE);
+    assert_eq!(redis.keys().await, [entry], "the entry, and the lock released");
+    // And they serve with it.
+    let (status, _, _) = TestClient::default().get(&url_of(&proxies[3], "/admin/projects")).await;
+    assert_eq!(status, 200);
+}
+
+fn url_of(p: &Running, path: &str) -> String {
+    url(p, path)
+}
+
+#[tokio::test]
+async fn a_refresh_happens_once_per_fleet() {
+    // 6-second tokens are refreshed at 2.4 to 3.6 s (half-life with jitter); the first
+    // proxy due fetches, the others find the new token in the cache.
+    let redis = Redis::start(&[]).await;
+    let fake = fake(6).await;
+    let url = redis.url();
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        proxies.push(cached_proxy(&fake, &url, &[]).await);
+    }
+    for p in &proxies {
+        p.tokens.get().await.unwrap();
+    }
+    assert_eq!(fake.state().tokens_issued.load(SeqCst), 1);
+    for p in &proxies {
+        until(&p.tokens, Duration::from_secs(10), "a second token", |t| generation(t) >= 2).await;
+    }
+    assert_eq!(fake.state().tokens_issued.load(SeqCst), 2, "one refresh for three proxies");
+    let fingerprints: Vec<_> = proxies.iter().map(|p| p.tokens.snapshot().fingerprint.unwrap()).collect();
+    assert!(fingerprints.iter().all(|f| *f == fingerprints[0]), "{fingerprints:?}");
+}
+
+#[tokio::test]
+async fn a_lock_holder_that_dies_mid_fetch_is_taken_over_after_the_lock_ttl() {
+    let redis = Redis::start(&[]).await;
+    let fake = fake(3600).await;
+    // The first token request hangs: proxy A takes the lock, sends it, and is killed.
+    fake.state().push_token_faults([TokenFault::Delay(Duration::from_secs(120))]);
+    let url = redis.url();
+    let envs = [
+        ("PINECONE_CLIENT_ID", DEMO_CLIENT_ID),
+        ("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET),
+        ("PINECONE_PROXY_TOKEN_URL", &fake.token_url()),
+        ("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url()),
+        ("PINECONE_PROXY_LISTEN", "127.0.0.1:0"),
+        ("PINECONE_PROXY_OPS_LISTEN", "127.0.0.1:0"),
+        ("PINECONE_PROXY_TOKEN_SHARED_CACHE", &url),
+        ("PINECONE_PROXY_TOKEN_TIMEOUT", "3s"),
+    ];
+    let mut a = command_under(&[], &[], &envs).kill_on_drop(true).spawn().unwrap();
+    let (_, lock) = entry_names(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AUDIENCE);
+    let mut conn = redis.conn().await;
+    // Wait for A's request to reach the fake (it holds the lock by then).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while fake.state().token_requests.load(SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("A sent its token request");
+    let ttl: i64 = redis::cmd("PTTL").arg(&lock).query_async(&mut conn).await.unwrap();
+    assert!(ttl > 0, "A holds the lock with a TTL ({ttl})");
+    a.kill().await.unwrap();
+    // B finds the lock held, waits for it to expire, takes it and fetches.
+    let b = cached_proxy(&fake, &url, &[("PINECONE_PROXY_TOKEN_TIMEOUT", "3s")]).await;
+    until(&b.tokens, Duration::from_secs(15), "B's token", |t| generation(t) >= 1).await;
+    assert_eq!(fake.state().token_requests.load(SeqCst), 2);
+    assert_eq!(errors(&b, "lock_wait"), 0, "taken over, not given up on");
+    assert_eq!(b.tokens.snapshot().shared_cache.unwrap().tokens_written, 1);
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_while_proxies_serve() {
+    let mut redis = Redis::start(&[]).await;
+    let fake = fake(3).await;
+    let url = redis.url();
+    let budget = [("PINECONE_PROXY_TOKEN_MAX_REQUESTS_PER_MINUTE", "120")];
+    let a = cached_proxy(&fake, &url, &budget).await;
+    let b = cached_proxy(&fake, &url, &budget).await;
+    a.tokens.get().await.unwrap();
+    b.tokens.get().await.unwrap();
+    let client = TestClient::default();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let urls = [url_of(&a, "/admin/projects"), url_of(&b, "/admin/projects")];
+    let load = tokio::spawn(async move {
+        let mut failed = Vec::new();
+        let mut sent = 0;
+        loop {
+            for u in &urls {
+                let (status, _, body) = client.get(u).await;
+                sent += 1;
+                if status != 200 {
+                    failed.push(format!("{status} {}", String::from_utf8_lossy(&body)));
+                }
+            }
+            if stop_rx.try_recv().is_ok() {
+                return (sent, failed);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+
+    redis.kill().await;
+    // Two refreshes each with Redis gone: the proxies fetch for themselves.
+    let (ga, gb) = (generation(&a.tokens), generation(&b.tokens));
+    until(&a.tokens, Duration::from_secs(15), "A refreshes without Redis", |t| generation(t) >= ga + 2).await;
+    until(&b.tokens, Duration::from_secs(15), "B refreshes without Redis", |t| generation(t) >= gb + 2).await;
+    assert!(errors(&a, "unreachable") + errors(&a, "timeout") >= 1);
+
+    redis.restart().await;
+    // Back: the cache is written and read again.
+    let written = |t: &TokenSource| t.snapshot().shared_cache.unwrap();
+    let before = written(&a.tokens).tokens_written + written(&b.tokens).tokens_written;
+    until(&a.tokens, Duration::from_secs(30), "the cache used again", |t| {
+        let s = written(t);
+        s.tokens_written + written(&b.tokens).tokens_written > before || s.tokens_read > 0
+    })
+    .await;
+    stop_tx.send(()).unwrap();
+    let (sent, failed) = load.await.unwrap();
+    assert!(failed.is_empty(), "{} of {sent} requests failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(sent > 50, "{sent}");
+    assert_eq!(fake.state().expired_presented.load(SeqCst), 0);
+}
+
+#[tokio::test]
+async fn an_entry_written_under_another_secret_is_never_used() {
+    let redis = Redis::start(&[]).await;
+    let fake = fake(3600).await;
+    let url = redis.url();
+    let a = cached_proxy(&fake, &url, &[]).await;
+    a.tokens.get().await.unwrap();
+    // The secret is rotated: B uses the new one, and neither finds nor opens A's entry.
+    fake.state().set_client(DEMO_CLIENT_ID, "rotated-secret");
+    let b = cached_proxy(&fake, &url, &[("PINECONE_CLIENT_SECRET", "rotated-secret")]).await;
+    b.tokens.get().await.unwrap();
+    assert_eq!(fake.state().token_requests.load(SeqCst), 2, "B fetched for itself");
+    let (old, _) = entry_names(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AUDIENCE);
+    let (new, _) = entry_names(DEMO_CLIENT_ID, "rotated-secret", AUDIENCE);
+    let mut keys = vec![old.clone(), new.clone()];
+    keys.sort();
+    assert_eq!(redis.keys().await, keys);
+    // Someone with write access to Redis puts A's value under B's name: it does not open.
+    let mut conn = redis.conn().await;
+    let value: Vec<u8> = redis::cmd("GET").arg(&old).query_async(&mut conn).await.unwrap();
+    let () = redis::cmd("SET").arg(&new).arg(value).arg("PX").arg(600_000).query_async(&mut conn).await.unwrap();
+    let c = cached_proxy(&fake, &url, &[("PINECONE_CLIENT_SECRET", "rotated-secret")]).await;
+    c.tokens.get().await.unwrap();
+    assert_eq!(errors(&c, "unreadable"), 1);
+    assert_eq!(fake.state().token_requests.load(SeqCst), 3, "C fetched for itself");
+    assert_ne!(c.tokens.snapshot().fingerprint, a.tokens.snapshot().fingerprint);
+}
+
+#[tokio::test]
+async fn garbage_in_the_cache_is_counted_and_overwritten() {
+    let redis = Redis::start(&[]).await;
+    let fake = fake(3600).await;
+    let (entry, _) = entry_names(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AUDIENCE);
+    let mut conn = redis.conn().await;
+    let () =
+        redis::cmd("SET").arg(&entry).arg("not a token").arg("PX").arg(600_000).query_async(&mut conn).await.unwrap();
+    let url = redis.url();
+    let a = cached_proxy(&fake, &url, &[]).await;
+    a.tokens.get().await.unwrap();
+    assert_eq!(errors(&a, "unreadable"), 1);
+    let b = cached_proxy(&fake, &url, &[]).await;
+    b.tokens.get().await.unwrap();
+    assert_eq!(errors(&b, "unreadable"), 0, "A overwrote it");
+    assert_eq!(fake.state().token_requests.load(SeqCst), 1);
+    assert_eq!(b.tokens.snapshot().fingerprint, a.tokens.snapshot().fingerprint);
+}
+
+#[tokio::test]
+async fn the_redis_password_never_appears_in_any_output() {
+    const PASSWORD: &str = "redis-pass-4f9c2b";
+    const WRONG: &str = "wrong-pass-77d1e0";
+    let redis = Redis::start(&["--requirepass", PASSWORD]).await;
+    let fake = fake(3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis-url");
+    std::fs::write(&file, format!("redis://:{PASSWORD}@127.0.0.1:{}/0\n", redis.port)).unwrap();
+    let path = file.to_str().unwrap().to_owned();
+    let cache = [("PINECONE_PROXY_TOKEN_SHARED_CACHE_FILE", path.as_str()), ("PINECONE_PROXY_LOG_LEVEL", "debug")];
+    let mut good = spawn_demo(&fake.token_url(), &fake.api_url(), &cache).await;
+    good.line_with("token fetched").await;
+    // A wrong password: an error answer, counted, and the proxy still serves.
+    let wrong_url = format!("redis://:{WRONG}@127.0.0.1:{}/0", redis.port);
+    let wrong_env = [("PINECONE_PROXY_TOKEN_SHARED_CACHE", wrong_url.as_str())];
+    let mut wrong = spawn_demo(&fake.token_url(), &fake.api_url(), &wrong_env).await;
+    wrong.line_with("shared token cache failed").await;
+    assert_eq!(wrong.metric("pinecone_proxy_shared_cache_errors_total{reason=\"error\"}").await, 1.0);
+    let client = TestClient::default();
+    let mut seen = String::new();
+    for p in [&good, &wrong] {
+        for path in ["/status", "/metrics", "/readyz"] {
+            let (_, _, body) = client.get(&format!("http://{}{path}", p.ops)).await;
+            seen.push_str(&String::from_utf8_lossy(&body));
+        }
+        let (status, _, body) = client.get(&format!("http://{}/admin/projects", p.listen)).await;
+        assert_eq!(status, 200);
+        seen.push_str(&String::from_utf8_lossy(&body));
+    }
+    assert!(seen.contains("redis://:<redacted>@127.0.0.1"), "the URL is shown redacted in /status");
+    let base = [
+        ("PINECONE_CLIENT_ID", DEMO_CLIENT_ID),
+        ("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET),
+        ("PINECONE_PROXY_TOKEN_SHARED_CACHE", wrong_url.as_str()),
+    ];
+    let (code, out, err) = output(&["check-config"], &base).await;
+    assert_eq!(code, 0, "{err}");
+    seen.push_str(&out);
+    seen.push_str(&err);
+    let bad = [("PINECONE_PROXY_TOKEN_SHARED_CACHE", &*format!("redis://:{WRONG}@127.0.0.1:notaport/0"))];
+    let (code, out, err) = output(&["check-config"], &[&base[..2], &bad[..]].concat()).await;
+    assert_eq!(code, 64);
+    seen.push_str(&out);
+    seen.push_str(&err);
+    seen.push_str(&good.all.lock().clone());
+    seen.push_str(&wrong.all.lock().clone());
+    for p in [PASSWORD, WRONG] {
+        assert!(!seen.contains(p), "the password {p} appeared in:\n{seen}");
+    }
+}
