@@ -40,8 +40,13 @@ fn rules() -> Vec<yaml_rust2::Yaml> {
 
 #[tokio::test]
 async fn the_rules_and_the_dashboard_name_only_exported_metrics() {
+    // With a quota and a shared cache (here one that nobody listens on), so that every
+    // series exists.
     let fake = fake(3600).await;
-    let proxy = proxy_for(&fake, &[]).await;
+    fake.state().set_quota(Some(pinecone_admin_proxy::fake::quota::Quota::parse("per_hour=10,per_day=50").unwrap()));
+    let redis = format!("redis://127.0.0.1:{}/0", free_port());
+    let proxy = proxy_for(&fake, &[("PINECONE_PROXY_TOKEN_SHARED_CACHE", &redis)]).await;
+    proxy.tokens.get().await.unwrap();
     let client = TestClient::default();
     client.get(&url(&proxy, "/admin/projects")).await;
     let (_, _, body) = client.get(&ops_url(&proxy, "/metrics")).await;
