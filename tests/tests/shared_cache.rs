@@ -355,3 +355,52 @@ async fn the_redis_password_never_appears_in_any_output() {
         assert!(!seen.contains(p), "the password {p} appeared in:\n{seen}");
     }
 }
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_and_a_password() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "pinecone-admin-proxy test Redis CA");
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (ca_file, cert_file, key_file) =
+        (file("ca.pem", ca.pem()), file("cert.pem", cert.pem()), file("key.pem", key.serialize_pem()));
+    let redis = Redis::start(&[
+        "--tls-port",
+        "--tls-cert-file",
+        &cert_file,
+        "--tls-key-file",
+        &key_file,
+        "--tls-ca-cert-file",
+        &ca_file,
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "tls-pass-81b2",
+    ])
+    .await;
+    let fake = fake(3600).await;
+    let url = format!("rediss://:tls-pass-81b2@localhost:{}/0", redis.port);
+    let trusted = [("PINECONE_PROXY_TOKEN_SHARED_CACHE_CA_FILE", ca_file.as_str())];
+    let a = cached_proxy(&fake, &url, &trusted).await;
+    a.tokens.get().await.unwrap();
+    let b = cached_proxy(&fake, &url, &trusted).await;
+    b.tokens.get().await.unwrap();
+    assert_eq!(fake.state().token_requests.load(SeqCst), 1, "shared over TLS");
+    assert_eq!(b.tokens.snapshot().shared_cache.unwrap().tokens_read, 1);
+    // Without the CA, the web PKI roots do not trust it: counted, and the proxy fetches itself.
+    let c = cached_proxy(&fake, &url, &[]).await;
+    c.tokens.get().await.unwrap();
+    assert_eq!(errors(&c, "unreachable"), 1);
+    assert_eq!(fake.state().token_requests.load(SeqCst), 2);
+}
