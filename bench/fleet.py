@@ -36,8 +36,15 @@ def wait_http(url, within=20):
     sys.exit(f"no answer from {url} within {within}s")
 
 
+LOGS = "target/fleet-logs"
+
+
 class Proxy:
+    count = 0
+
     def __init__(self, fake, redis_url):
+        Proxy.count += 1
+        self.log = f"{LOGS}/proxy-{Proxy.count}.log"
         self.env = dict(
             os.environ,
             PINECONE_CLIENT_ID="demo-client-id",
@@ -55,10 +62,13 @@ class Proxy:
         self.proc = None
 
     def start(self):
-        self.proc = subprocess.Popen([BIN], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen([BIN], env=self.env, stdout=log, stderr=log)
 
     def wait_ready(self):
-        subprocess.run([BIN, "wait", "--ops", self.ops, "--timeout", "30s"], check=True, stdout=subprocess.DEVNULL)
+        r = subprocess.run([BIN, "wait", "--ops", self.ops, "--timeout", "30s"], stdout=subprocess.DEVNULL)
+        if r.returncode != 0:
+            sys.exit(f"a proxy was not ready within 30 s; its log, {self.log}:\n" + open(self.log).read()[-3000:])
 
     def stop(self):
         self.proc.terminate()
@@ -126,6 +136,9 @@ def run(with_cache):
 
 
 def main():
+    os.makedirs(LOGS, exist_ok=True)
+    for f in os.listdir(LOGS):
+        os.remove(os.path.join(LOGS, f))
     print(f"{SIZE} proxies, one fake Pinecone (tokens of {LIFETIME}s, quota per_day={QUOTA}), "
           f"one redis-server; {os.cpu_count()} CPUs\n")
     results = {c: run(c) for c in (True, False)}

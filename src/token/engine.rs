@@ -11,7 +11,7 @@ use super::Token;
 use super::fetch::{Answer, Fetch, FetchError};
 use super::quota::{Bucket, Quotas, Timed};
 use super::schedule::{self, Budget, Plan, PlanToken};
-use super::shared::{CacheStatus, Look, SharedCache};
+use super::shared::{CacheStatus, Cached, Look, SharedCache};
 use crate::config::TokenConfig;
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
@@ -290,7 +290,12 @@ struct Local {
     budget_blocked: bool,
     /// The last quota condition warned about, so that each is logged once.
     quota_warned: Option<(&'static str, SystemTime)>,
+    /// When the shared cache may next be read while token requests are held back.
+    next_peek: Option<Instant>,
 }
+
+/// How often the shared cache is read while token requests are held back.
+const PEEK_EVERY: Duration = Duration::from_secs(1);
 
 impl<F: Fetch> Refresher<F> {
     pub fn new(source: TokenSource, fetcher: F, credentials: Credentials, cfg: &TokenConfig) -> Self {
@@ -442,9 +447,35 @@ impl<F: Fetch> Refresher<F> {
             shared.status.lock().next_fetch = Some(next_wall);
             shared.metrics.token_refresh.set(unix_secs(next_wall));
 
+            // A spent quota bucket or the budget holds token requests back, not cache reads:
+            // the fleet's token may be there. Looked for at most once a second while held.
+            let mut wake_at = next;
+            if let Some(cache) = cache.as_mut().filter(|_| next > now) {
+                let ungated = schedule::next_fetch(&Plan { quota_spent_until: None, ..plan });
+                if ungated <= now {
+                    if local.next_peek.is_none_or(|t| now >= t) {
+                        local.next_peek = Some(now + PEEK_EVERY);
+                        let creds = credentials.borrow().clone();
+                        let current = token.as_ref().map(|t| t.expires);
+                        let found = tokio::select! {
+                            found = cache.peek(&creds, current) => found,
+                            () = &mut shutdown => return,
+                        };
+                        if let Some(cached) = found {
+                            self.adopt(&mut local, &cached, creds.generation);
+                            continue;
+                        }
+                    }
+                    wake_at = next.min(local.next_peek.unwrap_or(next));
+                } else {
+                    // Held by a backoff too: look again when that ends.
+                    wake_at = next.min(ungated);
+                }
+            }
+
             if next > now {
                 tokio::select! {
-                    () = tokio::time::sleep_until(next) => {}
+                    () = tokio::time::sleep_until(wake_at) => {}
                     () = shared.wake.notified() => {}
                     _ = credentials.changed() => {}
                     () = &mut shutdown => return,
@@ -463,12 +494,7 @@ impl<F: Fetch> Refresher<F> {
                 };
                 match look {
                     Look::Hit(cached) => {
-                        local.generation += 1;
-                        let token = Arc::new(Token::from_cache(&cached.fetched, local.generation, cached.expires));
-                        local.credentials_tried = creds.generation;
-                        shared.status.lock().credentials_tried = creds.generation;
-                        self.install(&mut local, token, creds.generation, "token read from the shared cache");
-                        self.source.notify_waiters();
+                        self.adopt(&mut local, &cached, creds.generation);
                         continue;
                     }
                     Look::Lock(lock) => held = Some(lock),
@@ -543,6 +569,16 @@ impl<F: Fetch> Refresher<F> {
             }
             self.source.notify_waiters();
         }
+    }
+
+    /// Takes a token read from the shared cache.
+    fn adopt(&self, local: &mut Local, cached: &Cached, credential_generation: u64) {
+        local.generation += 1;
+        let token = Arc::new(Token::from_cache(&cached.fetched, local.generation, cached.expires));
+        local.credentials_tried = credential_generation;
+        self.source.shared.status.lock().credentials_tried = credential_generation;
+        self.install(local, token, credential_generation, "token read from the shared cache");
+        self.source.notify_waiters();
     }
 
     /// Makes `token` the current one, whether fetched or read from the shared cache, and

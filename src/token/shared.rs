@@ -372,38 +372,10 @@ impl SharedCache {
         let deadline = Instant::now() + self.lock_ttl + Duration::from_secs(1);
         let mut unreadable_counted = false;
         loop {
-            let read =
-                self.run::<(Option<Vec<u8>>, i64)>("reading the entry", redis::pipe().get(&entry).pttl(&entry)).await;
-            let now = Instant::now();
-            match read {
-                Err((failure, message)) => {
-                    self.fail(failure, message, true);
-                    return Look::Fallback;
-                }
-                Ok((Some(bytes), pttl)) => {
-                    let key = &self.keys(c).key;
-                    match open(key, &entry, &bytes) {
-                        // pttl is -1 (no expiry: not ours) or -2 (gone since the GET).
-                        Some(fetched) if pttl > 0 => {
-                            let expires = now + Duration::from_millis(pttl as u64);
-                            let usable = expires.checked_sub(super::schedule::usable_margin(fetched.lifetime));
-                            let newer = current_expires.is_none_or(|e| expires > e + Duration::from_secs(1));
-                            if usable.is_some_and(|u| u > now) && newer {
-                                self.status.lock().tokens_read += 1;
-                                return Look::Hit(Cached { fetched, expires });
-                            }
-                        }
-                        Some(_) => {}
-                        None if !unreadable_counted => {
-                            // Garbage, or sealed under another key: treated as no entry, so
-                            // that one proxy still fetches for all and overwrites it.
-                            unreadable_counted = true;
-                            self.fail(Failure::Unreadable, format!("the entry {entry} could not be opened"), false);
-                        }
-                        None => {}
-                    }
-                }
-                Ok((None, _)) => {}
+            match self.read(c, &entry, current_expires, &mut unreadable_counted).await {
+                Err(()) => return Look::Fallback,
+                Ok(Some(cached)) => return Look::Hit(cached),
+                Ok(None) => {}
             }
             let set = redis::cmd("SET").arg(&lock).arg(&value).arg("NX").arg("PX").arg(ttl_ms).to_owned();
             match self.run::<Option<String>>("taking the lock", set).await {
@@ -421,6 +393,62 @@ impl SharedCache {
                 return Look::Fallback;
             }
             tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Reads the entry only: a usable token newer than ours, if there is one. For a proxy
+    /// that may not send a token request now (a spent quota bucket, the budget), but may
+    /// still take the fleet's token.
+    pub async fn peek(&mut self, c: &CredentialSet, current_expires: Option<Instant>) -> Option<Cached> {
+        if self.skip_until.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        let entry = self.keys(c).entry.clone();
+        self.read(c, &entry, current_expires, &mut false).await.ok().flatten()
+    }
+
+    /// One read of the entry: `Ok(Some)` for a usable token newer than ours, `Ok(None)` for
+    /// none (or an older one, or one that does not open: counted once per `counted`),
+    /// `Err` when Redis failed (counted and logged).
+    async fn read(
+        &mut self,
+        c: &CredentialSet,
+        entry: &str,
+        current_expires: Option<Instant>,
+        counted: &mut bool,
+    ) -> Result<Option<Cached>, ()> {
+        let read = self.run::<(Option<Vec<u8>>, i64)>("reading the entry", redis::pipe().get(entry).pttl(entry)).await;
+        let now = Instant::now();
+        let (bytes, pttl) = match read {
+            Err((failure, message)) => {
+                self.fail(failure, message, true);
+                return Err(());
+            }
+            Ok((None, _)) => return Ok(None),
+            Ok((Some(bytes), pttl)) => (bytes, pttl),
+        };
+        match open(&self.keys(c).key, entry, &bytes) {
+            // pttl is -1 (no expiry: not ours) or -2 (gone since the GET).
+            Some(fetched) if pttl > 0 => {
+                let expires = now + Duration::from_millis(pttl as u64);
+                let usable = expires.checked_sub(super::schedule::usable_margin(fetched.lifetime));
+                let newer = current_expires.is_none_or(|e| expires > e + Duration::from_secs(1));
+                if usable.is_some_and(|u| u > now) && newer {
+                    self.status.lock().tokens_read += 1;
+                    return Ok(Some(Cached { fetched, expires }));
+                }
+                Ok(None)
+            }
+            Some(_) => Ok(None),
+            None => {
+                if !*counted {
+                    // Garbage, or sealed under another key: treated as no entry, so that one
+                    // proxy still fetches for all and overwrites it.
+                    *counted = true;
+                    self.fail(Failure::Unreadable, format!("the entry {entry} could not be opened"), false);
+                }
+                Ok(None)
+            }
         }
     }
 

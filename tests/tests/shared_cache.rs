@@ -404,3 +404,30 @@ async fn rediss_with_a_private_ca_and_a_password() {
     assert_eq!(errors(&c, "unreachable"), 1);
     assert_eq!(fake.state().token_requests.load(SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_proxy_held_back_by_a_spent_quota_still_takes_the_fleets_token() {
+    // B's first token request meets a spent bucket (another client took the hour's only
+    // token): B may not ask again for 20 s. When a token for the same credentials reaches
+    // the cache (A, here served by another token endpoint), B takes it within a second.
+    let redis = Redis::start(&[]).await;
+    let metered = fake(3600).await;
+    metered.state().set_quota(Some(pinecone_admin_proxy::fake::quota::Quota::parse("per_hour=1/20s").unwrap()));
+    let body = serde_json::json!({
+        "grant_type": "client_credentials", "client_id": DEMO_CLIENT_ID,
+        "client_secret": DEMO_CLIENT_SECRET, "audience": AUDIENCE,
+    });
+    let (status, _, _) = TestClient::default().post(&metered.token_url(), &body.to_string()).await;
+    assert_eq!(status, 200);
+    let url = redis.url();
+    let b = cached_proxy(&metered, &url, &[]).await;
+    let mut changed = b.tokens.subscribe();
+    changed.changed().await.unwrap();
+    assert!(b.tokens.not_ready_reason().unwrap().contains("quota is spent"));
+    let other = fake(3600).await;
+    let a = cached_proxy(&other, &url, &[]).await;
+    a.tokens.get().await.unwrap();
+    until(&b.tokens, Duration::from_secs(5), "B takes A's token", |t| generation(t) >= 1).await;
+    assert_eq!(b.tokens.snapshot().fingerprint, a.tokens.snapshot().fingerprint);
+    assert_eq!(metered.state().quota_refused.load(SeqCst), 1, "B sent nothing more into the spent bucket");
+}
