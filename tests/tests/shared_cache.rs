@@ -431,3 +431,39 @@ async fn a_proxy_held_back_by_a_spent_quota_still_takes_the_fleets_token() {
     assert_eq!(b.tokens.snapshot().fingerprint, a.tokens.snapshot().fingerprint);
     assert_eq!(metered.state().quota_refused.load(SeqCst), 1, "B sent nothing more into the spent bucket");
 }
+
+#[tokio::test]
+async fn a_slow_redis_is_given_up_on_after_500_ms() {
+    // Redis stalls for 5 s (DEBUG SLEEP blocks its one thread): the proxy's commands time
+    // out, it counts that, fetches for itself and is ready while Redis still sleeps.
+    let redis = Redis::start(&["--enable-debug-command", "yes"]).await;
+    let fake = fake(3600).await;
+    // A connection of the test's own that waits as long as the sleep takes.
+    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(None).set_connection_timeout(None);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection_with_config(&patient).await.unwrap();
+    let sleeping = tokio::spawn(async move {
+        let () = redis::cmd("DEBUG").arg("SLEEP").arg(5).query_async(&mut conn).await.unwrap();
+    });
+    // The stall has begun once a second client gets no PONG at once.
+    let mut asleep = false;
+    for _ in 0..50 {
+        let probe = async {
+            let mut c = client.get_multiplexed_async_connection_with_config(&patient).await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        if tokio::time::timeout(Duration::from_millis(200), probe).await.is_err() {
+            asleep = true;
+            break;
+        }
+    }
+    assert!(asleep, "Redis never stalled");
+    let proxy = cached_proxy(&fake, &redis.url(), &[]).await;
+    proxy.tokens.get().await.expect("a token without Redis");
+    assert!(!sleeping.is_finished(), "the token came while Redis was still asleep");
+    assert_eq!(errors(&proxy, "timeout"), 1);
+    assert_eq!(fake.state().token_requests.load(SeqCst), 1);
+    let error = proxy.tokens.snapshot().shared_cache.unwrap().last_error.unwrap();
+    assert_eq!(error.reason, "timeout");
+    sleeping.await.unwrap();
+}
