@@ -113,6 +113,9 @@ fn derive(c: &CredentialSet, audience: &str) -> Keys {
     Keys { generation: c.generation, entry, lock, key: aead::LessSafeKey::new(aead::UnboundKey::from(okm)) }
 }
 
+/// The most of an entry we read: a sealed token is about 1.5 KiB.
+pub const MAX_VALUE: usize = 16 * 1024;
+
 /// The version byte that starts every value.
 const VERSION: u8 = 1;
 
@@ -417,15 +420,27 @@ impl SharedCache {
         current_expires: Option<Instant>,
         counted: &mut bool,
     ) -> Result<Option<Cached>, ()> {
-        let read = self.run::<(Option<Vec<u8>>, i64)>("reading the entry", redis::pipe().get(entry).pttl(entry)).await;
+        // At most MAX_VALUE bytes are read, whatever the entry holds: a Redis that holds
+        // something huge must not make the proxy hold it too.
+        let pipe = redis::pipe()
+            .cmd("GETRANGE")
+            .arg(entry)
+            .arg(0)
+            .arg(MAX_VALUE - 1)
+            .cmd("STRLEN")
+            .arg(entry)
+            .pttl(entry)
+            .to_owned();
+        let read = self.run::<(Vec<u8>, usize, i64)>("reading the entry", &pipe).await;
         let now = Instant::now();
         let (bytes, pttl) = match read {
             Err((failure, message)) => {
                 self.fail(failure, message, true);
                 return Err(());
             }
-            Ok((None, _)) => return Ok(None),
-            Ok((Some(bytes), pttl)) => (bytes, pttl),
+            Ok((_, 0, _)) => return Ok(None),
+            Ok((bytes, len, pttl)) if len <= MAX_VALUE => (bytes, pttl),
+            Ok(_) => (Vec::new(), 0),
         };
         match open(&self.keys(c).key, entry, &bytes) {
             // pttl is -1 (no expiry: not ours) or -2 (gone since the GET).
@@ -498,7 +513,7 @@ impl Query for redis::Cmd {
     }
 }
 
-impl Query for &mut redis::Pipeline {
+impl Query for &redis::Pipeline {
     fn query<T: redis::FromRedisValue>(
         &self,
         conn: &mut MultiplexedConnection,

@@ -358,15 +358,7 @@ async fn the_redis_password_never_appears_in_any_output() {
 
 #[tokio::test]
 async fn rediss_with_a_private_ca_and_a_password() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "pinecone-admin-proxy test Redis CA");
-    ca_params.key_usages =
-        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+    let TestCa { ca_pem, cert, key } = test_ca("pinecone-admin-proxy test Redis CA");
     let dir = tempfile::tempdir().unwrap();
     let file = |name: &str, text: String| {
         let p = dir.path().join(name);
@@ -374,7 +366,7 @@ async fn rediss_with_a_private_ca_and_a_password() {
         p.to_str().unwrap().to_owned()
     };
     let (ca_file, cert_file, key_file) =
-        (file("ca.pem", ca.pem()), file("cert.pem", cert.pem()), file("key.pem", key.serialize_pem()));
+        (file("ca.pem", ca_pem), file("cert.pem", cert.pem()), file("key.pem", key.serialize_pem()));
     let redis = Redis::start(&[
         "--tls-port",
         "--tls-cert-file",
@@ -466,4 +458,25 @@ async fn a_slow_redis_is_given_up_on_after_500_ms() {
     let error = proxy.tokens.snapshot().shared_cache.unwrap().last_error.unwrap();
     assert_eq!(error.reason, "timeout");
     sleeping.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_oversized_entry_is_never_read_whole() {
+    // 8 MiB under the entry's name: counted unreadable, and Redis sends the proxy at most
+    // shared::MAX_VALUE bytes of it (its output counter says so), not 8 MiB.
+    let redis = Redis::start(&[]).await;
+    let fake = fake(3600).await;
+    let (entry, _) = entry_names(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AUDIENCE);
+    let mut conn = redis.conn().await;
+    let big = vec![b'x'; 8 << 20];
+    let () = redis::cmd("SET").arg(&entry).arg(big).arg("PX").arg(600_000).query_async(&mut conn).await.unwrap();
+    let sent = |info: String| -> u64 {
+        info.lines().find_map(|l| l.strip_prefix("total_net_output_bytes:")?.trim().parse().ok()).unwrap()
+    };
+    let before = sent(redis::cmd("INFO").arg("stats").query_async(&mut conn).await.unwrap());
+    let proxy = cached_proxy(&fake, &redis.url(), &[]).await;
+    proxy.tokens.get().await.unwrap();
+    assert_eq!(errors(&proxy, "unreadable"), 1);
+    let after = sent(redis::cmd("INFO").arg("stats").query_async(&mut conn).await.unwrap());
+    assert!(after - before < 256 * 1024, "Redis sent {} bytes", after - before);
 }

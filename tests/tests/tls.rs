@@ -9,7 +9,6 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
 use pinecone_admin_proxy::fake;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::sync::Arc;
 
@@ -23,14 +22,7 @@ struct TlsFake {
 /// The fake Pinecone's service behind TLS on `localhost`, with a fresh CA, offering the
 /// given ALPN protocols.
 async fn tls_fake(protocols: &[&[u8]]) -> TlsFake {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "pinecone-admin-proxy test CA");
-    ca_params.key_usages =
-        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+    let TestCa { ca_pem, cert, key } = test_ca("pinecone-admin-proxy test CA");
 
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
@@ -60,7 +52,7 @@ async fn tls_fake(protocols: &[&[u8]]) -> TlsFake {
             });
         }
     });
-    TlsFake { port, ca_pem: ca.pem(), alpn, _fake: plain }
+    TlsFake { port, ca_pem, alpn, _fake: plain }
 }
 
 /// A proxy whose token endpoint and upstream are `tls`, trusting its CA through
