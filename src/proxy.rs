@@ -392,6 +392,7 @@ impl Proxy {
 
         let token = inner.tokens.get().await?;
         outcome.token = Some(token.clone());
+        let admin_route = is_admin_path(parts.uri.path());
         parts.uri = self.upstream_uri(&parts.uri)?;
         parts.version = Version::HTTP_11;
         rewrite_request_headers(
@@ -429,7 +430,10 @@ impl Proxy {
             if stalled.load(Ordering::Relaxed) { ProxyError::BodyTimeout(inner.body_read_timeout) } else { e }
         })?;
         outcome.upstream_status = Some(response.status().as_u16());
-        if response.status() != StatusCode::UNAUTHORIZED {
+        if response.status() != StatusCode::UNAUTHORIZED || !admin_route {
+            // A 401 outside the Admin API (the control plane's `Invalid API key` for a
+            // bearer token) is not the token's fault: a new one would cure nothing and
+            // only spend the token quota. It goes back as it came.
             return Ok(finish(response));
         }
 
@@ -660,6 +664,14 @@ impl Proxy {
     }
 }
 
+/// Whether `path` is the Admin API's (`/admin/…`): the only routes where a 401 can mean
+/// that the bearer token is stale. Any other path on the host (the control plane,
+/// inference, assistants) takes an API key and rejects a bearer token with 401 however
+/// fresh it is.
+fn is_admin_path(path: &str) -> bool {
+    path.strip_prefix("/admin").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// The upstream's response as the client gets it: hop-by-hop headers out, body streamed.
 fn finish(mut response: Response<Body>) -> Response<Body> {
     strip_hop_by_hop(response.headers_mut());
@@ -767,6 +779,21 @@ mod tests {
         rewrite_request_headers(&mut h, &auth, &version, true);
         assert_eq!(h.get("x-pinecone-api-version").unwrap(), "2025-10");
         assert_eq!(h.get_all("x-pinecone-api-version").iter().count(), 1);
+    }
+
+    #[test]
+    fn only_admin_paths_are_admin_routes() {
+        for (path, admin) in [
+            ("/admin/projects", true),
+            ("/admin", true),
+            ("/admin/", true),
+            ("/indexes", false),
+            ("/administrators", false),
+            ("/assistant/assistants", false),
+            ("/", false),
+        ] {
+            assert_eq!(is_admin_path(path), admin, "{path}");
+        }
     }
 
     #[test]

@@ -258,6 +258,7 @@ fn create_api_key(data: &mut Data, project_id: &str, body: &[u8]) -> Response<Bo
         let secret: [u8; 24] = rand::random();
         let label: [u8; 4] = rand::random();
         let value = format!("pckey_{}_{}", hex(&label), super::base64url(&secret));
+        data.api_key_values.insert(value.clone(), key["id"].as_str().expect("an id").to_owned());
         Ok(json(StatusCode::CREATED, &json!({ "key": key, "value": value })))
     })();
     result.unwrap_or_else(|r| r)

@@ -5,10 +5,11 @@
 //! It serves `demo` and `fake-pinecone`, and the tests, which use its knobs (token
 //! lifetime, delays, scripted failures, revocation, credential rotation) and its counters.
 //! [`token`] owns the token endpoint, [`admin`] the Admin API (with [`iam`], its 2026-07
-//! operations); this file owns the state and data they share, Pinecone's error bodies, and
+//! operations), [`control`] the control plane's key check; this file owns the state and data they share, Pinecone's error bodies, and
 //! the server.
 
 pub mod admin;
+pub mod control;
 pub mod iam;
 pub mod quota;
 pub mod token;
@@ -87,6 +88,9 @@ pub struct State {
     pub expired_presented: AtomicU64,
     /// Admin API requests answered 401.
     pub unauthorized: AtomicU64,
+    /// Control-plane requests received (any path outside `/admin`), and those answered 401.
+    pub control_requests: AtomicU64,
+    pub control_unauthorized: AtomicU64,
     /// Token requests in flight now, and the most ever in flight at once.
     pub(crate) token_inflight: AtomicU64,
     pub token_inflight_max: AtomicU64,
@@ -115,6 +119,8 @@ impl State {
             admin_requests: AtomicU64::new(0),
             expired_presented: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
+            control_requests: AtomicU64::new(0),
+            control_unauthorized: AtomicU64::new(0),
             token_inflight: AtomicU64::new(0),
             token_inflight_max: AtomicU64::new(0),
             last_token_request: Mutex::new(None),
@@ -139,6 +145,7 @@ impl State {
             "tokens_issued": Self::count(&self.tokens_issued),
             "quota_refused": Self::count(&self.quota_refused),
             "admin_requests": Self::count(&self.admin_requests),
+            "control_requests": Self::count(&self.control_requests),
         })
     }
 
@@ -257,7 +264,12 @@ impl Service {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        Ok(admin::handle(&self.state, &parts, &body))
+        let path = parts.uri.path();
+        if path == "/admin" || path.starts_with("/admin/") {
+            Ok(admin::handle(&self.state, &parts, &body))
+        } else {
+            Ok(control::handle(&self.state, &parts))
+        }
     }
 }
 
@@ -342,6 +354,8 @@ pub struct Data {
     pub(crate) organizations: Vec<Value>,
     pub(crate) projects: Vec<Value>,
     pub(crate) api_keys: Vec<Value>,
+    /// API key values (the secret, shown once at creation) and the id of their key.
+    pub(crate) api_key_values: HashMap<String, String>,
     pub(crate) iam: iam::Iam,
 }
 
@@ -363,6 +377,7 @@ impl Data {
             api_keys: vec![serde_json::json!({
                 "id": uuid(), "name": "demo-key", "project_id": project_id, "roles": ["ProjectEditor"],
             })],
+            api_key_values: HashMap::new(),
             iam: iam::Iam::seeded(org_id),
         }
     }
@@ -378,6 +393,11 @@ impl Data {
 
     pub(crate) fn has_api_key(&self, id: &str) -> bool {
         find(&self.api_keys, id).is_some()
+    }
+
+    /// Whether `value` is the secret of an API key that still exists.
+    pub(crate) fn key_value_is_live(&self, value: &str) -> bool {
+        self.api_key_values.get(value).is_some_and(|id| self.has_api_key(id))
     }
 }
 

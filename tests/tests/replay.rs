@@ -104,3 +104,27 @@ async fn an_always_401_upstream_never_loops_and_the_budget_holds() {
     assert!(tokens <= 6, "{tokens} token requests: the budget (6 a minute) holds");
     assert!(proxy.metrics.token_budget_exhausted.get() >= 1 || tokens < 6);
 }
+
+/// The real control plane (`/indexes` …, on the Admin API's host) rejects a service
+/// account's token with a plain-text 401 however fresh the token is: before the fix each
+/// such 401 invalidated the token and cost a token request (20 requests, 11 tokens).
+#[tokio::test]
+async fn a_401_outside_the_admin_api_costs_no_token() {
+    let fake = fake(3600).await;
+    let proxy = proxy_for(&fake, &[]).await;
+    let client = TestClient::default();
+    proxy.tokens.get().await.unwrap();
+    for _ in 0..20 {
+        let (status, headers, body) = client.get(&url(&proxy, "/indexes")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(&body[..], b"Invalid API key", "the control plane's answer, as it came");
+        assert!(!headers.contains_key("x-pinecone-proxy-error"));
+    }
+    assert_eq!(fake.state().control_unauthorized.load(SeqCst), 20, "each reached the control plane once");
+    assert_eq!(fake.state().token_requests.load(SeqCst), 1, "no token request for a 401 a token cannot cure");
+    assert_eq!(proxy.metrics.upstream_unauthorized.get(), 0);
+    // The Admin API's own 401 still gets its one new token and replay.
+    fake.state().revoke_all();
+    assert_eq!(client.get(&url(&proxy, "/admin/projects")).await.0, StatusCode::OK);
+    assert_eq!(fake.state().token_requests.load(SeqCst), 2);
+}
