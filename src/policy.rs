@@ -169,10 +169,24 @@ pub(crate) fn resolve<'a>(method: &Method, path: &'a str) -> Resolved<'a> {
         return Resolved { route: Some((index, route)), params, ambiguous: None };
     }
     // Off the path of documented requests: an extension method that is a standard one in
-    // another case.
+    // another case, or a documented route in other letter case (`/Admin/Projects`), which
+    // a case-insensitive server would take for that route.
     let variant =
         !METHODS.contains(&method.as_str()) && METHODS.iter().any(|m| m.eq_ignore_ascii_case(method.as_str()));
-    unknown(variant.then_some("the method is a case variant of a standard one"))
+    if variant {
+        return unknown(Some("the method is a case variant of a standard one"));
+    }
+    let routes = &ROUTES[candidates];
+    let case_variant = routes.iter().any(|route| route.method == *method && same_but_for_case(route, segments));
+    unknown(case_variant.then_some("the path differs from a documented route only in letter case"))
+}
+
+/// Whether `segments` match the route's template when letter case is ignored.
+fn same_but_for_case(route: &Route, segments: &[&str]) -> bool {
+    route.segments.iter().zip(segments).all(|(template, segment)| match template {
+        Segment::Literal(literal) => literal.eq_ignore_ascii_case(segment),
+        Segment::Param(_) => true,
+    })
 }
 
 /// Every operation name the policy accepts: the routes' names and their aliases.
@@ -365,9 +379,11 @@ impl Policy {
         let projects = self.projects.as_deref().unwrap_or_default();
         match project {
             Ok(project) if projects.iter().any(|p| p == project) => Decision::Allowed(allowed),
-            Ok(project) => Decision::Refused(format!(
-                "{op} on API key {key}, of project {project}, which is not in policy.projects"
-            )),
+            // The key's project is not named: the application may not learn which project
+            // a key it may not use belongs to.
+            Ok(_) => {
+                Decision::Refused(format!("{op} on API key {key}: the key is not in a project of policy.projects"))
+            }
             Err(why) => Decision::Refused(format!(
                 "{op} on API key {key}: the key's project could not be looked up ({why}); policy.projects \
                  allows it only for keys of its projects"
@@ -516,6 +532,11 @@ mod tests {
             (Method::DELETE, "/admin/projects/p-2;x=1", true),
             (Method::DELETE, "/admin/projects/p-2\\x", true),
             (Method::from_bytes(b"delete").unwrap(), "/admin/projects/p-2", true),
+            (Method::GET, "/Admin/Projects", true),
+            (Method::DELETE, "/admin/PROJECTS/p-2", true),
+            (Method::GET, "/admin/projects/p-2/API-keys", true),
+            (Method::POST, "/ADMIN/projects/p-2/api-keys", true),
+            (Method::GET, "/Admin/Nothing", false),
         ] {
             let r = resolve(&method, path);
             assert_eq!(r.operation(), UNKNOWN, "{method} {path}");
@@ -575,7 +596,8 @@ mod tests {
         );
         assert_eq!(
             refused(p.decide_key(&r, a, Ok("p-2"))),
-            "delete_api_key on API key k-7, of project p-2, which is not in policy.projects"
+            "delete_api_key on API key k-7: the key is not in a project of policy.projects",
+            "the project of a key the application may not use is not named"
         );
         assert!(refused(p.decide_key(&r, a, Err("404"))).contains("could not be looked up (404)"));
     }

@@ -161,6 +161,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
     headers.remove(header::MAX_FORWARDS);
+    for name in METHOD_OVERRIDES {
+        headers.remove(name);
+    }
     let te_trailers = headers
         .get_all(header::TE)
         .iter()
@@ -172,9 +175,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The connection-specific header names (RFC 9110 §7.6.1, and the older `Keep-Alive`,
-/// `Proxy-Connection`, `Proxy-Authorization` and `Proxy-Authenticate`), and `Max-Forwards`:
-/// it is for TRACE and OPTIONS, and a hop that answers when it reaches 0 would answer in
-/// Pinecone's name.
+/// `Proxy-Connection`, `Proxy-Authorization` and `Proxy-Authenticate`), `Max-Forwards`
+/// (it is for TRACE and OPTIONS, and a hop that answers when it reaches 0 would answer in
+/// Pinecone's name), and the [`METHOD_OVERRIDES`].
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     [
         header::CONNECTION,
@@ -186,9 +189,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         header::MAX_FORWARDS,
     ]
     .contains(name)
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+        || METHOD_OVERRIDES.contains(&name.as_str())
 }
+
+/// Headers with which some servers and frameworks let a request name another method than
+/// its own (`POST` with `X-HTTP-Method-Override: DELETE`): the policy judged the request's
+/// own method, so they never reach the upstream, policy or not.
+const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
 /// The request header policy: hop-by-hop headers out, our `Authorization` in, and the API
 /// version in unless the client chose one (or always, with `override_api_version`). The
@@ -231,8 +239,29 @@ struct Inner {
     body_read_timeout: Duration,
     /// `None`: everything is forwarded.
     policy: Option<Policy>,
-    /// API key id → its project, as `fetch_api_key` said (a key never changes project).
-    key_projects: parking_lot::Mutex<HashMap<String, String>>,
+    /// API key id → its project, as `fetch_api_key` said (a key never changes project), or
+    /// why it could not be had, or the lookup under way.
+    key_projects: parking_lot::Mutex<HashMap<String, Arc<KeyLookup>>>,
+}
+
+/// One `fetch_api_key` lookup of a key's project, shared by every request for that key id
+/// while it runs (single flight): a burst of requests naming one key costs one lookup.
+#[derive(Debug, Default)]
+struct KeyLookup {
+    /// The key's project, or why it could not be looked up, and when that was learnt.
+    result: tokio::sync::OnceCell<(Result<String, String>, Instant)>,
+}
+
+impl KeyLookup {
+    /// Whether the answer may still be used: a project for ever, a failure for
+    /// [`KEY_LOOKUP_FAILURE_KEPT`] (so that a flood naming a missing key costs one lookup
+    /// every few seconds, and a passing failure is soon asked again).
+    fn fresh(&self, now: Instant) -> bool {
+        match self.result.get() {
+            None | Some((Ok(_), _)) => true,
+            Some((Err(_), at)) => now.saturating_duration_since(*at) < KEY_LOOKUP_FAILURE_KEPT,
+        }
+    }
 }
 
 /// How many API keys' projects are remembered; past it, the map starts over (a client
@@ -240,6 +269,8 @@ struct Inner {
 const KEY_PROJECTS_REMEMBERED: usize = 4096;
 /// The most of a `fetch_api_key` response that is read.
 const KEY_LOOKUP_BODY_LIMIT: usize = 64 * 1024;
+/// How long a failed lookup is remembered.
+const KEY_LOOKUP_FAILURE_KEPT: Duration = Duration::from_secs(5);
 static X_PINECONE_REQUEST_ID: HeaderName = HeaderName::from_static("x-pinecone-request-id");
 
 /// What the access log line (and the audit line) says of a forwarded request.
@@ -506,22 +537,35 @@ impl Proxy {
         allowed: crate::policy::Allowed<'p>,
     ) -> Decision<'p> {
         let key = resolved.param("api_key_id").unwrap_or_default();
-        let known = self.inner.key_projects.lock().get(key).cloned();
-        let project = match known {
-            Some(project) => Ok(project),
-            None => self.look_up_key_project(key).await,
-        };
-        match &project {
-            Ok(project) => policy.decide_key(resolved, allowed, Ok(project)),
+        let lookup = self.key_lookup(key);
+        let (project, _) =
+            lookup.result.get_or_init(|| async { (self.look_up_key_project(key).await, Instant::now()) }).await;
+        match project {
+            Ok(project) => policy.decide_key(resolved, allowed, Ok(project.as_str())),
             Err(why) => {
                 tracing::debug!(api_key_id = key, error = %why, "policy: the API key's project could not be looked up");
-                policy.decide_key(resolved, allowed, Err(why))
+                policy.decide_key(resolved, allowed, Err(why.as_str()))
             }
         }
     }
 
-    /// `GET /admin/api-keys/{key}` upstream: the key's `project_id`, remembered; or why
-    /// not (a failure is not remembered: the next request asks again).
+    /// The lookup of `key`'s project: the one remembered, or a new one if there is none or
+    /// it failed over [`KEY_LOOKUP_FAILURE_KEPT`] ago.
+    fn key_lookup(&self, key: &str) -> Arc<KeyLookup> {
+        let now = Instant::now();
+        let mut known = self.inner.key_projects.lock();
+        if let Some(lookup) = known.get(key).filter(|l| l.fresh(now)) {
+            return lookup.clone();
+        }
+        if known.len() >= KEY_PROJECTS_REMEMBERED {
+            known.clear();
+        }
+        let lookup = Arc::new(KeyLookup::default());
+        known.insert(key.to_owned(), lookup.clone());
+        lookup
+    }
+
+    /// `GET /admin/api-keys/{key}` upstream: the key's `project_id`, or why not.
     async fn look_up_key_project(&self, key: &str) -> Result<String, String> {
         let inner = &self.inner;
         let token = inner.tokens.get().await.map_err(|e| ProxyError::from(e).to_string())?;
@@ -565,16 +609,10 @@ impl Proxy {
         struct ApiKey {
             project_id: String,
         }
-        let project = match serde_json::from_slice::<ApiKey>(&body) {
-            Ok(key) if !key.project_id.is_empty() => key.project_id,
-            _ => return Err(format!("fetch_api_key's response has no project_id{request_id}")),
-        };
-        let mut known = inner.key_projects.lock();
-        if known.len() >= KEY_PROJECTS_REMEMBERED {
-            known.clear();
+        match serde_json::from_slice::<ApiKey>(&body) {
+            Ok(key) if !key.project_id.is_empty() => Ok(key.project_id),
+            _ => Err(format!("fetch_api_key's response has no project_id{request_id}")),
         }
-        known.insert(key.to_owned(), project.clone());
-        Ok(project)
     }
 
     /// The audit line of a request that changes something (any method but GET, HEAD and
@@ -619,13 +657,15 @@ impl Proxy {
     /// the upstream or this proxy itself. HTTP/2 always carries `:authority`, which plays
     /// the part of `Host`, so only HTTP/1 absolute forms are judged.
     fn check_target(&self, method: &Method, uri: &Uri, version: Version) -> Result<(), ProxyError> {
-        if method == Method::CONNECT {
+        // In any letter case: `trace` is an extension method to hyper, but a server that
+        // folds case would answer it as TRACE.
+        if method.as_str().eq_ignore_ascii_case("CONNECT") {
             return Err(ProxyError::bad_request(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "CONNECT is not supported: this proxy only forwards to the Pinecone API",
             ));
         }
-        if method == Method::TRACE {
+        if method.as_str().eq_ignore_ascii_case("TRACE") {
             // A hop that answers TRACE echoes the request back: with the bearer token in it.
             return Err(ProxyError::bad_request(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -748,6 +788,9 @@ mod tests {
             ("content-type", "application/json"),
             ("x-custom", "a"),
             ("x-custom", "b"),
+            ("x-http-method-override", "DELETE"),
+            ("X-HTTP-Method", "DELETE"),
+            ("x-method-override", "DELETE"),
         ]);
         rewrite_request_headers(&mut h, &auth, &version, false);
         assert_eq!(h.get("authorization").unwrap(), "Bearer real");
@@ -761,6 +804,9 @@ mod tests {
             "transfer-encoding",
             "upgrade",
             "proxy-connection",
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
         ] {
             assert!(!h.contains_key(gone), "{gone} should be removed");
         }

@@ -12,6 +12,7 @@ use pinecone_admin_proxy::fake::{DEMO_CLIENT_SECRET, FakePinecone};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 async fn send(
     client: &TestClient,
@@ -193,11 +194,12 @@ async fn an_api_key_by_id_is_allowed_only_if_it_belongs_to_an_allowed_project() 
     let (status, headers, body) = send(&client, Method::PATCH, &key(&ids.k2), Some(r#"{"name":"x"}"#)).await;
     assert!(
         refusal(status, &headers, &body).ends_with(&format!(
-            "update_api_key on API key {}, of project {}, which is not in policy.projects",
-            ids.k2, ids.p2
+            "update_api_key on API key {}: the key is not in a project of policy.projects",
+            ids.k2
         )),
         "{body}"
     );
+    assert!(!body.to_string().contains(&ids.p2), "the refusal never names the project of a key it refuses");
     assert_eq!(admin_requests(&fake) - before, 1, "the lookup only");
 
     let (status, headers, body) = send(&client, Method::GET, &key("no-such-key"), None).await;
@@ -215,10 +217,10 @@ async fn an_api_key_by_id_is_allowed_only_if_it_belongs_to_an_allowed_project() 
 }
 
 #[tokio::test]
-async fn a_failing_lookup_refuses_and_is_asked_again_next_time() {
+async fn a_failing_lookup_refuses_is_remembered_briefly_and_then_asked_again() {
     let fake = fake(3600).await;
-    // The upstream's fetch_api_key: a 500, then a 200 that is not an API key, then the key
-    // in project p-1; what the lookups carried.
+    // The upstream's fetch_api_key: for k-1 a 500 until `mode` is 1, then the key in
+    // project p-1; for k-2 a 200 that is not an API key. What the lookups carried.
     let mode = Arc::new(AtomicU64::new(0));
     let lookups = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let (answer, seen) = (mode.clone(), lookups.clone());
@@ -236,13 +238,13 @@ async fn a_failing_lookup_refuses_and_is_asked_again_next_time() {
                 h["authorization"].to_str().unwrap().to_owned(),
                 h["x-pinecone-api-version"].to_str().unwrap().to_owned(),
             ));
-            match answer.load(Ordering::SeqCst) {
-                0 => {
+            match (request.uri().path(), answer.load(Ordering::SeqCst)) {
+                ("/admin/api-keys/k-2", _) => http::Response::new(full(r#"{"data":[]}"#)),
+                (_, 0) => {
                     let mut response = http::Response::new(empty());
                     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
                     response
                 }
-                1 => http::Response::new(full(r#"{"data":[]}"#)),
                 _ => http::Response::new(full(r#"{"id":"k-1","name":"k","project_id":"p-1","roles":[]}"#)),
             }
         }
@@ -255,24 +257,102 @@ async fn a_failing_lookup_refuses_and_is_asked_again_next_time() {
     ))
     .await;
     let client = TestClient::default();
-    let key = url(&proxy, "/admin/api-keys/k-1");
-    let delete = || send(&client, Method::DELETE, &key, None);
-    let (status, headers, body) = delete().await;
+    let delete = |key: &str| {
+        let url = url(&proxy, &format!("/admin/api-keys/{key}"));
+        let client = client.clone();
+        async move { send(&client, Method::DELETE, &url, None).await }
+    };
+    let (status, headers, body) = delete("k-1").await;
     let message = refusal(status, &headers, &body);
     assert!(message.contains("could not be looked up (fetch_api_key answered 500 Internal Server Error)"), "{message}");
-    mode.store(1, Ordering::SeqCst);
-    let (status, headers, body) = delete().await;
+    let (status, headers, body) = delete("k-2").await;
     assert!(refusal(status, &headers, &body).contains("fetch_api_key's response has no project_id"), "{body}");
-    mode.store(2, Ordering::SeqCst);
-    let (status, _, _) = delete().await;
-    assert_eq!(status, StatusCode::ACCEPTED, "the failures were not remembered");
+    assert_eq!(lookups.lock().len(), 2);
+
+    // The upstream recovers, but the failure is remembered for a few seconds: a flood
+    // naming a failing key costs one lookup, not one each.
+    mode.store(1, Ordering::SeqCst);
+    let (status, headers, body) = delete("k-1").await;
+    assert!(refusal(status, &headers, &body).contains("answered 500"), "{body}");
+    assert_eq!(lookups.lock().len(), 2, "the failure was remembered");
+    // Then it is asked again.
+    let asked_again = async {
+        loop {
+            let (status, _, _) = delete("k-1").await;
+            if status == StatusCode::ACCEPTED {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), asked_again).await.expect("asked again after a few seconds");
     let lookups = lookups.lock().clone();
-    assert_eq!(lookups.len(), 3);
+    assert_eq!(lookups.len(), 3, "one more lookup, however many refusals came before it");
     let token = fake.state().issued_tokens().pop().unwrap();
     for (path, authorization, version) in &lookups {
-        assert_eq!(path, "/admin/api-keys/k-1");
+        assert!(path.starts_with("/admin/api-keys/k-"), "{path}");
         assert_eq!(*authorization, format!("Bearer {token}"), "the proxy's own token");
         assert_eq!(version, "2025-10", "the configured version");
+    }
+    stop(proxy).await;
+}
+
+/// Concurrent requests naming one key id share one lookup.
+#[tokio::test]
+async fn a_burst_naming_one_key_costs_one_lookup() {
+    let fake = fake(3600).await;
+    let ids = ids(&fake).await;
+    fake.state().set_admin_delay(Duration::from_millis(200));
+    let proxy = policy_proxy(&fake, "fetch_api_key", "", &ids.p1).await;
+    let before = admin_requests(&fake);
+    let client = TestClient::default();
+    let statuses = client.burst(&url(&proxy, &format!("/admin/api-keys/{}", ids.k1)), 20).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    assert_eq!(admin_requests(&fake) - before, 21, "one lookup, then the 20 requests");
+    stop(proxy).await;
+}
+
+/// `X-HTTP-Method-Override` and its kin would let a request judged as a POST act as a
+/// DELETE on a server that honours them: they never leave the proxy, policy or not. TRACE
+/// is refused in any letter case.
+#[tokio::test]
+async fn method_overrides_are_removed_and_trace_is_refused_in_any_case() {
+    let fake = fake(3600).await;
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let upstream = Upstream::start(move |request| {
+        let record = record.clone();
+        async move {
+            record.lock().push((request.method().clone(), request.headers().clone()));
+            http::Response::new(empty())
+        }
+    })
+    .await;
+    let proxy = start_with(&env(&fake.token_url(), &upstream.url(), &[])).await;
+    let client = TestClient::default();
+    let request = Request::post(url(&proxy, "/admin/projects"))
+        .header("x-http-method-override", "DELETE")
+        .header("x-http-method", "DELETE")
+        .header("X-Method-Override", "DELETE")
+        .header("x-kept", "1")
+        .body(empty())
+        .unwrap();
+    assert_eq!(client.send(request).await.status(), StatusCode::OK);
+    for method in ["TRACE", "trace", "Trace"] {
+        let request = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(url(&proxy, "/admin/projects"));
+        let (status, headers, _) = collect(client.send(request.body(empty()).unwrap()).await).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(headers["x-pinecone-proxy-error"], "bad_request");
+    }
+    let seen = seen.lock().clone();
+    assert_eq!(seen.len(), 1, "only the POST reached the upstream");
+    let (method, headers) = &seen[0];
+    assert_eq!(*method, Method::POST);
+    assert_eq!(headers["x-kept"], "1");
+    for name in ["x-http-method-override", "x-http-method", "x-method-override"] {
+        assert!(!headers.contains_key(name), "{name} was forwarded");
     }
     stop(proxy).await;
 }
@@ -314,6 +394,8 @@ async fn unknown_routes_are_forwarded_only_when_allowed_and_ambiguous_ones_never
         format!("/admin/projects/{}/", ids.p2),
         format!("/admin/projects/{}%2F", ids.p2),
         format!("/admin//projects/{}", ids.p2),
+        format!("/Admin/Projects/{}", ids.p2),
+        format!("/admin/PROJECTS/{}", ids.p2),
     ] {
         let (status, headers, body) = send(&client, Method::DELETE, &url(&proxy, &path), None).await;
         assert!(
