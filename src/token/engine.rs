@@ -9,7 +9,7 @@
 
 use super::Token;
 use super::fetch::{Answer, Fetch, FetchError};
-use super::quota::{Bucket, Quotas, Timed};
+use super::quota::{self, Bucket, Quotas, Timed};
 use super::schedule::{self, Budget, Plan, PlanToken};
 use super::shared::{CacheStatus, Cached, Look, SharedCache};
 use crate::config::TokenConfig;
@@ -108,6 +108,9 @@ pub struct QuotaSnapshot {
     pub spent: bool,
     /// A tenth or less left: refreshes are put off to the latest safe point.
     pub low: bool,
+    /// The reported reset was further away than the bucket's window allows (a skewed clock
+    /// or a hostile header), and was cut back to one window from the reading.
+    pub clamped: bool,
 }
 
 impl TokenSource {
@@ -249,6 +252,7 @@ impl TokenSource {
                     resets_at: humantime::format_rfc3339_seconds(b.reset).to_string(),
                     spent,
                     low,
+                    clamped: b.clamped,
                 });
                 quota.collect()
             },
@@ -516,7 +520,12 @@ impl<F: Fetch> Refresher<F> {
             };
             shared.metrics.token_request_duration.observe(issued.elapsed().as_secs_f64());
             if !answer.quota.is_empty() {
-                self.record_quota(&answer.quota, creds.client_id.fingerprint());
+                let mut readings = answer.quota.clone();
+                if let Err(FetchError::Transient { retry_after: Some(wait), .. }) = &answer.result {
+                    // The endpoint's own word on when to come back wins over a bucket's reset.
+                    quota::cap_resets(&mut readings, SystemTime::now() + *wait);
+                }
+                self.record_quota(&readings, creds.client_id.fingerprint());
             }
 
             match answer.result {
@@ -649,7 +658,7 @@ mod tests {
         /// The next answer reports one bucket.
         fn quota(self, name: &'static str, limit: u64, remaining: u64, reset_in: Duration) -> Self {
             let reset = SystemTime::now() + reset_in;
-            self.quota.lock().push_back(vec![Bucket { name, limit, remaining, reset }]);
+            self.quota.lock().push_back(vec![Bucket { name, limit, remaining, reset, clamped: false }]);
             self
         }
     }
@@ -826,17 +835,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_429_waits_for_the_later_of_retry_after_and_the_reset() {
+    async fn a_429_waits_for_its_retry_after_whatever_the_reset_says() {
         let too_many = FetchError::Transient { reason: "HTTP 429".into(), retry_after: Some(S(30)) };
         let fetcher = Scripted::new(S(1000)).then(Err(too_many)).quota("rate", 30, 0, S(120));
         let (source, _task) = start(fetcher.clone(), 6);
         assert!(source.current().is_none());
-        tokio::time::sleep(S(119)).await;
-        assert_eq!(fetcher.calls(), 1, "Retry-After (30 s) is not enough: the bucket resets at 120 s");
+        tokio::time::sleep(S(29)).await;
+        assert_eq!(fetcher.calls(), 1, "not before Retry-After");
         tokio::time::sleep(S(2)).await;
-        assert_eq!(fetcher.calls(), 2);
+        assert_eq!(fetcher.calls(), 2, "Retry-After (30 s) wins over the bucket's reset at 120 s");
         assert!(source.current().is_some());
-        // A Retry-After longer than the reset wins.
+        // A Retry-After longer than the reset wins too.
         let longer = FetchError::Transient { reason: "HTTP 429".into(), retry_after: Some(S(300)) };
         let fetcher = Scripted::new(S(1000)).then(Err(longer));
         let fetcher = fetcher.quota("rate", 30, 0, S(120));
