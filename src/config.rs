@@ -439,8 +439,9 @@ pub struct SharedCacheConfig {
     pub url: Secret,
     /// The URL with its password redacted, for logs and `/status`.
     pub shown: String,
-    /// The certificates of `token.shared_cache_ca_file`, as PEM, if set.
-    pub ca_pem: Option<Vec<u8>>,
+    /// The certificates of `token.shared_cache_ca_file` (trusted instead of the web PKI),
+    /// if set.
+    pub roots: Vec<CertificateDer<'static>>,
     /// Whether a password travels in clear text to a host off this machine (`redis://` with a
     /// password to a non-loopback host): warned about at start.
     pub clear_text_password: bool,
@@ -1016,13 +1017,18 @@ fn shared_cache(t: &RawToken) -> Result<Option<SharedCacheConfig>, (&'static str
             ),
         )
     })?;
-    let ca_pem = match &t.shared_cache_ca_file {
-        None => None,
+    if let redis::ConnectionAddr::TcpTls { insecure: true, .. } = info.addr() {
+        return Err((
+            key,
+            "turns off the certificate check of rediss:// (#insecure): whoever answers in Redis's place would \
+             get the password and choose the fleet's lock; trust a private CA with token.shared_cache_ca_file instead"
+                .into(),
+        ));
+    }
+    let roots = match &t.shared_cache_ca_file {
+        None => Vec::new(),
         Some(_) if !tls => return Err(("token.shared_cache_ca_file", "applies to rediss:// URLs only".into())),
-        Some(path) => {
-            read_roots(path).map_err(|p| ("token.shared_cache_ca_file", p))?;
-            Some(std::fs::read(path).map_err(|e| ("token.shared_cache_ca_file", e.to_string()))?)
-        }
+        Some(path) => read_roots(path).map_err(|p| ("token.shared_cache_ca_file", p))?,
     };
     let loopback = match info.addr() {
         redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
@@ -1031,7 +1037,7 @@ fn shared_cache(t: &RawToken) -> Result<Option<SharedCacheConfig>, (&'static str
         _ => true,
     };
     let clear_text_password = !tls && !loopback && info.redis_settings().password().is_some();
-    Ok(Some(SharedCacheConfig { shown: redact_url(text), url, ca_pem, clear_text_password }))
+    Ok(Some(SharedCacheConfig { shown: redact_url(text), url, roots, clear_text_password }))
 }
 
 fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -1148,6 +1154,10 @@ mod tests {
             (vec![("PINECONE_PROXY_TOKEN_SHARED_CACHE", "http://:hunter2@cache")], "token.shared_cache"),
             (vec![("PINECONE_PROXY_TOKEN_SHARED_CACHE", "redis://:hunter2@cache:notaport")], "token.shared_cache"),
             (vec![("PINECONE_PROXY_TOKEN_SHARED_CACHE", " ")], "token.shared_cache"),
+            (
+                vec![("PINECONE_PROXY_TOKEN_SHARED_CACHE", "rediss://:hunter2@cache:6380/0#insecure")],
+                "token.shared_cache",
+            ),
             (
                 vec![
                     ("PINECONE_PROXY_TOKEN_SHARED_CACHE", "redis://cache"),

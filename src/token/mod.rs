@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod fetch;
 pub mod quota;
+pub mod redis_link;
 pub mod schedule;
 pub mod shared;
 

@@ -13,12 +13,18 @@
 //!    the holder's token.
 //!
 //! The entry's name and its key both come from HKDF-SHA256 over the client secret (salt: the
-//! client id; info: the audience and what the output is for). The value is the token and its
-//! lifetime, sealed with AES-256-GCM under a random nonce, with the entry's name as
-//! associated data. Whoever reads Redis without the secret learns nothing usable; a rotated
-//! secret means another name and key. The entry expires in Redis when the token does, and a
-//! reader dates the token by the entry's remaining TTL (Redis's clock, not the writer's), so
-//! clock skew between pods never stretches a token's life.
+//! client id; info: the audience and what the output is for). The value is the token, its
+//! lifetime and its expiry (UNIX milliseconds), sealed with AES-256-GCM under a random
+//! nonce, with the entry's name as associated data. Whoever reads Redis without the secret
+//! learns nothing usable; a rotated secret means another name and key.
+//!
+//! Only what is sealed is trusted. A token's expiry is the one sealed with it; Redis's TTL
+//! (which any Redis writer controls) can only bring it closer, never push it out: an old
+//! entry written back with a long TTL is never adopted past its sealed expiry, and is
+//! counted (`stale`) and overwritten. A lock with no TTL, or one longer than
+//! `token.timeout`, cannot be a proxy's: it is not waited for (`bad_lock`). What Redis
+//! sends is bounded as it arrives ([`super::redis_link`]): a reply over [`MAX_REPLY`]
+//! fails the connection (`oversized`).
 //!
 //! Every Redis command is bounded by 500 ms. A failure (unreachable, slow, an error answer,
 //! an unreadable entry, a lock that never came free) is counted in
@@ -27,6 +33,7 @@
 //! cache is skipped for 5 s, then tried again. Nothing here is on the request path, and readiness never waits on it.
 
 use super::fetch::Fetched;
+use super::redis_link::{Allowance, Target};
 use crate::config::SharedCacheConfig;
 use crate::credentials::CredentialSet;
 use crate::metrics::Metrics;
@@ -34,7 +41,7 @@ use crate::secret::Secret;
 use redis::aio::MultiplexedConnection;
 use ring::{aead, hkdf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 /// The most any one Redis command may take (PRODUCT.md: "slow (over 500 ms)").
@@ -43,8 +50,12 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(500);
 pub const POLL: Duration = Duration::from_millis(100);
 /// How long the cache is skipped after a connection failure, a timeout or an error answer.
 pub const SKIP_AFTER_FAILURE: Duration = Duration::from_secs(5);
-/// The prefix of every key we write.
-pub const PREFIX: &str = "pinecone-admin-proxy:v1:";
+/// The prefix of every key we write. v2: the expiry is sealed in the value (v1 proxies,
+/// which trusted Redis's TTL, use entries of their own during a rolling upgrade).
+pub const PREFIX: &str = "pinecone-admin-proxy:v2:";
+/// How much later than its sealed expiry Redis may keep an entry before it counts as
+/// written back (`stale`): clock skew between the writer's pod and ours.
+const STALE_SLACK: Duration = Duration::from_secs(5);
 
 /// Why the cache was not used: the `reason` label of `shared_cache_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,11 +70,25 @@ pub enum Failure {
     Unreadable,
     /// Another proxy held the lock longer than its TTL allows, and wrote no token.
     LockWait,
+    /// The entry opens, but its sealed expiry has passed while Redis keeps it: written back.
+    Stale,
+    /// The lock has no TTL, or a longer one than `token.timeout`: no proxy set it.
+    BadLock,
+    /// A reply larger than [`MAX_REPLY`].
+    Oversized,
 }
 
 impl Failure {
-    pub const ALL: [Failure; 5] =
-        [Failure::Unreachable, Failure::Timeout, Failure::Error, Failure::Unreadable, Failure::LockWait];
+    pub const ALL: [Failure; 8] = [
+        Failure::Unreachable,
+        Failure::Timeout,
+        Failure::Error,
+        Failure::Unreadable,
+        Failure::LockWait,
+        Failure::Stale,
+        Failure::BadLock,
+        Failure::Oversized,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -72,6 +97,9 @@ impl Failure {
             Failure::Error => "error",
             Failure::Unreadable => "unreadable",
             Failure::LockWait => "lock_wait",
+            Failure::Stale => "stale",
+            Failure::BadLock => "bad_lock",
+            Failure::Oversized => "oversized",
         }
     }
 }
@@ -115,19 +143,30 @@ fn derive(c: &CredentialSet, audience: &str) -> Keys {
 
 /// The most of an entry we read: a sealed token is about 1.5 KiB.
 pub const MAX_VALUE: usize = 16 * 1024;
+/// The most one reply may be: the entry's part, and room for the rest of a pipeline's
+/// answers (two integers) and the handshake's.
+pub const MAX_REPLY: usize = MAX_VALUE + 4096;
 
 /// The version byte that starts every value.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Plain {
     access_token: String,
     lifetime: f64,
+    /// When the token expires, in UNIX milliseconds by the writer's clock.
+    expires_at_ms: u64,
 }
 
-/// Seals a token for the entry `entry`: version, nonce, ciphertext and tag.
-fn seal(key: &aead::LessSafeKey, entry: &str, token: &Fetched) -> Vec<u8> {
-    let plain = Plain { access_token: token.access_token.expose().to_owned(), lifetime: token.lifetime.as_secs_f64() };
+/// Seals a token that expires at `expires_at` for the entry `entry`: version, nonce,
+/// ciphertext and tag.
+fn seal(key: &aead::LessSafeKey, entry: &str, token: &Fetched, expires_at: SystemTime) -> Vec<u8> {
+    let expires_at_ms = expires_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let plain = Plain {
+        access_token: token.access_token.expose().to_owned(),
+        lifetime: token.lifetime.as_secs_f64(),
+        expires_at_ms,
+    };
     let mut data = serde_json::to_vec(&plain).expect("serialises");
     let nonce: [u8; aead::NONCE_LEN] = rand::random();
     key.seal_in_place_append_tag(
@@ -144,8 +183,9 @@ fn seal(key: &aead::LessSafeKey, entry: &str, token: &Fetched) -> Vec<u8> {
     out
 }
 
-/// Opens a value of the entry `entry`, or says it cannot be read.
-fn open(key: &aead::LessSafeKey, entry: &str, value: &[u8]) -> Option<Fetched> {
+/// Opens a value of the entry `entry`: the token and its sealed expiry; or says it cannot
+/// be read.
+fn open(key: &aead::LessSafeKey, entry: &str, value: &[u8]) -> Option<(Fetched, SystemTime)> {
     let (&version, rest) = value.split_first()?;
     if version != VERSION || rest.len() < aead::NONCE_LEN + aead::AES_256_GCM.tag_len() {
         return None;
@@ -161,10 +201,29 @@ fn open(key: &aead::LessSafeKey, entry: &str, value: &[u8]) -> Option<Fetched> {
         && plain.lifetime.is_finite()
         && plain.lifetime >= 1.0
         && plain.lifetime <= super::schedule::MAX_LIFETIME.as_secs_f64();
-    valid.then(|| Fetched {
-        access_token: Secret::new(plain.access_token),
-        lifetime: Duration::from_secs_f64(plain.lifetime),
+    let expires_at = UNIX_EPOCH.checked_add(Duration::from_millis(plain.expires_at_ms))?;
+    valid.then(|| {
+        let fetched = Fetched {
+            access_token: Secret::new(plain.access_token),
+            lifetime: Duration::from_secs_f64(plain.lifetime),
+        };
+        (fetched, expires_at)
     })
+}
+
+/// What a read entry is worth, by its sealed expiry and Redis's remaining TTL (`pttl`, in
+/// ms: -1 for none): when it expires on our clock (the sooner of the two; Redis can only
+/// bring it closer), whether it is still usable, and whether Redis kept it past its sealed
+/// expiry (written back: `stale`).
+fn judge(lifetime: Duration, sealed_left: Duration, pttl: i64, now: Instant) -> (Instant, bool, bool) {
+    let left = match u64::try_from(pttl) {
+        Ok(ms) => sealed_left.min(Duration::from_millis(ms)),
+        Err(_) => sealed_left,
+    };
+    let expires = now + left;
+    let usable = expires.checked_sub(super::schedule::usable_margin(lifetime)).is_some_and(|u| u > now);
+    let kept_past_expiry = pttl < 0 || Duration::from_millis(pttl as u64) > sealed_left + STALE_SLACK;
+    (expires, usable, !usable && kept_past_expiry)
 }
 
 /// A token read from the cache: what it is, and when it expires by Redis's clock.
@@ -215,7 +274,11 @@ pub struct CacheError {
 
 /// The refresher's handle on the shared cache.
 pub struct SharedCache {
-    client: redis::Client,
+    target: Target,
+    /// What the connection may still read for the command under way.
+    allowance: Arc<Allowance>,
+    /// The task that drives the connection, aborted when it is replaced or dropped.
+    driver: Option<tokio::task::JoinHandle<()>>,
     shown: String,
     /// The URL's password, to scrub from any error message before it is logged.
     password: Option<Secret>,
@@ -245,22 +308,17 @@ impl SharedCache {
         lock_ttl: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let url = cfg.url.expose();
-        let client = match &cfg.ca_pem {
-            None => redis::Client::open(url),
-            Some(pem) => redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) },
-            ),
-        }
-        .map_err(|e| format!("token.shared_cache: cannot set up the Redis client ({:?})", e.kind()))?;
-        let password = client.get_connection_info().redis_settings().password().map(Secret::new);
+        let target = Target::new(cfg.url.expose(), &cfg.roots)
+            .map_err(|e| format!("token.shared_cache: cannot set up the Redis client: {e}"))?;
+        let password = target.password().map(Secret::new);
         for failure in Failure::ALL {
             metrics.shared_cache_errors_at_zero(failure.label());
         }
         let status = CacheStatus { url: cfg.shown.clone(), ..CacheStatus::default() };
         Ok(Self {
-            client,
+            target,
+            allowance: Arc::new(Allowance::default()),
+            driver: None,
             shown: cfg.shown.clone(),
             password,
             audience: audience.to_owned(),
@@ -289,39 +347,55 @@ impl SharedCache {
         self.keys.as_ref().expect("just set")
     }
 
-    /// Runs one command (or pipeline) within [`OP_TIMEOUT`], connecting first if needed.
+    /// Runs one command (or pipeline) within [`OP_TIMEOUT`], connecting first if needed;
+    /// its reply may be at most [`MAX_REPLY`] bytes.
     async fn run<T: redis::FromRedisValue>(&mut self, what: &str, cmd: impl Query) -> Result<T, (Failure, String)> {
         let mut conn = match &self.conn {
             Some(c) => c.clone(),
-            None => {
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(OP_TIMEOUT))
-                    .set_response_timeout(Some(OP_TIMEOUT));
-                let connect = self.client.get_multiplexed_async_connection_with_config(&config);
-                let c = match tokio::time::timeout(OP_TIMEOUT, connect).await {
-                    Err(_) => return Err((Failure::Timeout, "connecting took over 500 ms".into())),
-                    Ok(Err(e)) => return Err(self.classify("connecting", &e)),
-                    Ok(Ok(c)) => c,
-                };
-                self.conn = Some(c.clone());
-                c
-            }
+            None => self.connect().await?,
         };
+        self.allowance.reset(MAX_REPLY);
         match tokio::time::timeout(OP_TIMEOUT, cmd.query(&mut conn)).await {
             Err(_) => {
-                self.conn = None;
+                self.disconnect();
                 Err((Failure::Timeout, format!("{what} took over 500 ms")))
             }
             Ok(Err(e)) => {
-                self.conn = None;
+                self.disconnect();
                 Err(self.classify(what, &e))
             }
             Ok(Ok(value)) => Ok(value),
         }
     }
 
+    async fn connect(&mut self) -> Result<MultiplexedConnection, (Failure, String)> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT));
+        self.allowance.reset(MAX_REPLY);
+        let (conn, driver) = match tokio::time::timeout(OP_TIMEOUT, self.target.connect(config, &self.allowance)).await
+        {
+            Err(_) => return Err((Failure::Timeout, "connecting took over 500 ms".into())),
+            Ok(Err(e)) => return Err(self.classify("connecting", &e)),
+            Ok(Ok(connected)) => connected,
+        };
+        self.conn = Some(conn.clone());
+        self.driver = Some(driver);
+        Ok(conn)
+    }
+
+    fn disconnect(&mut self) {
+        self.conn = None;
+        if let Some(driver) = self.driver.take() {
+            driver.abort();
+        }
+    }
+
     /// A Redis error as a reason and a message that never holds the password.
     fn classify(&self, what: &str, e: &redis::RedisError) -> (Failure, String) {
+        if self.allowance.exceeded() {
+            return (Failure::Oversized, format!("{what}: Redis sent a reply over {MAX_REPLY} bytes"));
+        }
         let failure = if e.is_timeout() {
             Failure::Timeout
         } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
@@ -337,9 +411,10 @@ impl SharedCache {
     }
 
     fn fail(&mut self, failure: Failure, message: String, fallback: bool) {
-        // A Redis that cannot be reached, is slow or refuses us (a wrong password) is not
-        // asked again for a while; an unreadable entry or a stuck lock is Redis working.
-        if matches!(failure, Failure::Unreachable | Failure::Timeout | Failure::Error) {
+        // A Redis that cannot be reached, is slow, refuses us (a wrong password) or floods
+        // us is not asked again for a while; an unreadable entry or a stuck lock is Redis
+        // working.
+        if matches!(failure, Failure::Unreachable | Failure::Timeout | Failure::Error | Failure::Oversized) {
             self.skip_until = Some(Instant::now() + SKIP_AFTER_FAILURE);
         }
         self.metrics.shared_cache_error(failure.label());
@@ -380,14 +455,26 @@ impl SharedCache {
                 Ok(Some(cached)) => return Look::Hit(cached),
                 Ok(None) => {}
             }
-            let set = redis::cmd("SET").arg(&lock).arg(&value).arg("NX").arg("PX").arg(ttl_ms).to_owned();
-            match self.run::<Option<String>>("taking the lock", set).await {
+            let take =
+                redis::pipe().cmd("SET").arg(&lock).arg(&value).arg("NX").arg("PX").arg(ttl_ms).pttl(&lock).to_owned();
+            match self.run::<(Option<String>, i64)>("taking the lock", &take).await {
                 Err((failure, message)) => {
                     self.fail(failure, message, true);
                     return Look::Fallback;
                 }
-                Ok(Some(_)) => return Look::Lock(Held { name: lock, value }),
-                Ok(None) => {}
+                Ok((Some(_), _)) => return Look::Lock(Held { name: lock, value }),
+                // No TTL, or longer than a proxy ever sets: not a fetch in progress. Waiting
+                // for it would delay readiness and requests for nothing.
+                Ok((None, pttl)) if pttl == -1 || pttl > ttl_ms as i64 => {
+                    let message = format!(
+                        "the lock {lock} has {}, which no proxy sets (token.timeout is {:?}); not waiting for it",
+                        if pttl == -1 { "no TTL".to_owned() } else { format!("a TTL of {pttl} ms") },
+                        self.lock_ttl
+                    );
+                    self.fail(Failure::BadLock, message, true);
+                    return Look::Fallback;
+                }
+                Ok((None, _)) => {}
             }
             if Instant::now() >= deadline {
                 let message =
@@ -443,18 +530,26 @@ impl SharedCache {
             Ok(_) => (Vec::new(), 0),
         };
         match open(&self.keys(c).key, entry, &bytes) {
-            // pttl is -1 (no expiry: not ours) or -2 (gone since the GET).
-            Some(fetched) if pttl > 0 => {
-                let expires = now + Duration::from_millis(pttl as u64);
-                let usable = expires.checked_sub(super::schedule::usable_margin(fetched.lifetime));
+            // pttl -2: gone since the read.
+            Some(_) if pttl == -2 => Ok(None),
+            Some((fetched, expires_at)) => {
+                let sealed_left = expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+                let (expires, usable, stale) = judge(fetched.lifetime, sealed_left, pttl, now);
+                if stale && !*counted {
+                    // Treated as no entry: this proxy (or the lock holder) fetches and
+                    // overwrites it.
+                    *counted = true;
+                    let message =
+                        format!("the entry {entry} has expired by its sealed expiry but Redis still holds it");
+                    self.fail(Failure::Stale, message, false);
+                }
                 let newer = current_expires.is_none_or(|e| expires > e + Duration::from_secs(1));
-                if usable.is_some_and(|u| u > now) && newer {
+                if usable && newer {
                     self.status.lock().tokens_read += 1;
                     return Ok(Some(Cached { fetched, expires }));
                 }
                 Ok(None)
             }
-            Some(_) => Ok(None),
             None => {
                 if !*counted {
                     // Garbage, or sealed under another key: treated as no entry, so that one
@@ -478,7 +573,7 @@ impl SharedCache {
         }
         let (entry, sealed) = {
             let k = self.keys(c);
-            (k.entry.clone(), seal(&k.key, &k.entry, token))
+            (k.entry.clone(), seal(&k.key, &k.entry, token, SystemTime::now() + expires_in))
         };
         let set = redis::cmd("SET").arg(&entry).arg(sealed).arg("PX").arg(ms).to_owned();
         match self.run::<()>("writing the entry", set).await {
@@ -493,6 +588,12 @@ impl SharedCache {
         if let Err((failure, message)) = self.run::<i64>("releasing the lock", script).await {
             self.fail(failure, message, false);
         }
+    }
+}
+
+impl Drop for SharedCache {
+    fn drop(&mut self) {
+        self.disconnect();
     }
 }
 
@@ -538,10 +639,12 @@ mod tests {
     fn sealed_values_open_only_with_the_same_secret_and_entry() {
         let aud = "https://api.pinecone.io/";
         let k = derive(&creds("id", "secret"), aud);
-        let value = seal(&k.key, &k.entry, &token("eyJ.secret-token"));
-        let opened = open(&k.key, &k.entry, &value).expect("opens");
+        let expires = UNIX_EPOCH + Duration::from_millis(1_800_000_000_123);
+        let value = seal(&k.key, &k.entry, &token("eyJ.secret-token"), expires);
+        let (opened, expires_at) = open(&k.key, &k.entry, &value).expect("opens");
         assert_eq!(opened.access_token.expose(), "eyJ.secret-token");
         assert_eq!(opened.lifetime, Duration::from_secs(86400));
+        assert_eq!(expires_at, expires, "the expiry is sealed with the token");
         assert!(!String::from_utf8_lossy(&value).contains("secret-token"), "the token is not in the value");
         // Another secret: another entry and another key; the value does not open.
         let rotated = derive(&creds("id", "secret-2"), aud);
@@ -554,20 +657,41 @@ mod tests {
         assert_ne!(derive(&creds("id", "secret"), "https://other/").entry, k.entry);
         assert_ne!(derive(&creds("id2", "secret"), aud).entry, k.entry);
         // Two seals of the same token differ (random nonces).
-        assert_ne!(seal(&k.key, &k.entry, &token("eyJ.secret-token")), value);
+        assert_ne!(seal(&k.key, &k.entry, &token("eyJ.secret-token"), expires), value);
     }
 
     #[test]
     fn garbage_never_opens() {
         let k = derive(&creds("id", "secret"), "aud");
-        let good = seal(&k.key, &k.entry, &token("t"));
+        let good = seal(&k.key, &k.entry, &token("t"), SystemTime::now());
         let mut flipped = good.clone();
         *flipped.last_mut().unwrap() ^= 1;
         let mut wrong_version = good.clone();
-        wrong_version[0] = 2;
+        wrong_version[0] = 1;
         for bad in [vec![], vec![1], b"hello world".to_vec(), good[..20].to_vec(), flipped, wrong_version] {
             assert!(open(&k.key, &k.entry, &bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_entry_is_judged_by_its_sealed_expiry_and_redis_can_only_shorten_it() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        let day = s(86400);
+        // Redis's TTL agrees with the sealed expiry: usable, expires then.
+        assert_eq!(judge(day, s(3600), 3_600_000, now), (now + s(3600), true, false));
+        // A shorter TTL brings it closer.
+        assert_eq!(judge(day, s(3600), 600_000, now), (now + s(600), true, false));
+        // A longer TTL (or none) does not push it out.
+        assert_eq!(judge(day, s(3600), 999_999_999, now), (now + s(3600), true, false));
+        assert_eq!(judge(day, s(3600), -1, now), (now + s(3600), true, false));
+        // Sealed expiry passed, Redis still holds it for an hour: written back, stale.
+        assert_eq!(judge(day, s(0), 3_600_000, now), (now, false, true));
+        assert_eq!(judge(day, s(0), -1, now), (now, false, true));
+        // In its last minute (the usable margin) as Redis agrees: not usable, not stale.
+        assert_eq!(judge(day, s(30), 30_000, now), (now + s(30), false, false));
+        // Within the slack for clock skew between pods: not stale.
+        assert_eq!(judge(day, s(30), 34_000, now), (now + s(30), false, false));
     }
 
     #[test]

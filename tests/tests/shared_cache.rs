@@ -480,3 +480,110 @@ async fn an_oversized_entry_is_never_read_whole() {
     let after = sent(redis::cmd("INFO").arg("stats").query_async(&mut conn).await.unwrap());
     assert!(after - before < 256 * 1024, "Redis sent {} bytes", after - before);
 }
+
+/// A Redis writer keeps an old sealed entry alive by writing it back with a long TTL after
+/// its token expired. Its expiry is sealed inside it: the proxy never adopts it, counts it
+/// (`stale`), fetches a token of its own and overwrites it.
+#[tokio::test]
+async fn an_old_entry_written_back_with_a_long_ttl_is_never_adopted() {
+    let redis = Redis::start(&[]).await;
+    let fake = fake(3).await;
+    let (entry, _) = entry_names(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AUDIENCE);
+    let a = cached_proxy(&fake, &redis.url(), &[]).await;
+    a.tokens.get().await.unwrap();
+    let old_fingerprint = a.tokens.snapshot().fingerprint.unwrap();
+    a.shutdown();
+    a.wait().await;
+    let mut conn = redis.conn().await;
+    let old: Vec<u8> = redis::cmd("GET").arg(&entry).query_async(&mut conn).await.unwrap();
+    // The token lives 3 s; its entry goes when it does. Written back then, for an hour.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while redis::cmd("EXISTS").arg(&entry).query_async::<i64>(&mut conn).await.unwrap() == 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the entry expires with its token");
+    let () = redis::cmd("SET").arg(&entry).arg(&old).arg("PX").arg(3_600_000).query_async(&mut conn).await.unwrap();
+    fake.state().set_expires_in(3600);
+
+    let b = cached_proxy(&fake, &redis.url(), &[]).await;
+    b.tokens.get().await.unwrap();
+    assert_ne!(b.tokens.snapshot().fingerprint.unwrap(), old_fingerprint, "the written-back token is not taken");
+    assert_eq!(errors(&b, "stale"), 1);
+    assert_eq!(fake.state().tokens_issued.load(SeqCst), 2, "B fetched its own");
+    let client = TestClient::default();
+    assert_eq!(client.get(&ops_url(&b, "/readyz")).await.0, 200);
+    assert_eq!(client.get(&url(&b, "/admin/projects")).await.0, 200);
+    assert_eq!(fake.state().expired_presented.load(SeqCst), 0, "no expired token was ever sent");
+    let now: Vec<u8> = redis::cmd("GET").arg(&entry).query_async(&mut conn).await.unwrap();
+    assert_ne!(now, old, "overwritten with B's token");
+}
+
+/// A lock no proxy could have set (no TTL, or a TTL longer than `token.timeout`) is not
+/// waited for: counted `bad_lock`, and the proxy fetches for itself at once.
+#[tokio::test]
+async fn a_lock_that_no_proxy_sets_is_not_waited_for() {
+    let redis = Redis::start(&[]).await;
+    let fake = fake(3600).await;
+    let (entry, lock) = entry_names(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AUDIENCE);
+    let mut conn = redis.conn().await;
+    for ttl in [None, Some(3_600_000)] {
+        // No entry to take: the lock is all the proxy finds.
+        let _: i64 = redis::cmd("DEL").arg(&entry).query_async(&mut conn).await.unwrap();
+        let mut set = redis::cmd("SET");
+        set.arg(&lock).arg("not-a-proxy");
+        if let Some(ms) = ttl {
+            set.arg("PX").arg(ms);
+        }
+        let () = set.query_async(&mut conn).await.unwrap();
+        let proxy = cached_proxy(&fake, &redis.url(), &[]).await;
+        proxy.tokens.get().await.unwrap();
+        assert_eq!(errors(&proxy, "bad_lock"), 1, "lock TTL {ttl:?}");
+        assert_eq!(errors(&proxy, "lock_wait"), 0, "not waited for until it timed out");
+        let error = proxy.tokens.snapshot().shared_cache.unwrap().last_error.unwrap();
+        assert!(error.message.contains("which no proxy sets"), "{}", error.message);
+        proxy.shutdown();
+        proxy.wait().await;
+    }
+    assert_eq!(fake.state().token_requests.load(SeqCst), 2, "each fetched for itself");
+}
+
+/// Whatever answers in Redis's place sends a reply of 256 MiB: the proxy reads a few KiB of
+/// it, counts it (`oversized`), fetches for itself, and its peak memory stays small.
+#[tokio::test]
+async fn a_huge_reply_costs_the_proxy_a_small_fixed_amount_of_memory() {
+    let fake = fake(3600).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut first = [0u8; 256];
+                let _ = socket.read(&mut first).await;
+                const HUGE: usize = 256 << 20;
+                if socket.write_all(format!("${HUGE}\r\n").as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 << 10];
+                for _ in 0..HUGE / chunk.len() {
+                    if socket.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(chunk.len() as u64, SeqCst);
+                }
+            });
+        }
+    });
+    let cache = format!("redis://127.0.0.1:{port}/0");
+    let proxy = spawn_demo(&fake.token_url(), &fake.api_url(), &[("PINECONE_PROXY_TOKEN_SHARED_CACHE", &cache)]).await;
+    assert!(proxy.metric("pinecone_proxy_shared_cache_errors_total{reason=\"oversized\"}").await >= 1.0);
+    assert_eq!(proxy.metric("pinecone_proxy_token_usable").await, 1.0, "a token of its own");
+    let peak = proxy.peak_rss_kib();
+    assert!(peak < 32 << 10, "peak RSS {peak} KiB with a 256 MiB reply on offer");
+    assert!(sent.load(SeqCst) < 64 << 20, "the proxy stopped reading: {} bytes sent", sent.load(SeqCst));
+}
