@@ -588,14 +588,58 @@ fn env_names(key: &str) -> Vec<String> {
 /// environment and the flags, and validates it.
 pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
     let keys = keys();
+    let (table, origins) = layers(&keys, flags, env)?;
+    finish(&keys, table, &origins, env)
+}
+
+/// What `demo` runs with: the caller's configuration (file, environment, flags), with the
+/// keys that must name the built-in fake set to `fixed` and the credentials the fake's own.
+/// Also says which of the caller's settings it set aside, and where each came from, so that
+/// the demo can name them instead of ignoring them silently.
+pub fn load_demo(
+    flags: &Flags,
+    env: &Env,
+    fixed: &[(&str, &str)],
+    secret: &str,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let keys = keys();
+    let mut env = env.clone();
+    let mut set_aside = Vec::new();
+    for name in ["PINECONE_CLIENT_SECRET", "PINECONE_CLIENT_SECRET_FILE"] {
+        if env.0.remove(name).is_some() {
+            set_aside.push(format!("the client secret (env {name})"));
+        }
+    }
+    env.set("PINECONE_CLIENT_SECRET", secret);
+    let (mut table, mut origins) = layers(&keys, flags, &env)?;
+    let credentials = ["credentials.client_id", "credentials.client_id_file", "credentials.client_secret_file"];
+    for key in fixed.iter().map(|(key, _)| *key).chain(credentials).chain(["token.audience", "upstream.ca_file"]) {
+        if let Some(origin) = origins.remove(key) {
+            set_aside.push(format!("{key} ({origin})"));
+            unset(&mut table, key);
+        }
+    }
+    for (key, value) in fixed {
+        set(&mut table, key, toml::Value::String((*value).to_owned()));
+    }
+    Ok((finish(&keys, table, &origins, &env)?, set_aside))
+}
+
+/// Defaults under the file, the environment and the flags, each over the one before: the
+/// keys that are set, and where each came from.
+fn layers(
+    keys: &[(String, Kind)],
+    flags: &Flags,
+    env: &Env,
+) -> Result<(toml::Table, BTreeMap<String, Origin>), ConfigError> {
     let mut table = toml::Table::new();
     let mut origins = BTreeMap::new();
 
     let file = flags.config.clone().or_else(|| env.get(CONFIG_ENV).filter(|p| !p.is_empty()).map(PathBuf::from));
     if let Some(path) = &file {
-        read_file(path, &keys, &mut table, &mut origins)?;
+        read_file(path, keys, &mut table, &mut origins)?;
     }
-    for (key, kind) in &keys {
+    for (key, kind) in keys {
         if let Some((name, text)) = env_names(key).into_iter().find_map(|n| Some((n.clone(), env.get(&n)?.to_owned())))
         {
             let origin = Origin::Env(name);
@@ -611,7 +655,16 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         set(&mut table, key, value);
         origins.insert(key.to_owned(), origin);
     }
+    Ok((table, origins))
+}
 
+/// The layered keys as a validated [`Config`].
+fn finish(
+    keys: &[(String, Kind)],
+    table: toml::Table,
+    origins: &BTreeMap<String, Origin>,
+    env: &Env,
+) -> Result<Config, ConfigError> {
     let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let key = e.path().to_string();
         let origin = origins.get(&key).cloned().unwrap_or(Origin::Default);
@@ -621,7 +674,7 @@ pub fn load(flags: &Flags, env: &Env) -> Result<Config, ConfigError> {
         }
         at(&key, &origin, problem)
     })?;
-    let mut config = validate(raw, &origins, env)?;
+    let mut config = validate(raw, origins, env)?;
     let known: Vec<String> = keys.iter().flat_map(|(k, _)| env_names(k)).collect();
     config.unknown_env = env
         .0
@@ -666,6 +719,20 @@ fn set(table: &mut toml::Table, key: &str, value: toml::Value) {
         }
         None => {
             table.insert(key.to_owned(), value);
+        }
+    }
+}
+
+/// Takes a key out of `table`, whatever layer set it.
+fn unset(table: &mut toml::Table, key: &str) {
+    match key.split_once('.') {
+        Some((section, name)) => {
+            if let Some(toml::Value::Table(section)) = table.get_mut(section) {
+                section.remove(name);
+            }
+        }
+        None => {
+            table.remove(key);
         }
     }
 }

@@ -277,34 +277,30 @@ async fn demo(flags: &Flags, quota: Option<Quota>, env: &Env) -> ExitCode {
         }
     };
     fake.state().set_quota(quota);
-    // The demo honours where to listen, how to log and a policy from the environment, and
-    // nothing else of the caller's configuration: its credentials and endpoints are the fake's.
-    let mut demo_env = Env::default();
-    for name in [
-        "PINECONE_PROXY_LISTEN",
-        "PINECONE_PROXY_OPS_LISTEN",
-        "PINECONE_PROXY_LOG_FORMAT",
-        "PINECONE_PROXY_LOG_LEVEL",
-        "PINECONE_PROXY_POLICY_ALLOW",
-        "PINECONE_PROXY_POLICY_DENY",
-        "PINECONE_PROXY_POLICY_PROJECTS",
-        "RUST_LOG",
-    ] {
-        if let Some(v) = env.get(name) {
-            demo_env.set(name, v);
-        }
-    }
-    demo_env
-        .set("PINECONE_CLIENT_ID", DEMO_CLIENT_ID)
-        .set("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET)
-        .set("PINECONE_PROXY_TOKEN_URL", &fake.token_url())
-        .set("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url());
-    let demo_flags = Flags { config: None, token_url: None, upstream: None, ..flags.clone() };
-    let (config, credentials) = match load(&demo_flags, &demo_env) {
+    // The demo honours the caller's whole configuration (file, environment, flags: limits,
+    // policy, shared cache, logging …) except what must name the fake: its endpoints and
+    // its credentials. What it sets aside of the caller's, it names at start.
+    let fixed = [("token.url", fake.token_url()), ("upstream.url", fake.api_url())];
+    let fixed: Vec<(&str, &str)> =
+        fixed.iter().map(|(k, v)| (*k, v.as_str())).chain([("credentials.client_id", DEMO_CLIENT_ID)]).collect();
+    let (config, set_aside) = match config::load_demo(flags, env, &fixed, DEMO_CLIENT_SECRET) {
         Ok(loaded) => loaded,
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("pinecone-admin-proxy: configuration error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let credentials = match Credentials::load(&config.credentials) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pinecone-admin-proxy: configuration error: {}: {e}", e.key());
+            return ExitCode::from(EXIT_USAGE);
+        }
     };
     let _log = init_logging(&config);
+    for setting in &set_aside {
+        tracing::warn!(setting = %setting, "demo: not used; the demo's fake Pinecone has its own endpoints and credentials");
+    }
     let Some(signals) = Signals::new() else { return ExitCode::FAILURE };
     let running = match app::start(&config, credentials).await {
         Ok(r) => r,

@@ -375,3 +375,58 @@ async fn access_lines_are_written_while_the_proxy_runs_in_order_and_all_before_i
     let last_access = all.rfind("pinecone_admin_proxy::access").unwrap();
     assert!(last_access < all.find("shutdown signal received").unwrap(), "lines in order:\n{all}");
 }
+
+/// `demo` runs the caller's configuration (here a file's `[limits]` and `[policy]`) against
+/// its fake, names each setting it sets aside (the endpoints and credentials, which must be
+/// the fake's), and refuses a configuration file it cannot read, as `run` does.
+#[tokio::test]
+async fn demo_honours_the_configuration_and_names_what_it_sets_aside() {
+    // (A demo that started anyway would run until stopped: a deadline, not a hang.)
+    let refused = output(
+        &["demo", "--config", "/nonexistent/proxy.toml", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"],
+        &[],
+    );
+    let (code, _, stderr) =
+        tokio::time::timeout(Duration::from_secs(30), refused).await.expect("the demo refuses to start");
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("/nonexistent/proxy.toml"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        "[limits]\nmax_head_bytes = \"8KiB\"\n[policy]\nallow = [\"read_only\"]\n[token]\nurl = \"https://login.example/oauth/token\"\n",
+    )
+    .unwrap();
+    let (listen, ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let args = ["demo", "--config", file.to_str().unwrap(), "--listen", &listen, "--ops-listen", &ops];
+    let args = [&args[..], &["--upstream", "https://api.example"]].concat();
+    let mut child = command_under(&[], &args, &[("PINECONE_CLIENT_SECRET", "caller-secret-value")]).spawn().unwrap();
+    assert!(pinecone_admin_proxy::wait::wait_ready(ops.parse().unwrap(), Duration::from_secs(10)).await);
+    let client = TestClient::default();
+    let base = format!("http://{listen}");
+    assert_eq!(client.get(&format!("{base}/admin/projects")).await.0, 200, "the fake answers");
+    let (status, headers, _) = client.post(&format!("{base}/admin/projects"), r#"{"name":"x"}"#).await;
+    assert_eq!(status, 403, "[policy]");
+    assert_eq!(headers["x-pinecone-proxy-error"], "forbidden_by_policy");
+    let big = http::Request::get(format!("{base}/admin/projects"))
+        .header("x-big", "a".repeat(9000))
+        .body(pinecone_admin_proxy::body::empty())
+        .unwrap();
+    assert_eq!(client.send(big).await.status(), 431, "[limits] max_head_bytes");
+    kill_term(&child);
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for named in
+        ["token.url (file ", "upstream.url (flag --upstream)", "the client secret (env PINECONE_CLIENT_SECRET)"]
+    {
+        assert!(stderr.contains(named), "{named} not named in:\n{stderr}");
+    }
+    assert!(!stderr.contains("caller-secret-value"));
+    assert_eq!(out.status.code(), Some(0));
+}
+
+fn kill_term(child: &Child) {
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-s", "TERM", &pid]).status().unwrap().success());
+}

@@ -587,3 +587,24 @@ async fn a_huge_reply_costs_the_proxy_a_small_fixed_amount_of_memory() {
     assert!(peak < 32 << 10, "peak RSS {peak} KiB with a 256 MiB reply on offer");
     assert!(sent.load(SeqCst) < 64 << 20, "the proxy stopped reading: {} bytes sent", sent.load(SeqCst));
 }
+
+/// `demo` uses `token.shared_cache` like `run` (it used to drop it silently).
+#[tokio::test]
+async fn the_demo_uses_the_shared_cache() {
+    let redis = Redis::start(&[]).await;
+    let url = redis.url();
+    let (listen, ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let mut child = command_under(
+        &[],
+        &["demo", "--listen", &listen, "--ops-listen", &ops],
+        &[("PINECONE_PROXY_TOKEN_SHARED_CACHE", &url)],
+    )
+    .spawn()
+    .unwrap();
+    assert!(pinecone_admin_proxy::wait::wait_ready(ops.parse().unwrap(), Duration::from_secs(10)).await);
+    let status = json(&TestClient::default().get(&format!("http://{ops}/status")).await.2);
+    assert_eq!(status["token"]["shared_cache"]["tokens_written"], 1, "{status}");
+    let (entry, _) = entry_names(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AUDIENCE);
+    assert_eq!(redis.keys().await, [entry]);
+    child.kill().await.unwrap();
+}
