@@ -401,7 +401,7 @@ async fn demo_honours_the_configuration_and_names_what_it_sets_aside() {
     let (listen, ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let args = ["demo", "--config", file.to_str().unwrap(), "--listen", &listen, "--ops-listen", &ops];
     let args = [&args[..], &["--upstream", "https://api.example"]].concat();
-    let mut child = command_under(&[], &args, &[("PINECONE_CLIENT_SECRET", "caller-secret-value")]).spawn().unwrap();
+    let child = command_under(&[], &args, &[("PINECONE_CLIENT_SECRET", "caller-secret-value")]).spawn().unwrap();
     assert!(pinecone_admin_proxy::wait::wait_ready(ops.parse().unwrap(), Duration::from_secs(10)).await);
     let client = TestClient::default();
     let base = format!("http://{listen}");
