@@ -70,8 +70,17 @@ impl Running {
     }
 }
 
-/// Connections on the ops listener: probes and scrapes, a few at a time.
-const OPS_MAX_CONNECTIONS: usize = 64;
+/// Connections on the ops listener: probes and scrapes, a few at a time; room enough that
+/// eviction of the longest idle one rarely needs to happen.
+const OPS_MAX_CONNECTIONS: usize = 256;
+/// Connections on the ops listener from one IP address: a kubelet's probes and a
+/// Prometheus's scrapes need a few; one peer may not take the room of the others.
+const OPS_PER_PEER: usize = 16;
+/// The ops listener's own time limits (at most these, shorter if `[limits]` says so): a
+/// probe sends its request at once, so a connection that has sent nothing (or half a head)
+/// after 2 s is not a probe, and one idle 10 s has no business left.
+const OPS_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+const OPS_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// File descriptors kept besides `listen`'s and the upstream pool's connections: the ops
 /// listener's, token requests, credential files, logs, the runtime's own.
 const RESERVED_FILES: u64 = OPS_MAX_CONNECTIONS as u64 + 32;
@@ -107,6 +116,26 @@ fn fit_to_open_files(mut limits: Limits, upstream_connections: usize) -> Limits 
         limits.max_connections = room as usize;
     }
     limits
+}
+
+/// How the ops listener serves: its own connections (a client that fills `listen` never
+/// blinds the probes), at most [`OPS_PER_PEER`] from one address, the longest idle one
+/// closed when it is full, and short time limits ([`crate::admission`]).
+fn ops_options(limits: &Limits) -> ServeOptions {
+    let limits = Limits {
+        max_connections: OPS_MAX_CONNECTIONS,
+        first_byte_timeout: limits.first_byte_timeout.min(OPS_HEAD_TIMEOUT),
+        header_read_timeout: limits.header_read_timeout.min(OPS_HEAD_TIMEOUT),
+        idle_timeout: limits.idle_timeout.min(OPS_IDLE_TIMEOUT),
+        ..limits.clone()
+    };
+    ServeOptions {
+        grace: Duration::from_secs(1),
+        limits,
+        metrics: None,
+        per_peer: Some(OPS_PER_PEER),
+        evict_idle: true,
+    }
 }
 
 /// Binds the listeners and starts the token engine, the credential watcher and both
@@ -161,13 +190,11 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let grace = config.shutdown.grace;
     let limits = fit_to_open_files(config.limits.clone(), config.upstream.max_connections);
     metrics.max_connections.set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
-    let proxy_options = ServeOptions { grace, limits: limits.clone(), metrics: Some(metrics.clone()) };
+    let proxy_options =
+        ServeOptions { metrics: Some(metrics.clone()), limits: limits.clone(), ..ServeOptions::new(grace) };
     let proxy_task =
         tokio::spawn(serve::serve("proxy", proxy_listener, move |_| proxy.clone(), stop_proxy.wait(), proxy_options));
-    // The ops listener has the same time limits and a connection limit of its own: a
-    // client that fills `listen` never blinds the probes.
-    let ops_limits = Limits { max_connections: OPS_MAX_CONNECTIONS, ..limits };
-    let ops_options = ServeOptions { grace: Duration::from_secs(1), limits: ops_limits, metrics: None };
+    let ops_options = ops_options(&limits);
     let ops_task =
         tokio::spawn(serve::serve("ops", ops_listener, move |peer| ops.for_peer(peer), stop_ops.wait(), ops_options));
 

@@ -20,12 +20,15 @@
 //! - [`metrics`]: the one `Metrics` struct that owns the Prometheus registry.
 //! - [`serve`]: listeners (TCP, Unix), the accept loop, graceful shutdown.
 //! - [`limits`]: what one inbound connection may take in time, and the lines and counts when a limit bites.
+//! - [`admission`]: who gets a connection on a crowded ops listener (per-peer caps, the
+//!   longest idle evicted).
 //! - [`app`]: wiring it all together; `start` and `run`.
 //! - [`wait`]: the `wait` command: poll a running proxy's `/readyz`.
 //! - [`fake`]: the fake Pinecone (token endpoint and in-memory Admin API) for `demo`,
 //!   `fake-pinecone` and the tests.
 //! - [`logging`]: the text and JSON log output (tracing-subscriber's).
 
+pub(crate) mod admission;
 pub mod app;
 pub mod body;
 pub(crate) mod client;

@@ -43,10 +43,12 @@ pub(crate) enum Limit {
     HeadMemory,
     /// Not a key: accepting failed (out of file descriptors and the like).
     AcceptErrors,
+    /// Not a key: the ops listener's connections from one peer.
+    PeerConnections,
 }
 
 impl Limit {
-    pub(crate) const ALL: [Limit; 8] = [
+    pub(crate) const ALL: [Limit; 9] = [
         Limit::MaxConnections,
         Limit::FirstByteTimeout,
         Limit::HeaderReadTimeout,
@@ -55,6 +57,7 @@ impl Limit {
         Limit::MaxHeadBytes,
         Limit::HeadMemory,
         Limit::AcceptErrors,
+        Limit::PeerConnections,
     ];
 
     /// The `limit` label of `limit_hits_total`: the key without its section.
@@ -68,12 +71,15 @@ impl Limit {
             Limit::MaxHeadBytes => "max_head_bytes",
             Limit::HeadMemory => "head_memory",
             Limit::AcceptErrors => "accept_errors",
+            Limit::PeerConnections => "connections_per_peer",
         }
     }
 
     fn what(self) -> &'static str {
         match self {
-            Limit::MaxConnections => "limits.max_connections reached: accepting paused until a connection closes",
+            Limit::MaxConnections => {
+                "the listener's connection limit reached: accepting paused until a connection closes (ops: the longest idle one is closed)"
+            }
             Limit::FirstByteTimeout => {
                 "closed connections that sent nothing, or too little to tell HTTP/1.1 from h2c, within limits.first_byte_timeout"
             }
@@ -87,6 +93,7 @@ impl Limit {
                 "closed connections whose large request heads would have taken the buffers of all connections past limits.head_memory"
             }
             Limit::AcceptErrors => "accepting connections failed; pausing accepts with backoff",
+            Limit::PeerConnections => "closed new connections from a peer that already holds its share of them",
         }
     }
 }
@@ -285,11 +292,18 @@ impl ConnState {
         Arc::new(Self { inner: Mutex::new(Timeline::new(Instant::now())), heads })
     }
 
-    fn request_started(&self) {
+    pub(crate) fn request_started(&self) {
         let mut t = self.inner.lock();
         t.in_flight += 1;
         t.in_head = false;
         t.head_bytes = 0;
+    }
+
+    /// Since when the connection has had no request in flight (sending nothing, a head in
+    /// progress, or kept alive between requests); `None` while a request is in flight.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        let t = self.inner.lock();
+        (t.in_flight == 0).then_some(t.since)
     }
 
     /// Whether the connection was closed for the head budget.

@@ -7,6 +7,7 @@
 //! connections, how long each may take) are applied here and in [`crate::limits`]. What a
 //! request means is left to the services ([`crate::proxy`], [`crate::ops`]).
 
+use crate::admission::Admission;
 use crate::body::{Body, BoxError};
 use crate::config::Limits;
 use crate::limits::{ConnState, HeadBudget, Limit, LimitEvents, Tracked, Watched};
@@ -192,12 +193,16 @@ pub struct ServeOptions {
     pub grace: Duration,
     pub limits: Limits,
     pub metrics: Option<Arc<Metrics>>,
+    /// At most this many connections from one IP address ([`crate::admission`]).
+    pub per_peer: Option<usize>,
+    /// When full, close the longest idle connection rather than pause accepting.
+    pub evict_idle: bool,
 }
 
 impl ServeOptions {
-    /// The default limits, no metrics.
+    /// The default limits, no metrics, no per-peer cap, no eviction.
     pub fn new(grace: Duration) -> Self {
-        Self { grace, limits: Limits::default(), metrics: None }
+        Self { grace, limits: Limits::default(), metrics: None, per_peer: None, evict_idle: false }
     }
 }
 
@@ -222,7 +227,8 @@ pub async fn serve<S, F>(
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    let ServeOptions { grace, limits, metrics } = options;
+    let ServeOptions { grace, limits, metrics, per_peer, evict_idle } = options;
+    let admission = Admission::new(per_peer);
     let builder = Arc::new(builder(&limits));
     let limits = Arc::new(limits);
     let events = Arc::new(LimitEvents::new(name, metrics.clone()));
@@ -240,6 +246,10 @@ pub async fn serve<S, F>(
             Ok(slot) => slot,
             Err(_) => {
                 events.hit(Limit::MaxConnections, &limits.max_connections);
+                if evict_idle {
+                    // Its slot comes back as soon as its task ends.
+                    admission.evict_longest_idle();
+                }
                 tokio::select! {
                     () = &mut stop => break,
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
@@ -271,6 +281,11 @@ pub async fn serve<S, F>(
             }
         };
         let conn = ConnState::new(heads.clone());
+        let close = Trigger::default();
+        let Some(admitted) = admission.admit(peer.map(|p| p.ip()), conn.clone(), close.clone()) else {
+            events.hit(Limit::PeerConnections, &format_args!("{}", peer.map_or(String::new(), |p| p.ip().to_string())));
+            continue;
+        };
         let io = TokioIo::new(Watched::new(stream, conn.clone()));
         let service = TowerToHyperService::new(Tracked::new(make_service(peer), conn.clone()));
         let connection = builder.serve_connection(io, service).into_owned();
@@ -279,7 +294,13 @@ pub async fn serve<S, F>(
             g.inc();
         }
         tasks.spawn(async move {
-            let _slot = slot;
+            let (_slot, _admitted) = (slot, admitted);
+            let stopping = async {
+                tokio::select! {
+                    () = stopping => Stop::Drain,
+                    () = close.wait() => Stop::Now,
+                }
+            };
             drive(connection, |c| c.graceful_shutdown(), &conn, &limits, &events, stopping).await;
             if let Some(g) = gauge {
                 g.dec();
@@ -337,17 +358,25 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Why a connection is told to stop from outside.
+enum Stop {
+    /// The listener drains: finish what is in flight.
+    Drain,
+    /// Evicted ([`crate::admission`]): closed at once.
+    Now,
+}
+
 /// Serves one connection until it ends, a limit closes it, or the listener drains: a
-/// connection that sent nothing of use is dropped (closed at once); an idle one, or one
-/// at shutdown, is told to finish (`finish`: hyper's graceful shutdown, a GOAWAY on h2c)
-/// and served until it ends.
+/// connection that sent nothing of use, or an evicted one, is dropped (closed at once); an
+/// idle one, or one at shutdown, is told to finish (`finish`: hyper's graceful shutdown, a
+/// GOAWAY on h2c) and served until it ends.
 async fn drive<C>(
     connection: C,
     finish: impl FnOnce(Pin<&mut C>),
     conn: &ConnState,
     limits: &Limits,
     events: &LimitEvents,
-    stopping: impl Future<Output = ()>,
+    stopping: impl Future<Output = Stop>,
 ) where
     C: Future<Output = Result<(), BoxError>>,
 {
@@ -361,7 +390,10 @@ async fn drive<C>(
             }
             None
         }
-        () = stopping => None,
+        stop = stopping => match stop {
+            Stop::Drain => None,
+            Stop::Now => return,
+        },
     };
     let result = match ended {
         Some(result) => result,

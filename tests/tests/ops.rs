@@ -128,3 +128,80 @@ async fn quitquitquit_shuts_down_gracefully() {
     tokio::time::timeout(Duration::from_secs(10), proxy.wait()).await.expect("shut down");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
+
+/// Opens a connection to `to` from the loopback address `from` (all of 127.0.0.0/8 is this
+/// machine's): many peers, as pods of a cluster would be.
+async fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr) -> Option<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(std::net::SocketAddr::from((from, 0))).ok()?;
+    socket.connect(to).await.ok()
+}
+
+/// The shipped Deployment publishes the ops listener to the cluster. Hundreds of
+/// connections from 25 peers that stay idle after a request, or send a head one byte at a
+/// time, and keep coming back when closed, must not keep the probes from an answer: each peer gets its
+/// share, and a full listener closes its longest idle connection for a newcomer.
+#[tokio::test]
+async fn probes_answer_while_hundreds_of_idle_and_slow_connections_crowd_the_ops_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = fake(3600).await;
+    let proxy = crate::binary::spawn_demo(&fake.token_url(), &fake.api_url(), &[]).await;
+    let ops = proxy.ops;
+    let stop = pinecone_admin_proxy::serve::Trigger::default();
+    let mut crowd = tokio::task::JoinSet::new();
+    for peer in 1..=25u8 {
+        for n in 0..20 {
+            let stop = stop.wait();
+            crowd.spawn(async move {
+                let from = std::net::Ipv4Addr::new(127, 0, 1, peer);
+                let slow = n % 2 == 1;
+                let hold = async {
+                    loop {
+                        let Some(mut stream) = connect_from(from, ops).await else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        // Kept alive: one request, then idle for as long as the proxy lets
+                        // it. Slow: a head one byte every 200 ms. Either reconnects when
+                        // closed.
+                        if !slow {
+                            let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+                            let mut response = [0u8; 1024];
+                            let _ = stream.read(&mut response).await;
+                        }
+                        for byte in b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: ".iter().cycle() {
+                            if slow && stream.write_all(&[*byte]).await.is_err() {
+                                break;
+                            }
+                            let mut probe = [0u8; 1];
+                            match tokio::time::timeout(Duration::from_millis(200), stream.peek(&mut probe)).await {
+                                Ok(Ok(0)) | Ok(Err(_)) => break,
+                                _ => {}
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = hold => {}
+                    () = stop => {}
+                }
+            });
+        }
+    }
+    // Let the crowd fill the listener (500 connections, 20 a peer, against its 256 and 16
+    // a peer) before probing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let client = TestClient::default();
+    for round in 0..10 {
+        for path in ["/healthz", "/readyz", "/startupz"] {
+            let url = format!("http://{ops}{path}");
+            let (status, _, _) = tokio::time::timeout(Duration::from_secs(2), client.get(&url))
+                .await
+                .unwrap_or_else(|_| panic!("{path} blinded in round {round}"));
+            assert_eq!(status, StatusCode::OK, "{path}");
+        }
+    }
+    stop.fire();
+    while crowd.join_next().await.is_some() {}
+    assert!(proxy.all.lock().contains("connections_per_peer"), "the per-peer cap bit, and said so");
+}
