@@ -454,10 +454,11 @@ impl Proxy {
             })?
         };
         let (body, kept) = body.into_parts();
+        let streaming = kept.is_err();
         // What a replay needs of the request; the headers are copied only if the body
         // could be replayed at all.
         let replay = kept.map(|kept| (parts.method.clone(), parts.uri.clone(), parts.headers.clone(), kept));
-        let response = self.send(Request::from_parts(parts, body)).await.map_err(|e| {
+        let response = self.send_streaming(Request::from_parts(parts, body), streaming).await.map_err(|e| {
             if stalled.load(Ordering::Relaxed) { ProxyError::BodyTimeout(inner.body_read_timeout) } else { e }
         })?;
         outcome.upstream_status = Some(response.status().as_u16());
@@ -521,8 +522,13 @@ impl Proxy {
 
     /// Sends one request upstream, waiting at most `upstream.timeout` for the headers.
     async fn send(&self, request: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        self.send_streaming(request, false).await
+    }
+
+    /// [`Proxy::send`] for a request whose body may stream from the client.
+    async fn send_streaming(&self, request: Request<Body>, streaming: bool) -> Result<Response<Body>, ProxyError> {
         let inner = &self.inner;
-        inner.upstream.send(request, inner.timeout).await.map_err(|e| match e {
+        inner.upstream.send(request, inner.timeout, streaming).await.map_err(|e| match e {
             SendError::Timeout => ProxyError::UpstreamTimeout(inner.timeout),
             SendError::Unreachable(e) => ProxyError::UpstreamUnreachable(e),
         })

@@ -15,7 +15,11 @@
 //!   connection is not used again.
 //! - **At most `upstream.max_connections`** (busy and idle together): a request that finds
 //!   none idle and no room waits for one to come back or to close, within its timeout; a
-//!   flood of requests on the listener cannot open a connection each.
+//!   flood of requests on the listener cannot open a connection each. Requests whose body
+//!   streams from the client (too large to keep for a replay) may hold at most
+//!   [`streaming_share`] of them at once: a connection carrying a slow upload is busy as
+//!   long as the client takes, and uploads must not take the connections every other
+//!   request needs.
 //! - **Retries**: a request that hyper hands back unwritten (a reused connection closed
 //!   under it) is sent once more on a new connection. A request that was written is never
 //!   sent twice.
@@ -97,6 +101,8 @@ struct Inner {
     over_cap: Arc<tokio::sync::Notify>,
     /// One per open connection, busy or idle (`upstream.max_connections`).
     slots: Arc<Semaphore>,
+    /// One per request whose body streams from the client, until its response is over.
+    streaming: Arc<Semaphore>,
     /// Told when a connection goes back on the stack.
     released: tokio::sync::Notify,
 }
@@ -168,6 +174,7 @@ impl Upstream {
                 idle: Mutex::new(IdleStack::default()),
                 over_cap: Arc::new(tokio::sync::Notify::new()),
                 slots: Arc::new(Semaphore::new(cfg.max_connections)),
+                streaming: Arc::new(Semaphore::new(streaming_share(cfg.max_connections))),
                 released: tokio::sync::Notify::new(),
             }),
         })
@@ -176,8 +183,24 @@ impl Upstream {
     /// Sends `request` (its URI in origin form: path and query) and returns the response
     /// headers, or [`SendError::Timeout`] if they have not come within `timeout`; the body
     /// streams from the connection.
-    pub(crate) async fn send(&self, request: Request<Body>, timeout: Duration) -> Result<Response<Body>, SendError> {
-        match tokio::time::timeout(timeout, self.exchange(request)).await {
+    /// A request whose body `streaming` from the client first waits for its share of the
+    /// connections ([`streaming_share`]), within the same timeout, and holds it until its
+    /// response body is over.
+    pub(crate) async fn send(
+        &self,
+        request: Request<Body>,
+        timeout: Duration,
+        streaming: bool,
+    ) -> Result<Response<Body>, SendError> {
+        let exchange = async {
+            if !streaming {
+                return self.exchange(request).await;
+            }
+            let share = self.inner.streaming.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let response = self.exchange(request).await?;
+            Ok(response.map(|body| Holding { body, _share: share }.boxed_unsync()))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(SendError::Timeout),
         }
@@ -494,6 +517,35 @@ async fn reap(pool: Weak<Inner>, over_cap: Arc<tokio::sync::Notify>) {
     }
 }
 
+/// How many of `max` connections requests with streaming bodies may hold at once: all but
+/// a quarter (at least one), so that slow uploads never take the last connections.
+pub(crate) fn streaming_share(max: usize) -> usize {
+    if max <= 1 { max } else { max - (max / 4).max(1) }
+}
+
+/// A response body that holds a streaming request's share until it is dropped.
+struct Holding {
+    body: Body,
+    _share: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A response body that puts its HTTP/1.1 connection back in the pool once it has been
 /// read to the end. Dropped before that, the connection goes with it.
 struct PooledBody {
@@ -584,6 +636,13 @@ mod tests {
     }
 
     #[test]
+    fn streaming_bodies_never_take_the_last_connections() {
+        for (max, share) in [(1, 1), (2, 1), (4, 3), (8, 6), (128, 96), (10_000, 7_500)] {
+            assert_eq!(streaming_share(max), share, "{max}");
+        }
+    }
+
+    #[test]
     fn a_loopback_name_must_resolve_to_loopback_addresses_only() {
         let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
         let loopback = [addr("127.0.0.1:80"), addr("[::1]:80")];
@@ -600,7 +659,7 @@ mod tests {
         let idle_timeout = Duration::from_millis(300);
         let pool = Upstream::with_idle(&config(&url), idle_timeout, MAX_IDLE).unwrap();
         let request = Request::get("/").body(crate::body::empty()).unwrap();
-        let response = pool.send(request, Duration::from_secs(10)).await.unwrap();
+        let response = pool.send(request, Duration::from_secs(10), false).await.unwrap();
         assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "ok");
         let idle_since = Instant::now();
         assert_eq!(*open.borrow(), 1, "kept alive");

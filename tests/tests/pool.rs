@@ -170,3 +170,59 @@ async fn a_response_framed_by_both_length_and_chunks_does_not_reuse_its_connecti
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3, "each such response costs its connection");
 }
+
+/// Slow streaming uploads may hold at most three of four upstream connections: a plain
+/// request still gets a connection, and a 200, while six uploads stall.
+#[tokio::test]
+async fn slow_uploads_never_take_the_last_connections() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    let fake = fake(3600).await;
+    let (started_tx, mut started) = watch::channel(0u64);
+    let started_tx = Arc::new(started_tx);
+    let upstream = Upstream::start(move |request: Request<Incoming>| {
+        let started_tx = started_tx.clone();
+        async move {
+            if request.method() == http::Method::POST {
+                let mut body = request.into_body();
+                let _first = body.frame().await;
+                started_tx.send_modify(|n| *n += 1);
+                let _ = body.collect().await;
+            }
+            Response::new(pinecone_admin_proxy::body::full("ok"))
+        }
+    })
+    .await;
+    let proxy = start_with(&env(
+        &fake.token_url(),
+        &upstream.url(),
+        &[
+            ("PINECONE_PROXY_UPSTREAM_MAX_CONNECTIONS", "4"),
+            ("PINECONE_PROXY_UPSTREAM_REPLAY_LIMIT", "0"),
+            ("PINECONE_PROXY_UPSTREAM_TIMEOUT", "10s"),
+        ],
+    ))
+    .await;
+    let client = TestClient::default();
+    let mut senders = Vec::new();
+    let mut uploads = Vec::new();
+    for _ in 0..6 {
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, pinecone_admin_proxy::body::BoxError>::new(1);
+        let request = Request::post(url(&proxy, "/upload")).body(body.boxed_unsync()).unwrap();
+        let client = client.clone();
+        uploads.push(tokio::spawn(async move { client.send(request).await.status() }));
+        tx.send_data(Bytes::from_static(b"first part of a body that never ends")).await.unwrap();
+        senders.push(tx);
+    }
+    tokio::time::timeout(Duration::from_secs(10), started.wait_for(|n| *n >= 3))
+        .await
+        .expect("three uploads reach the upstream")
+        .unwrap();
+    let (status, _, _) = client.get(&url(&proxy, "/admin/projects")).await;
+    assert_eq!(status, StatusCode::OK, "a plain request is served while uploads hold their share");
+    assert_eq!(*started.borrow(), 3, "the other three uploads wait for the share, not for the last connection");
+    drop(senders);
+    for upload in uploads {
+        assert_eq!(upload.await.unwrap(), StatusCode::OK, "each upload is sent in its turn");
+    }
+}
