@@ -197,7 +197,7 @@ impl HeadBudget {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Timeline {
     accepted: Instant,
     protocol: Protocol,
@@ -215,6 +215,11 @@ struct Timeline {
     charged: usize,
     /// The last read was refused for the head budget.
     over_budget: bool,
+    /// Responses whose last frame went to the connection and that it has not asked for
+    /// another since (the client is not reading, or its flow-control window is shut): by
+    /// response id, since when.
+    awaiting_client: Vec<(u64, Instant)>,
+    next_response: u64,
 }
 
 impl Timeline {
@@ -228,15 +233,21 @@ impl Timeline {
             head_bytes: 0,
             charged: 0,
             over_budget: false,
+            awaiting_client: Vec::new(),
+            next_response: 0,
         }
     }
 
-    /// When this connection is due to be closed, and by which limit; `None` while a
-    /// request is in flight (its body and the upstream have timeouts of their own).
+    /// When this connection is due to be closed, and by which limit. While a request is in
+    /// flight, only if a response has waited `body_read_timeout` for the client to take
+    /// its next part (its request body and the upstream have timeouts of their own).
     fn deadline(&self, limits: &Limits) -> Option<(Instant, Limit)> {
         match self.protocol {
             Protocol::Unknown(_) => Some((self.accepted + limits.first_byte_timeout, Limit::FirstByteTimeout)),
-            _ if self.in_flight > 0 => None,
+            _ if self.in_flight > 0 => {
+                let oldest = self.awaiting_client.iter().map(|(_, since)| *since).min()?;
+                Some((oldest + limits.body_read_timeout, Limit::BodyReadTimeout))
+            }
             Protocol::Http1 if self.in_head => {
                 Some((self.since + limits.header_read_timeout, Limit::HeaderReadTimeout))
             }
@@ -306,6 +317,23 @@ impl ConnState {
         (t.in_flight == 0).then_some(t.since)
     }
 
+    /// A new response's id, for [`ConnState::awaiting_client`].
+    fn response_id(&self) -> u64 {
+        let mut t = self.inner.lock();
+        t.next_response += 1;
+        t.next_response
+    }
+
+    /// Notes that response `id` handed a frame to the connection at `now` (`Some`), or was
+    /// asked for its next (`None`).
+    fn awaiting_client(&self, id: u64, now: Option<Instant>) {
+        let mut t = self.inner.lock();
+        t.awaiting_client.retain(|(r, _)| *r != id);
+        if let Some(now) = now {
+            t.awaiting_client.push((id, now));
+        }
+    }
+
     /// Whether the connection was closed for the head budget.
     pub(crate) fn over_budget(&self) -> bool {
         self.inner.lock().over_budget
@@ -324,7 +352,11 @@ impl ConnState {
 /// it sleeps to the deadline, or to the shortest of the timeouts if that is sooner (a
 /// deadline can only come sooner than that through a change that starts one of them).
 pub(crate) async fn expired(conn: &ConnState, limits: &Limits) -> Limit {
-    let recheck = limits.first_byte_timeout.min(limits.header_read_timeout).min(limits.idle_timeout);
+    let recheck = limits
+        .first_byte_timeout
+        .min(limits.header_read_timeout)
+        .min(limits.idle_timeout)
+        .min(limits.body_read_timeout);
     let sleep = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(sleep);
     loop {
@@ -414,6 +446,14 @@ impl Drop for InFlight {
     }
 }
 
+impl<B> Drop for Over<B> {
+    fn drop(&mut self) {
+        if self.awaiting {
+            self.in_flight.0.awaiting_client(self.id, None);
+        }
+    }
+}
+
 impl<S, R, B> tower::Service<R> for Tracked<S>
 where
     S: tower::Service<R, Response = http::Response<B>>,
@@ -434,17 +474,26 @@ where
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            Ok(response.map(|body| Over { body, _in_flight: in_flight }))
+            let id = in_flight.0.response_id();
+            Ok(response.map(|body| Over { body, id, awaiting: false, in_flight }))
         })
     }
 }
 
 /// A response body that ends the request's time in flight when it is dropped (hyper drops
-/// it once it has been sent, or when the connection goes).
+/// it once it has been sent, or when the connection goes), and notes when it waits for the
+/// client: hyper asks a body for its next frame only once the last one could be written,
+/// so a response not asked for more since its last frame is one the client does not take
+/// (a full socket, an h2c window at zero). After `limits.body_read_timeout` of that, the
+/// connection is closed ([`expired`]): hyper has no way to reset one h2c stream from
+/// outside, and what the response holds (its frame, the upstream's side) must go.
 #[derive(Debug)]
 pub(crate) struct Over<B> {
     body: B,
-    _in_flight: InFlight,
+    id: u64,
+    /// A frame was handed over and no other asked for since.
+    awaiting: bool,
+    in_flight: InFlight,
 }
 
 impl<B: Body + Unpin> Body for Over<B> {
@@ -452,7 +501,16 @@ impl<B: Body + Unpin> Body for Over<B> {
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        if self.awaiting {
+            self.awaiting = false;
+            self.in_flight.0.awaiting_client(self.id, None);
+        }
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if matches!(&frame, Some(Ok(_))) && !self.body.is_end_stream() {
+            self.awaiting = true;
+            self.in_flight.0.awaiting_client(self.id, Some(Instant::now()));
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

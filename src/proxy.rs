@@ -406,7 +406,7 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         self.check_target(&parts.method, &parts.uri, parts.version)?;
         if parts.method == Method::POST && parts.uri.path() == "/oauth/token" {
-            return Ok(Box::pin(token_shim(body)).await);
+            return Box::pin(token_shim(body, inner.body_read_timeout)).await;
         }
         if let Some(policy) = &inner.policy {
             // Before any token or body: a refused request costs nothing upstream.
@@ -727,13 +727,26 @@ fn finish(mut response: Response<Body>) -> Response<Body> {
 /// `POST /oauth/token` on the proxy: a fresh random placeholder, never the real token, so
 /// an SDK that insists on its own token exchange works when pointed at the proxy. The
 /// placeholder it then sends is replaced like any other `Authorization`.
-async fn token_shim<B>(body: B) -> Response<Body>
+async fn token_shim<B>(body: B, deadline: Duration) -> Result<Response<Body>, ProxyError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    // Read (and ignore) a bounded body so an HTTP/1 connection stays reusable.
-    let _ = http_body_util::Limited::new(body, 64 * 1024).collect().await;
+    // Read (and ignore) the body so an HTTP/1 connection stays reusable: at most
+    // TOKEN_SHIM_BODY_LIMIT bytes, all of it within `limits.body_read_timeout`. A client
+    // that sends more, or never finishes, gets an error, and hyper closes an HTTP/1.1
+    // connection whose body was not read to its end.
+    let read = http_body_util::Limited::new(body, TOKEN_SHIM_BODY_LIMIT).collect();
+    match tokio::time::timeout(deadline, read).await {
+        Err(_) => return Err(ProxyError::BodyTimeout(deadline)),
+        Ok(Err(_)) => {
+            return Err(ProxyError::bad_request(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a token request body is at most {TOKEN_SHIM_BODY_LIMIT} bytes"),
+            ));
+        }
+        Ok(Ok(_)) => {}
+    }
     let placeholder: String = (0..16).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
     let body = serde_json::json!({
         "access_token": format!("pinecone-admin-proxy-placeholder-{placeholder}"),
@@ -743,8 +756,12 @@ where
     let mut response = Response::new(full(serde_json::to_vec(&body).expect("json")));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    Ok(response)
 }
+
+/// The most of a `POST /oauth/token` body the shim reads: an SDK's token request is a few
+/// hundred bytes.
+const TOKEN_SHIM_BODY_LIMIT: usize = 64 * 1024;
 
 impl<B> tower::Service<Request<B>> for Proxy
 where

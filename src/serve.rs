@@ -384,9 +384,16 @@ async fn drive<C>(
     let ended = tokio::select! {
         result = connection.as_mut() => Some(result),
         limit = crate::limits::expired(conn, limits) => {
-            events.hit(limit, &"connection closed");
-            if matches!(limit, Limit::FirstByteTimeout | Limit::HeaderReadTimeout) {
-                return;
+            match limit {
+                Limit::BodyReadTimeout => {
+                    events.hit(limit, &"connection closed: a response the client did not take");
+                    return;
+                }
+                Limit::FirstByteTimeout | Limit::HeaderReadTimeout => {
+                    events.hit(limit, &"connection closed");
+                    return;
+                }
+                _ => events.hit(limit, &"connection closed"),
             }
             None
         }
@@ -399,7 +406,10 @@ async fn drive<C>(
         Some(result) => result,
         None => {
             finish(connection.as_mut());
-            connection.await
+            match finished_within(connection.as_mut(), conn).await {
+                Some(result) => result,
+                None => return,
+            }
         }
     };
     if let Err(e) = result {
@@ -409,6 +419,29 @@ async fn drive<C>(
             events.hit(Limit::MaxHeadBytes, &format_args!("over {} bytes", limits.max_head_bytes));
         }
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// How long an idle connection told to finish (hyper's graceful shutdown: a GOAWAY and a
+/// ping on h2c) may take to close by itself: a peer that ignores both would otherwise
+/// keep it until hyper's keep-alive timers give up.
+const FINISH_WHEN_IDLE: Duration = Duration::from_secs(5);
+
+/// Serves a connection that was told to finish until it ends: `None` if it is still open
+/// [`FINISH_WHEN_IDLE`] after the last request in flight ended (it is then dropped: closed).
+async fn finished_within<C>(mut connection: Pin<&mut C>, conn: &ConnState) -> Option<Result<(), BoxError>>
+where
+    C: Future<Output = Result<(), BoxError>>,
+{
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => return Some(result),
+            () = tokio::time::sleep(FINISH_WHEN_IDLE) => {
+                if conn.idle_since().is_some_and(|since| since.elapsed() >= FINISH_WHEN_IDLE) {
+                    return None;
+                }
+            }
+        }
     }
 }
 

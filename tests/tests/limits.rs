@@ -492,3 +492,94 @@ async fn localhost_resolving_off_the_machine_is_refused_with_a_clear_error() {
     assert_eq!(fake.state().token_requests.load(std::sync::atomic::Ordering::SeqCst), tokens_before);
     child.kill().await.unwrap();
 }
+
+fn limit_hits(proxy: &pinecone_admin_proxy::app::Running, limit: &str) -> u64 {
+    let text = String::from_utf8(proxy.metrics.render()).unwrap();
+    let series = format!("pinecone_proxy_limit_hits_total{{limit=\"{limit}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)?.parse().ok()).unwrap_or(0)
+}
+
+/// The `POST /oauth/token` shim reads its body itself: a client that announces one and
+/// never sends it gets 408 `body_timeout` within `limits.body_read_timeout`, and the
+/// connection is closed, not held.
+#[tokio::test]
+async fn a_token_shim_body_that_never_comes_is_a_408_and_a_closed_connection() {
+    let fake = fake(3600).await;
+    let proxy = proxy_for(&fake, &[("PINECONE_PROXY_LIMITS_BODY_READ_TIMEOUT", "1s")]).await;
+    let mut stream = TcpStream::connect(proxy.listen.tcp()).await.unwrap();
+    stream
+        .write_all(b"POST /oauth/token HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"gr")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(PATIENCE, until_closed(&mut stream)).await.expect("answered and closed");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("x-pinecone-proxy-error: body_timeout"), "{got}");
+}
+
+/// An h2c client that never opens its flow-control window gets no byte of a response: the
+/// response waits on it. After `limits.body_read_timeout` the connection is closed and what
+/// the response held is let go (the upstream sees its body dropped).
+#[tokio::test]
+async fn an_h2c_response_the_client_never_accepts_is_let_go_after_the_body_read_timeout() {
+    use bytes::Bytes;
+    let fake = fake(3600).await;
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
+    let dropped_tx = Arc::new(Mutex::new(Some(dropped_tx)));
+    let upstream = Upstream::start(move |_request: Request<Incoming>| {
+        let dropped_tx = dropped_tx.clone();
+        async move {
+            // An endless body that says when it is dropped.
+            struct Endless(Option<tokio::sync::oneshot::Sender<()>>);
+            impl Drop for Endless {
+                fn drop(&mut self) {
+                    if let Some(tx) = self.0.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            impl http_body::Body for Endless {
+                type Data = Bytes;
+                type Error = pinecone_admin_proxy::body::BoxError;
+                fn poll_frame(
+                    self: std::pin::Pin<&mut Self>,
+                    _: &mut std::task::Context<'_>,
+                ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+                    std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(vec![b'x'; 16 << 10])))))
+                }
+            }
+            let body = Endless(dropped_tx.lock().take());
+            Response::new(http_body_util::BodyExt::boxed_unsync(body))
+        }
+    })
+    .await;
+    let proxy =
+        start_with(&env(&fake.token_url(), &upstream.url(), &[("PINECONE_PROXY_LIMITS_BODY_READ_TIMEOUT", "1s")]))
+            .await;
+    let tcp = TcpStream::connect(proxy.listen.tcp()).await.unwrap();
+    let (mut client, connection) =
+        h2::client::Builder::new().initial_window_size(0).handshake::<_, Bytes>(tcp).await.unwrap();
+    let driven = tokio::spawn(connection);
+    let request = Request::get(format!("http://{}/big", proxy.listen.tcp())).body(()).unwrap();
+    let (answer, _) = client.send_request(request, true).unwrap();
+    let response = answer.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the head comes: headers need no window");
+    tokio::time::timeout(PATIENCE, dropped).await.expect("the response was let go").unwrap();
+    tokio::time::timeout(PATIENCE, driven).await.expect("the connection was closed").unwrap().ok();
+    assert_eq!(limit_hits(&proxy, "body_read_timeout"), 1);
+}
+
+/// An idle h2c connection whose peer ignores the GOAWAY and the ping after it (it never
+/// answers anything) is closed a few seconds after `limits.idle_timeout`, not left to the
+/// keep-alive timers (30 s and 10 s).
+#[tokio::test]
+async fn an_idle_h2c_peer_that_ignores_goaway_is_closed_all_the_same() {
+    let fake = fake(3600).await;
+    let proxy = proxy_for(&fake, &[("PINECONE_PROXY_LIMITS_IDLE_TIMEOUT", "1s")]).await;
+    let mut stream = TcpStream::connect(proxy.listen.tcp()).await.unwrap();
+    // The preface and an empty SETTINGS frame; then nothing, not even a SETTINGS ack.
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let closing = until_closed(&mut stream);
+    tokio::time::timeout(Duration::from_secs(20), closing).await.expect("closed well before the keep-alive timers");
+    assert_eq!(limit_hits(&proxy, "idle_timeout"), 1);
+}
