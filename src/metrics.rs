@@ -48,6 +48,8 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     /// `limits.max_connections` in force (after fitting the open-file limit).
     pub max_connections: IntGauge,
+    /// Memory held for 401 replays now, by all requests (at most `limits.replay_memory`).
+    pub replay_memory: IntGauge,
     limit_hits: IntCounterVec,
     /// `token_quota_limit`, `token_quota_remaining`, `token_quota_reset_timestamp_seconds`,
     /// by bucket: what the token endpoint last reported.
@@ -163,6 +165,11 @@ impl Metrics {
                 "Connections listen accepts at most: limits.max_connections, lowered to fit the open-file limit.",
             ))
             .expect("valid metric"),
+            replay_memory: IntGauge::with_opts(opts(
+                "replay_memory_bytes",
+                "Memory held for 401 replays now, by all requests: the capacity of their buffers (at most limits.replay_memory).",
+            ))
+            .expect("valid metric"),
             limit_hits: IntCounterVec::new(
                 opts(
                     "limit_hits_total",
@@ -214,6 +221,7 @@ impl Metrics {
             Box::new(m.inflight.clone()),
             Box::new(m.open_connections.clone()),
             Box::new(m.max_connections.clone()),
+            Box::new(m.replay_memory.clone()),
             Box::new(m.limit_hits.clone()),
             Box::new(m.quota[0].clone()),
             Box::new(m.quota[1].clone()),

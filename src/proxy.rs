@@ -304,6 +304,7 @@ impl Proxy {
         limits: &Limits,
         policy: Option<Policy>,
     ) -> Self {
+        let replay_budget = ReplayBudget::shown_in(limits.replay_memory, metrics.replay_memory.clone());
         Self {
             inner: Arc::new(Inner {
                 upstream,
@@ -315,7 +316,7 @@ impl Proxy {
                 override_api_version: cfg.override_api_version,
                 timeout: cfg.timeout,
                 replay_limit: cfg.replay_limit,
-                replay_budget: ReplayBudget::new(limits.replay_memory),
+                replay_budget,
                 body_read_timeout: limits.body_read_timeout,
                 policy,
                 key_projects: parking_lot::Mutex::new(HashMap::new()),

@@ -6,9 +6,16 @@
 //! that would pass it streams too, so that clients sending large bodies and stalling cannot
 //! make the proxy buffer without bound. What to do after a 401 is [`crate::proxy`]'s
 //! decision.
+//!
+//! The budget counts memory held, not payload bytes. Each chunk is copied into one buffer
+//! of the body's own, and the budget is charged with that buffer's capacity: a chunk that
+//! hyper hands over is a view into its read buffer (or h2's), and keeping the view would
+//! keep that whole buffer alive, so a body sent in one-byte chunks, each in its own read,
+//! would hold kilobytes per byte. Copied, a body of one-byte chunks costs what a body of
+//! one chunk costs. (The copy is a memcpy of at most `replay_limit` bytes per request.)
 
 use crate::body::{Body, BoxError};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -18,23 +25,43 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-/// The bytes that all replay buffers together may hold (`limits.replay_memory`).
+/// The bytes that all replay buffers together may hold (`limits.replay_memory`), shown as
+/// `replay_memory_bytes` when a gauge is given.
 #[derive(Debug)]
 pub(crate) struct ReplayBudget {
     limit: u64,
     used: AtomicU64,
+    gauge: Option<prometheus::IntGauge>,
 }
 
 impl ReplayBudget {
+    /// A budget shown nowhere (for tests).
+    #[cfg(test)]
     pub(crate) fn new(limit: u64) -> Arc<Self> {
-        Arc::new(Self { limit, used: AtomicU64::new(0) })
+        Arc::new(Self { limit, used: AtomicU64::new(0), gauge: None })
+    }
+
+    pub(crate) fn shown_in(limit: u64, gauge: prometheus::IntGauge) -> Arc<Self> {
+        Arc::new(Self { limit, used: AtomicU64::new(0), gauge: Some(gauge) })
     }
 
     /// Takes `n` bytes if they fit.
     fn take(&self, n: u64) -> bool {
-        self.used
+        let taken = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| used.checked_add(n).filter(|u| *u <= self.limit))
-            .is_ok()
+            .is_ok();
+        if taken && let Some(g) = &self.gauge {
+            g.add(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        taken
+    }
+
+    fn give(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+        if let Some(g) = &self.gauge {
+            g.sub(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// The bytes held now.
@@ -53,7 +80,7 @@ struct Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.give(self.bytes);
     }
 }
 
@@ -79,19 +106,54 @@ pub(crate) enum RequestBody {
 /// of the budget is given back when the last clone goes.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Buffered {
-    chunks: Vec<Bytes>,
+    data: Bytes,
     trailers: Option<HeaderMap>,
     _held: Option<Arc<Held>>,
 }
 
 impl Buffered {
-    /// A body that yields these chunks, then the trailers.
+    /// A body that yields the data, then the trailers.
     pub(crate) fn to_body(&self) -> Body {
-        if self.chunks.is_empty() && self.trailers.is_none() {
+        if self.data.is_empty() && self.trailers.is_none() {
             // No allocation: the common GET.
             return crate::body::empty();
         }
-        Replay { chunks: self.chunks.iter().cloned().collect(), trailers: self.trailers.clone() }.boxed_unsync()
+        let data = (!self.data.is_empty()).then(|| self.data.clone());
+        Replay { data, trailers: self.trailers.clone() }.boxed_unsync()
+    }
+}
+
+/// A buffer of a body's own, charged to the budget by its capacity.
+struct OwnBuffer {
+    buf: BytesMut,
+    held: Held,
+}
+
+impl OwnBuffer {
+    /// Room for `expected` bytes (a `Content-Length`), charged now; `None` if it does not fit.
+    fn new(budget: &Arc<ReplayBudget>, expected: u64) -> Option<Self> {
+        let mut copy = OwnBuffer { buf: BytesMut::new(), held: Held { budget: budget.clone(), bytes: 0 } };
+        copy.reserve(usize::try_from(expected).ok()?).then_some(copy)
+    }
+
+    /// Makes room for `more` bytes, charging what the buffer grows by; `false` if the
+    /// budget has no room for it (nothing is grown then).
+    fn reserve(&mut self, more: usize) -> bool {
+        if self.buf.capacity() - self.buf.len() >= more {
+            return true;
+        }
+        // Grown as a Vec grows (doubling, at least to what is needed), charged before it is
+        // allocated, by what the new allocation holds.
+        let wanted = (self.buf.len() + more).max(self.buf.capacity() * 2);
+        let grow = (wanted - self.buf.capacity()) as u64;
+        if !self.held.budget.take(grow) {
+            return false;
+        }
+        self.held.bytes += grow;
+        let mut grown = BytesMut::with_capacity(wanted);
+        grown.extend_from_slice(&self.buf);
+        self.buf = grown;
+        true
     }
 }
 
@@ -107,38 +169,39 @@ impl RequestBody {
             return Ok(RequestBody::Buffered(Buffered::default()));
         }
         let mut body = body.map_err(Into::into).boxed_unsync();
-        if body.size_hint().lower() > limit {
+        let hint = body.size_hint();
+        if hint.lower() > limit {
             return Ok(RequestBody::Streaming(body, NotKept::TooLarge));
         }
-        let mut chunks = Vec::new();
-        let mut held = Held { budget: budget.clone(), bytes: 0 };
+        // A known length is reserved (and charged) once; otherwise the buffer grows.
+        let Some(mut copy) = OwnBuffer::new(budget, hint.exact().unwrap_or(0)) else {
+            return Ok(RequestBody::Streaming(body, NotKept::NoBudget));
+        };
         while let Some(frame) = body.frame().await {
             let frame = frame?;
             match frame.into_data() {
                 Ok(data) => {
-                    let n = data.len() as u64;
-                    chunks.push(data);
-                    let why = if held.bytes + n > limit {
+                    let why = if (copy.buf.len() + data.len()) as u64 > limit {
                         NotKept::TooLarge
-                    } else if !budget.take(n) {
+                    } else if !copy.reserve(data.len()) {
                         NotKept::NoBudget
                     } else {
-                        held.bytes += n;
+                        copy.buf.extend_from_slice(&data);
                         continue;
                     };
                     // What was read stays counted until it has been sent on.
-                    let prefix = Prefixed { prefix: chunks.into(), rest: body, held: Some(held) };
+                    let prefix = [copy.buf.freeze(), data].into_iter().filter(|b| !b.is_empty()).collect();
+                    let prefix = Prefixed { prefix, rest: body, held: Some(copy.held) };
                     return Ok(RequestBody::Streaming(prefix.boxed_unsync(), why));
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        let held = Some(Arc::new(held));
-                        return Ok(RequestBody::Buffered(Buffered { chunks, trailers: Some(trailers), _held: held }));
+                        return Ok(RequestBody::Buffered(copy.finish(Some(trailers))));
                     }
                 }
             }
         }
-        Ok(RequestBody::Buffered(Buffered { chunks, trailers: None, _held: Some(Arc::new(held)) }))
+        Ok(RequestBody::Buffered(copy.finish(None)))
     }
 
     /// The body to send, and what is kept for a replay (or why nothing is).
@@ -150,9 +213,16 @@ impl RequestBody {
     }
 }
 
-/// Chunks already in memory, then trailers.
+impl OwnBuffer {
+    /// The body read whole: its data, and the budget held until the last clone goes.
+    fn finish(self, trailers: Option<HeaderMap>) -> Buffered {
+        Buffered { data: self.buf.freeze(), trailers, _held: Some(Arc::new(self.held)) }
+    }
+}
+
+/// Data already in memory, then trailers.
 struct Replay {
-    chunks: VecDeque<Bytes>,
+    data: Option<Bytes>,
     trailers: Option<HeaderMap>,
 }
 
@@ -161,19 +231,18 @@ impl http_body::Body for Replay {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(chunk) = self.chunks.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty() && self.trailers.is_none()
+        self.data.is_none() && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        let len: usize = self.chunks.iter().map(Bytes::len).sum();
-        SizeHint::with_exact(len as u64)
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
     }
 }
 
@@ -270,9 +339,37 @@ mod tests {
         assert!(body.is_end_stream());
     }
 
+    /// A body of one-byte chunks is charged as one buffer (what it holds), however many
+    /// chunks it came in: a million chunks of hyper's cost as much as one of a megabyte.
+    #[tokio::test]
+    async fn a_body_of_tiny_chunks_costs_what_one_chunk_costs() {
+        let n = 100_000;
+        let budget = ReplayBudget::new(1 << 20);
+        let tiny = frames((0..n).map(|_| Frame::data(Bytes::from_static(b"x"))).collect());
+        let RequestBody::Buffered(kept) = RequestBody::read(tiny, 1 << 20, &budget).await.unwrap() else {
+            panic!("not buffered")
+        };
+        let charged = budget.used();
+        assert!(charged >= n as u64 && charged <= 2 * n as u64, "{charged}: the buffer's capacity");
+        drop(kept);
+        let whole = frames(vec![Frame::data(Bytes::from(vec![b'x'; n]))]);
+        let RequestBody::Buffered(_kept) = RequestBody::read(whole, 1 << 20, &budget).await.unwrap() else {
+            panic!("not buffered")
+        };
+        assert!(budget.used() <= charged, "one chunk: {} against {charged}", budget.used());
+        // A known length is reserved once, exactly.
+        let exact = Full::new(Bytes::from(vec![b'y'; 1000])).map_err(|never| match never {});
+        let budget = ReplayBudget::new(1 << 20);
+        let RequestBody::Buffered(_kept) = RequestBody::read(exact, 1 << 20, &budget).await.unwrap() else {
+            panic!("not buffered")
+        };
+        assert_eq!(budget.used(), 1000);
+    }
+
     #[tokio::test]
     async fn bodies_held_at_once_share_the_budget_and_give_it_back() {
-        let budget = ReplayBudget::new(10);
+        // Charged by the buffer's capacity, which doubles: 3, then 6, then 12 for 9 bytes.
+        let budget = ReplayBudget::new(12);
         let chunks = |n: usize| frames((0..n).map(|_| Frame::data(Bytes::from_static(b"abc"))).collect());
         // 6 bytes held, until the body kept for its replay goes.
         let RequestBody::Buffered(first) = RequestBody::read(chunks(2), 100, &budget).await.unwrap() else {
@@ -284,7 +381,7 @@ mod tests {
         else {
             panic!("kept past the budget")
         };
-        assert_eq!(budget.used(), 9, "the part read is held until it is sent");
+        assert_eq!(budget.used(), 12, "the part read (a buffer of 6) is held until it is sent");
         assert_eq!(&collect(s).await.0[..], b"abcabcabc");
         assert_eq!(budget.used(), 6, "and given back once sent");
         let copy = first.clone();

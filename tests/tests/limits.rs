@@ -583,3 +583,47 @@ async fn an_idle_h2c_peer_that_ignores_goaway_is_closed_all_the_same() {
     tokio::time::timeout(Duration::from_secs(20), closing).await.expect("closed well before the keep-alive timers");
     assert_eq!(limit_hits(&proxy, "idle_timeout"), 1);
 }
+
+/// 20 HTTP/1.1 bodies of 100,000 one-byte chunks each, the last chunk withheld: what the
+/// proxy keeps for replays is charged by the memory it holds (one buffer a body, 128 KiB
+/// for 100,000 bytes), and the process stays far under the manifests' 64 MiB. Kept as
+/// hyper handed them over and charged by payload bytes (before), the same bodies held
+/// 84 MiB (release build; 80 such bodies of 150,000 chunks: 449 MiB, now 35 MiB).
+#[tokio::test]
+async fn bodies_of_one_byte_chunks_are_charged_what_they_hold() {
+    const BODIES: usize = 20;
+    let fake = fake(3600).await;
+    let proc = spawn_demo(&fake.token_url(), &fake.api_url(), &[]).await;
+    get_ok(&proc).await;
+    let head = b"POST /admin/projects HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    let chunks: Vec<u8> = b"1\r\nx\r\n".repeat(100_000);
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..BODIES {
+        let chunks = chunks.clone();
+        let addr = proc.listen;
+        senders.spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(head).await.unwrap();
+            s.write_all(&chunks).await.unwrap();
+            s // held open, the last chunk never sent
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(s) = senders.join_next().await {
+        held.push(s.unwrap());
+    }
+    // All read: each body's buffer has grown to 128 KiB (its capacity, doubling from one byte).
+    let all_read = (BODIES * (128 << 10)) as f64;
+    tokio::time::timeout(PATIENCE * 2, async {
+        while proc.metric("pinecone_proxy_replay_memory_bytes").await < all_read {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the proxy reads every body into its replay buffer");
+    assert_eq!(proc.metric("pinecone_proxy_replay_memory_bytes").await, all_read, "charged by capacity");
+    get_ok(&proc).await;
+    let peak = proc.peak_rss_kib();
+    assert!(peak < 48 << 10, "peak RSS {peak} KiB");
+    drop(held);
+}
