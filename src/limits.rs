@@ -172,9 +172,19 @@ impl Drop for ConnState {
 /// one, and a head that fits costs nothing more.
 const HYPER_READ_BUFFER: usize = 8 << 10;
 
-/// The bytes by which all connections' read buffers may have grown for large request heads
-/// (`limits.head_memory`): with `max_head_bytes` of 64 KiB, a thousand connections could
-/// otherwise hold 64 MiB of heads.
+/// What an h2c connection may make the process hold of what it sends, charged to
+/// `limits.head_memory` for the connection's life: h2 reads DATA frames as they come, up
+/// to the connection's receive window (65,535 bytes, RFC 9113's floor), whether or not the
+/// request reading them is ready (one waiting for a token, or for a slow upstream), and
+/// keeps each with its framing (measured: 1,000 h2c connections that each filled the
+/// window while their requests waited for a token held 103 MiB in 16 KiB frames, 156 MiB
+/// in 300-byte frames; h2 itself closes connections whose frames are smaller still).
+const H2C_RECEIVE: usize = 160 << 10;
+
+/// What all connections' read buffers may hold beyond hyper's first 8 KiB
+/// (`limits.head_memory`): the growth for large request heads (with `max_head_bytes` of
+/// 64 KiB, a thousand connections could otherwise hold 64 MiB of heads), and each h2c
+/// connection's [`H2C_RECEIVE`].
 #[derive(Debug)]
 pub(crate) struct HeadBudget {
     limit: usize,
@@ -257,7 +267,16 @@ impl Timeline {
 
     /// Notes bytes that arrived; `false` if they would take the head budget past its limit.
     fn read(&mut self, bytes: &[u8], now: Instant, heads: &HeadBudget) -> bool {
+        let was_h2c = self.protocol == Protocol::H2c;
         self.note(bytes, now);
+        if self.protocol == Protocol::H2c && !was_h2c {
+            // Known to be h2c now: its receive window is charged once, for its life.
+            if !heads.take(H2C_RECEIVE) {
+                self.over_budget = true;
+                return false;
+            }
+            self.charged += H2C_RECEIVE;
+        }
         if !(self.in_head || matches!(self.protocol, Protocol::Unknown(_))) {
             return true;
         }

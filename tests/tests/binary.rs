@@ -6,6 +6,7 @@ use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
 use parking_lot::Mutex;
 use pinecone_admin_proxy::body::{empty, full};
 use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET};
@@ -164,30 +165,58 @@ async fn spawn_under(prefix: &[&str], envs: &[(&str, &str)]) -> Proc {
     let ops: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let (l, o) = (listen.to_string(), ops.to_string());
     let envs = [envs, &[("PINECONE_PROXY_LISTEN", l.as_str()), ("PINECONE_PROXY_OPS_LISTEN", o.as_str())]].concat();
-    let mut child = command_under(prefix, &[], &envs).spawn().unwrap();
-    let all = Arc::new(Mutex::new(String::new()));
-    let (tx, lines) = mpsc::unbounded_channel();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let log = all.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            log.lock().push_str(&line);
-            log.lock().push('\n');
-            let _ = tx.send(line);
-        }
-    });
-    let mut stdout = child.stdout.take().unwrap();
-    let log = all.clone();
-    tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s).await;
-        log.lock().push_str(&s);
-    });
+    let proc = Proc::start(command_under(prefix, &[], &envs), listen, ops);
     assert!(pinecone_admin_proxy::wait::wait_ready(ops, Duration::from_secs(10)).await, "proxy ready");
-    Proc { child, lines, all, ops, listen }
+    proc
 }
 
 impl Proc {
+    /// Runs `command` (whose listeners are `listen` and `ops`) until its `/healthz`
+    /// answers, ready or not.
+    pub(crate) async fn spawn_unready(command: Command, listen: &str, ops: &str) -> Proc {
+        let proc = Proc::start(command, listen.parse().unwrap(), ops.parse().unwrap());
+        let healthz = format!("http://{ops}/healthz");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let probe = Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build::<_, pinecone_admin_proxy::body::Body>(
+                        hyper_util::client::legacy::connect::HttpConnector::new(),
+                    )
+                    .get(healthz.parse().unwrap());
+                if probe.await.is_ok_and(|r| r.status() == 200) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the proxy answers /healthz");
+        proc
+    }
+
+    fn start(mut command: Command, listen: std::net::SocketAddr, ops: std::net::SocketAddr) -> Proc {
+        let mut child = command.spawn().unwrap();
+        let all = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = mpsc::unbounded_channel();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = all.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                log.lock().push_str(&line);
+                log.lock().push('\n');
+                let _ = tx.send(line);
+            }
+        });
+        let mut stdout = child.stdout.take().unwrap();
+        let log = all.clone();
+        tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s).await;
+            log.lock().push_str(&s);
+        });
+        Proc { child, lines, all, ops, listen }
+    }
+
     fn signal(&self, name: &str) {
         let pid = self.child.id().unwrap().to_string();
         assert!(std::process::Command::new("kill").args(["-s", name, &pid]).status().unwrap().success());

@@ -627,3 +627,94 @@ async fn bodies_of_one_byte_chunks_are_charged_what_they_hold() {
     assert!(peak < 48 << 10, "peak RSS {peak} KiB");
     drop(held);
 }
+
+/// A thousand h2c connections each fill their receive window (64 KiB) with a body while
+/// their requests wait for a token: h2 reads what arrives whether or not the request is
+/// ready, so each h2c connection is charged what it can make the proxy hold against
+/// `limits.head_memory`, and those past it are closed. Before, the same connections held
+/// 103 MiB (16 KiB frames) and 156 MiB (300-byte frames) over the proxy's baseline.
+#[tokio::test]
+async fn h2c_connections_that_fill_their_windows_are_charged_what_they_can_hold() {
+    let fake = fake(3600).await;
+    fake.state().set_token_delay(Duration::from_secs(60));
+    let proc = spawn_demo_waiting(&fake).await;
+    let mut held = Vec::new();
+    for n in 0..1000 {
+        let mut s = TcpStream::connect(proc.listen).await.unwrap();
+        let size = if n % 2 == 0 { 16_383 } else { 300 };
+        let _ = s.write_all(&h2c_frames(65_535 / size, size)).await;
+        held.push(s);
+    }
+    // Each connection ends with a PING: its answer means the proxy has read all before it.
+    let answered = tokio::time::timeout(PATIENCE, one_by_one(held.iter_mut().map(until_ping_ack)))
+        .await
+        .expect("each connection is read to its end, or closed");
+    let kept = answered.iter().filter(|acked| **acked).count();
+    let closed = proc.metric("pinecone_proxy_limit_hits_total{limit=\"head_memory\"}").await as usize;
+    assert_eq!(kept + closed, 1000, "each was read whole or closed for the budget");
+    assert!(kept > 0 && closed > 0, "{kept} kept, {closed} closed");
+    let peak = proc.peak_rss_kib();
+    assert!(peak < 64 << 10, "peak RSS {peak} KiB with {kept} h2c connections holding full windows");
+    drop(held);
+}
+
+/// Reads HTTP/2 frames until a PING ACK (`true`) or the end of the connection (`false`).
+async fn until_ping_ack(stream: &mut TcpStream) -> bool {
+    let mut head = [0u8; 9];
+    loop {
+        if stream.read_exact(&mut head).await.is_err() {
+            return false;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if stream.read_exact(&mut payload).await.is_err() {
+            return false;
+        }
+        if head[3] == 0x6 && head[4] & 0x1 == 0x1 {
+            return true;
+        }
+    }
+}
+
+/// The binary in front of `fake`, ready (its `/healthz` answers) while the first token is
+/// still on its way.
+async fn spawn_demo_waiting(fake: &pinecone_admin_proxy::fake::FakePinecone) -> Proc {
+    let (listen, ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let envs = [
+        ("PINECONE_CLIENT_ID", pinecone_admin_proxy::fake::DEMO_CLIENT_ID),
+        ("PINECONE_CLIENT_SECRET", pinecone_admin_proxy::fake::DEMO_CLIENT_SECRET),
+        ("PINECONE_PROXY_TOKEN_URL", &fake.token_url()),
+        ("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url()),
+        ("PINECONE_PROXY_TOKEN_TIMEOUT", "60s"),
+        ("PINECONE_PROXY_LISTEN", &listen),
+        ("PINECONE_PROXY_OPS_LISTEN", &ops),
+    ];
+    Proc::spawn_unready(command_under(&[], &[], &envs), &listen, &ops).await
+}
+
+/// The bytes of an h2c connection that opens one POST stream and sends `n` DATA frames of
+/// `size` bytes each (within the default windows of 65,535), never ending the stream, then
+/// a PING.
+fn h2c_frames(n: usize, size: usize) -> Vec<u8> {
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    // HEADERS, END_HEADERS: :method POST (static 3), :scheme http (static 6), :path and
+    // :authority as literals with indexed names (4 and 1), content-type json.
+    let path = b"/admin/projects";
+    let mut block = vec![0x83, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path);
+    block.extend_from_slice(&[0x01, 1, b'x']);
+    out.extend(frame(0x1, 0x4, 1, &block));
+    for _ in 0..n {
+        out.extend(frame(0x0, 0, 1, &vec![b'x'; size]));
+    }
+    out.extend(frame(0x6, 0, 0, b"8 bytes!"));
+    out
+}
