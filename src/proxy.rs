@@ -441,13 +441,16 @@ impl Proxy {
             // tower-http's timeout between frames; the flag tells its error apart once hyper's
             // client has wrapped it (a stall while the body streams upstream).
             let flag = stalled.clone();
+            // Taken before the timeout wraps the body: tower-http's TimeoutBody does not
+            // pass the size on, and a body known too large for a replay must stream at once.
+            let hint = http_body::Body::size_hint(&body);
             let body = TimeoutBody::new(inner.body_read_timeout, body).map_err(move |e| {
                 if e.is::<TimeoutError>() {
                     flag.store(true, Ordering::Relaxed);
                 }
                 e
             });
-            Box::pin(RequestBody::read(body, inner.replay_limit, &inner.replay_budget)).await.map_err(|e| {
+            Box::pin(RequestBody::read(body, hint, inner.replay_limit, &inner.replay_budget)).await.map_err(|e| {
                 if stalled.load(Ordering::Relaxed) {
                     return ProxyError::BodyTimeout(inner.body_read_timeout);
                 }

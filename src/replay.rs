@@ -17,7 +17,7 @@
 use crate::body::{Body, BoxError};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -159,17 +159,23 @@ impl OwnBuffer {
 
 impl RequestBody {
     /// Reads `body` into memory if it is at most `limit` bytes and `budget` has room for
-    /// it; otherwise streams it. Fails only if the client's body fails while being read.
-    pub(crate) async fn read<B>(body: B, limit: u64, budget: &Arc<ReplayBudget>) -> Result<Self, BoxError>
+    /// it; otherwise streams it. `hint` is the client's body's size as it came (its
+    /// `Content-Length`), passed apart because wrappers such as a read timeout hide it.
+    /// Fails only if the client's body fails while being read.
+    pub(crate) async fn read<B>(
+        body: B,
+        hint: SizeHint,
+        limit: u64,
+        budget: &Arc<ReplayBudget>,
+    ) -> Result<Self, BoxError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        if body.is_end_stream() {
+        if hint.upper() == Some(0) {
             return Ok(RequestBody::Buffered(Buffered::default()));
         }
         let mut body = body.map_err(Into::into).boxed_unsync();
-        let hint = body.size_hint();
         if hint.lower() > limit {
             return Ok(RequestBody::Streaming(body, NotKept::TooLarge));
         }
@@ -274,6 +280,17 @@ impl http_body::Body for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Body as _;
+
+    /// [`RequestBody::read`] with the body's own size hint.
+    async fn read_<B>(body: B, limit: u64, budget: &Arc<ReplayBudget>) -> Result<RequestBody, BoxError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let hint = body.size_hint();
+        RequestBody::read(body, hint, limit, budget).await
+    }
     use http_body_util::{Full, StreamBody};
 
     async fn collect(body: Body) -> (Bytes, Option<HeaderMap>) {
@@ -301,7 +318,7 @@ mod tests {
         let mut t = HeaderMap::new();
         t.insert("x-sum", "1".parse().unwrap());
         let body = frames(vec![Frame::data(Bytes::from("ab")), Frame::data(Bytes::from("cd")), Frame::trailers(t)]);
-        let RequestBody::Buffered(b) = RequestBody::read(body, 10, &ReplayBudget::new(1 << 20)).await.unwrap() else {
+        let RequestBody::Buffered(b) = read_(body, 10, &ReplayBudget::new(1 << 20)).await.unwrap() else {
             panic!("not buffered")
         };
         for _ in 0..2 {
@@ -316,13 +333,12 @@ mod tests {
         // Known too large by its length: streamed untouched.
         let body = Full::new(Bytes::from(vec![7u8; 100])).map_err(|never| match never {});
         assert!(matches!(
-            RequestBody::read(body, 10, &ReplayBudget::new(1 << 20)).await.unwrap(),
+            read_(body, 10, &ReplayBudget::new(1 << 20)).await.unwrap(),
             RequestBody::Streaming(_, NotKept::TooLarge)
         ));
         // Found too large while reading a chunked body: the part read comes first.
         let body = frames((0..5).map(|i| Frame::data(Bytes::from(vec![i as u8; 4]))).collect());
-        let RequestBody::Streaming(s, NotKept::TooLarge) =
-            RequestBody::read(body, 10, &ReplayBudget::new(1 << 20)).await.unwrap()
+        let RequestBody::Streaming(s, NotKept::TooLarge) = read_(body, 10, &ReplayBudget::new(1 << 20)).await.unwrap()
         else {
             panic!("buffered")
         };
@@ -334,7 +350,7 @@ mod tests {
     #[tokio::test]
     async fn empty_bodies_are_replayable() {
         let body = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {});
-        let (body, kept) = RequestBody::read(body, 0, &ReplayBudget::new(1 << 20)).await.unwrap().into_parts();
+        let (body, kept) = read_(body, 0, &ReplayBudget::new(1 << 20)).await.unwrap().into_parts();
         assert!(kept.unwrap().to_body().is_end_stream());
         assert!(body.is_end_stream());
     }
@@ -346,21 +362,19 @@ mod tests {
         let n = 100_000;
         let budget = ReplayBudget::new(1 << 20);
         let tiny = frames((0..n).map(|_| Frame::data(Bytes::from_static(b"x"))).collect());
-        let RequestBody::Buffered(kept) = RequestBody::read(tiny, 1 << 20, &budget).await.unwrap() else {
-            panic!("not buffered")
-        };
+        let RequestBody::Buffered(kept) = read_(tiny, 1 << 20, &budget).await.unwrap() else { panic!("not buffered") };
         let charged = budget.used();
         assert!(charged >= n as u64 && charged <= 2 * n as u64, "{charged}: the buffer's capacity");
         drop(kept);
         let whole = frames(vec![Frame::data(Bytes::from(vec![b'x'; n]))]);
-        let RequestBody::Buffered(_kept) = RequestBody::read(whole, 1 << 20, &budget).await.unwrap() else {
+        let RequestBody::Buffered(_kept) = read_(whole, 1 << 20, &budget).await.unwrap() else {
             panic!("not buffered")
         };
         assert!(budget.used() <= charged, "one chunk: {} against {charged}", budget.used());
         // A known length is reserved once, exactly.
         let exact = Full::new(Bytes::from(vec![b'y'; 1000])).map_err(|never| match never {});
         let budget = ReplayBudget::new(1 << 20);
-        let RequestBody::Buffered(_kept) = RequestBody::read(exact, 1 << 20, &budget).await.unwrap() else {
+        let RequestBody::Buffered(_kept) = read_(exact, 1 << 20, &budget).await.unwrap() else {
             panic!("not buffered")
         };
         assert_eq!(budget.used(), 1000);
@@ -372,13 +386,12 @@ mod tests {
         let budget = ReplayBudget::new(12);
         let chunks = |n: usize| frames((0..n).map(|_| Frame::data(Bytes::from_static(b"abc"))).collect());
         // 6 bytes held, until the body kept for its replay goes.
-        let RequestBody::Buffered(first) = RequestBody::read(chunks(2), 100, &budget).await.unwrap() else {
+        let RequestBody::Buffered(first) = read_(chunks(2), 100, &budget).await.unwrap() else {
             panic!("not buffered")
         };
         assert_eq!(budget.used(), 6);
         // 9 more do not fit: streamed whole, the part read first, and not replayable.
-        let RequestBody::Streaming(s, NotKept::NoBudget) = RequestBody::read(chunks(3), 100, &budget).await.unwrap()
-        else {
+        let RequestBody::Streaming(s, NotKept::NoBudget) = read_(chunks(3), 100, &budget).await.unwrap() else {
             panic!("kept past the budget")
         };
         assert_eq!(budget.used(), 12, "the part read (a buffer of 6) is held until it is sent");
@@ -390,6 +403,6 @@ mod tests {
         drop(copy);
         assert_eq!(budget.used(), 0);
         // With the room back, the same body is kept.
-        assert!(matches!(RequestBody::read(chunks(3), 100, &budget).await.unwrap(), RequestBody::Buffered(_)));
+        assert!(matches!(read_(chunks(3), 100, &budget).await.unwrap(), RequestBody::Buffered(_)));
     }
 }

@@ -369,3 +369,41 @@ async fn connections_the_upstream_closes_are_replaced() {
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
 }
+
+/// A body whose `Content-Length` is over `upstream.replay_limit` (1 MiB by default) streams
+/// at once: its first part reaches the upstream before the client has sent the rest, and
+/// nothing of it is held for a replay.
+#[tokio::test]
+async fn a_body_known_too_large_for_a_replay_streams_at_once() {
+    let fake = fake(3600).await;
+    let (first_tx, first_rx) = oneshot::channel::<usize>();
+    let first_tx = Arc::new(Mutex::new(Some(first_tx)));
+    let upstream = Upstream::start(move |request: Request<Incoming>| {
+        let first_tx = first_tx.clone();
+        async move {
+            let mut body = request.into_body();
+            let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            first_tx.lock().take().unwrap().send(first.len()).unwrap();
+            let rest = body.collect().await.unwrap().to_bytes();
+            Response::new(full(format!("{}", first.len() + rest.len())))
+        }
+    })
+    .await;
+    let proxy = start_with(&env(&fake.token_url(), &upstream.url(), &[])).await;
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, pinecone_admin_proxy::body::BoxError>::new(4);
+    let total = 2 << 20;
+    let request =
+        Request::post(url(&proxy, "/upload")).header("content-length", total).body(body.boxed_unsync()).unwrap();
+    let client = TestClient::default();
+    let pending = tokio::spawn(async move { collect(client.send(request).await).await });
+    tx.send_data(Bytes::from(vec![b'a'; 64 << 10])).await.unwrap();
+    let first =
+        tokio::time::timeout(std::time::Duration::from_secs(5), first_rx).await.expect("first part upstream").unwrap();
+    assert!(first > 0 && first <= 64 << 10, "the upstream got the first part before the rest was sent");
+    assert_eq!(proxy.metrics.replay_memory.get(), 0, "nothing held for a replay");
+    tx.send_data(Bytes::from(vec![b'b'; total - (64 << 10)])).await.unwrap();
+    drop(tx);
+    let (status, _, got) = pending.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&got[..], total.to_string().as_bytes());
+}
