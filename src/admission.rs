@@ -2,7 +2,7 @@
 //! whoever holds their connections: the ops listener, whose probes decide whether
 //! Kubernetes restarts the pod, and which the shipped Deployment publishes to the cluster.
 //!
-//! Two rules, both chosen by [`crate::serve::ServeOptions`]:
+//! Two rules, both chosen by the listener's options (`ServeOptions` in serve.rs):
 //!
 //! - **Per peer**: at most `per_peer` connections from one IP address; one more is closed at
 //!   once. An attacker from one pod cannot take the room that the kubelet's probes need.
@@ -12,10 +12,10 @@
 //!   connection with a request in flight is never evicted. A probe, which sends its request
 //!   as soon as it connects, is answered however many connections others hold.
 //!
-//! What "idle" means is [`crate::limits::ConnState`]'s; closing is [`crate::serve`]'s.
+//! What "idle" means is [`crate::limits::ConnState`]'s; closing is the accept loop's.
 
 use crate::limits::ConnState;
-use crate::serve::Trigger;
+use crate::shutdown::Trigger;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -132,7 +132,7 @@ mod tests {
         let heads = HeadBudget::new(1 << 20);
         let (old, busy) = (ConnState::new(heads.clone()), ConnState::new(heads.clone()));
         let triggers = [Trigger::default(), Trigger::default(), Trigger::default()];
-        busy.request_started();
+        let _ = busy.request_started();
         let _a = admission.admit(None, busy.clone(), triggers[2].clone());
         let _b = admission.admit(None, old, triggers[0].clone());
         tokio::time::advance(std::time::Duration::from_secs(1)).await;

@@ -153,6 +153,7 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let ops_addr = ops_listener.local_addr().expect("a bound listener has an address");
 
     let metrics = Arc::new(Metrics::new());
+    crate::limits::show_at_zero(&metrics);
     let client = crate::client::build(&config.upstream)?;
     let tokens = TokenSource::new(metrics.clone(), config.token.timeout);
     let fetcher = HttpFetcher::new(client, &config.token, config.upstream.api_version.clone());

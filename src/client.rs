@@ -22,7 +22,7 @@ use std::time::Duration;
 pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector<LoopbackChecked>>, Body>;
 
 /// hyper-util's resolver, with `localhost` held to loopback addresses
-/// ([`crate::upstream::check_resolved`]): the token request carries the client secret.
+/// ([`crate::net::check_resolved`]): the token request carries the client secret.
 #[derive(Debug, Clone)]
 pub(crate) struct LoopbackChecked(GaiResolver);
 
@@ -39,7 +39,7 @@ impl tower::Service<Name> for LoopbackChecked {
         let resolving = self.0.call(name.clone());
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = resolving.await?.collect();
-            crate::upstream::check_resolved(name.as_str(), &addrs).map_err(std::io::Error::other)?;
+            crate::net::check_resolved(name.as_str(), &addrs).map_err(std::io::Error::other)?;
             Ok(addrs.into_iter())
         })
     }

@@ -11,8 +11,8 @@
 //! it comes from [`SECRET_ENV`] or a file, and reading credential files is
 //! [`crate::credentials`]'s business.
 
+use crate::net::Listen;
 use crate::secret::Secret;
-use crate::serve::Listen;
 use bytesize::ByteSize;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
@@ -1035,7 +1035,7 @@ pub fn parse_url(text: &str) -> Result<Uri, String> {
     }
     match scheme {
         "https" => Ok(uri),
-        "http" if crate::upstream::is_loopback_host(authority.host()) => Ok(uri),
+        "http" if crate::net::is_loopback_host(authority.host()) => Ok(uri),
         "http" => Err(format!(
             "plain http:// is allowed only for loopback hosts (a bearer token never crosses a \
              network in clear text); use https://{authority}"

@@ -18,7 +18,9 @@
 //! - [`replay`]: request bodies kept in memory for one replay after an upstream 401.
 //! - [`ops`]: health, readiness, startup, metrics, status and quit endpoints.
 //! - [`metrics`]: the one `Metrics` struct that owns the Prometheus registry.
+//! - [`net`]: addresses (`Listen`) and the loopback rules, one of each.
 //! - [`serve`]: listeners (TCP, Unix), the accept loop, graceful shutdown.
+//! - [`shutdown`]: the one-way switch that tells tasks to stop (re-exported as `serve::Trigger`).
 //! - [`limits`]: what one inbound connection may take in time, and the lines and counts when a limit bites.
 //! - [`admission`]: who gets a connection on a crowded ops listener (per-peer caps, the
 //!   longest idle evicted).
@@ -38,12 +40,14 @@ pub mod fake;
 pub(crate) mod limits;
 pub mod logging;
 pub mod metrics;
+pub(crate) mod net;
 pub(crate) mod ops;
 pub mod policy;
 pub(crate) mod proxy;
 pub(crate) mod replay;
 pub mod secret;
 pub mod serve;
+pub(crate) mod shutdown;
 pub mod token;
 pub(crate) mod upstream;
 pub mod wait;

@@ -98,6 +98,13 @@ impl Limit {
     }
 }
 
+/// Creates every limit's `limit_hits_total` series at zero.
+pub(crate) fn show_at_zero(metrics: &Metrics) {
+    for limit in Limit::ALL {
+        metrics.limit_at_zero(limit.label());
+    }
+}
+
 /// Where the listener reports a limit that bit: the `limit_hits_total` counter, and a
 /// warning at most once per [`LOG_EVERY`] per limit, with how many since the last one.
 /// Idle connections closing is the normal end of keep-alive: counted, logged at debug.
@@ -322,11 +329,14 @@ impl ConnState {
         Arc::new(Self { inner: Mutex::new(Timeline::new(Instant::now())), heads })
     }
 
-    pub(crate) fn request_started(&self) {
+    /// Notes a request in flight; the id of its response, for [`ConnState::awaiting_client`].
+    pub(crate) fn request_started(&self) -> u64 {
         let mut t = self.inner.lock();
         t.in_flight += 1;
         t.in_head = false;
         t.head_bytes = 0;
+        t.next_response += 1;
+        t.next_response
     }
 
     /// Since when the connection has had no request in flight (sending nothing, a head in
@@ -334,13 +344,6 @@ impl ConnState {
     pub(crate) fn idle_since(&self) -> Option<Instant> {
         let t = self.inner.lock();
         (t.in_flight == 0).then_some(t.since)
-    }
-
-    /// A new response's id, for [`ConnState::awaiting_client`].
-    fn response_id(&self) -> u64 {
-        let mut t = self.inner.lock();
-        t.next_response += 1;
-        t.next_response
     }
 
     /// Notes that response `id` handed a frame to the connection at `now` (`Some`), or was
@@ -488,12 +491,11 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        self.conn.request_started();
+        let id = self.conn.request_started();
         let in_flight = InFlight(self.conn.clone());
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            let id = in_flight.0.response_id();
             Ok(response.map(|body| Over { body, id, awaiting: false, in_flight }))
         })
     }
@@ -620,7 +622,7 @@ mod tests {
         assert_eq!(heads.used.load(Ordering::Relaxed), 12 << 10);
         // The request starts: the buffer stays grown, so the charge stays; a next head as
         // large costs nothing more.
-        a.request_started();
+        let _ = a.request_started();
         a.request_over();
         assert!(a.inner.lock().read(&kib(20), now, &heads));
         assert_eq!(heads.used.load(Ordering::Relaxed), 12 << 10);

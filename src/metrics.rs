@@ -200,10 +200,6 @@ impl Metrics {
             requests,
             registry,
         };
-        // Every limit's series from the start, so that a rate over it is never missing.
-        for limit in crate::limits::Limit::ALL {
-            m.limit_hits.with_label_values(&[limit.label()]);
-        }
         let r = &m.registry;
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.requests.clone()),
@@ -246,7 +242,13 @@ impl Metrics {
         self.requests.with_label_values(&[method, status.as_str(), operation]).inc();
     }
 
-    /// Counts a limit that bit; `limit` is one of [`crate::limits`]'s closed set of labels.
+    /// Creates a limit's series at zero, so that a rate over it is never missing (the
+    /// limits call it for each of their closed set of labels).
+    pub fn limit_at_zero(&self, limit: &'static str) {
+        self.limit_hits.with_label_values(&[limit]);
+    }
+
+    /// Counts a limit that bit; `limit` is one of the limits' closed set of labels.
     pub fn limit_hit(&self, limit: &'static str) {
         self.limit_hits.with_label_values(&[limit]).inc();
     }

@@ -12,6 +12,8 @@ use crate::body::{Body, BoxError};
 use crate::config::Limits;
 use crate::limits::{ConnState, HeadBudget, Limit, LimitEvents, Tracked, Watched};
 use crate::metrics::Metrics;
+pub use crate::net::Listen;
+pub use crate::shutdown::Trigger;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -24,46 +26,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-
-/// Where applications connect, or where the ops endpoints listen: `HOST:PORT` with an IP
-/// address, `localhost:PORT`, or `unix:/path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Listen {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl std::str::FromStr for Listen {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err("unix: needs a path, e.g. unix:/run/pinecone/proxy.sock".into());
-            }
-            return Ok(Listen::Unix(PathBuf::from(path)));
-        }
-        if let Ok(addr) = text.parse::<SocketAddr>() {
-            return Ok(Listen::Tcp(addr));
-        }
-        if let Some(Ok(port)) = text.strip_prefix("localhost:").map(str::parse::<u16>) {
-            return Ok(Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
-        }
-        Err(format!("must be IP:PORT (e.g. 127.0.0.1:8484), localhost:PORT or unix:/path/to.sock, got {text:?}"))
-    }
-}
-
-impl std::fmt::Display for Listen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Listen::Tcp(a) => write!(f, "{a}"),
-            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
 
 /// A bound listener.
 #[derive(Debug)]
@@ -154,34 +118,6 @@ impl Listener {
         match self {
             Listener::Tcp(l) => l.local_addr().map(BoundAddr::Tcp),
             Listener::Unix(_, file) => Ok(BoundAddr::Unix(file.0.clone())),
-        }
-    }
-}
-
-/// A one-way switch that many tasks can wait for.
-#[derive(Debug, Clone)]
-pub struct Trigger(watch::Sender<bool>);
-
-impl Default for Trigger {
-    fn default() -> Self {
-        Self(watch::channel(false).0)
-    }
-}
-
-impl Trigger {
-    pub fn fire(&self) {
-        self.0.send_replace(true);
-    }
-
-    pub fn fired(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Resolves once [`Trigger::fire`] has been called (at once if it already was).
-    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.0.subscribe();
-        async move {
-            let _ = rx.wait_for(|fired| *fired).await;
         }
     }
 }
@@ -469,15 +405,6 @@ async fn accept(listener: &Listener) -> io::Result<(Stream, Option<SocketAddr>)>
 mod tests {
     use super::*;
 
-    #[test]
-    fn listen_forms() {
-        let parse = |s: &str| s.parse::<Listen>();
-        assert_eq!(parse("unix:/tmp/p.sock").unwrap(), Listen::Unix("/tmp/p.sock".into()));
-        assert_eq!(parse("localhost:80").unwrap(), Listen::Tcp("127.0.0.1:80".parse().unwrap()));
-        assert_eq!(parse("[::1]:80").unwrap(), Listen::Tcp("[::1]:80".parse().unwrap()));
-        assert!(parse("example.com:80").is_err());
-        assert!(parse("unix:").is_err());
-    }
     use std::convert::Infallible;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -32,6 +32,7 @@
 use crate::body::{Body, BoxError};
 use crate::client::error_chain;
 use crate::config::UpstreamConfig;
+use crate::net::check_resolved;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, header};
@@ -192,18 +193,20 @@ impl Upstream {
         timeout: Duration,
         streaming: bool,
     ) -> Result<Response<Body>, SendError> {
-        let exchange = async {
-            if !streaming {
-                return self.exchange(request).await;
-            }
-            let share = self.inner.streaming.clone().acquire_owned().await.expect("the semaphore is never closed");
-            let response = self.exchange(request).await?;
-            Ok(response.map(|body| Holding { body, _share: share }.boxed_unsync()))
+        // The streaming case is boxed out of the common one's future.
+        let result = if streaming {
+            tokio::time::timeout(timeout, Box::pin(self.exchange_streaming(request))).await
+        } else {
+            tokio::time::timeout(timeout, self.exchange(request)).await
         };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(SendError::Timeout),
-        }
+        result.unwrap_or(Err(SendError::Timeout))
+    }
+
+    /// [`Upstream::exchange`] within the streaming share, held until the response is over.
+    async fn exchange_streaming(&self, request: Request<Body>) -> Result<Response<Body>, SendError> {
+        let share = self.inner.streaming.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let response = self.exchange(request).await?;
+        Ok(response.map(|body| Holding { body, _share: share }.boxed_unsync()))
     }
 
     async fn exchange(&self, mut request: Request<Body>) -> Result<Response<Body>, SendError> {
@@ -398,29 +401,6 @@ impl Upstream {
             }
         }
         Err(last)
-    }
-}
-
-/// `localhost`, or an IPv4 or IPv6 loopback address (with or without brackets).
-pub(crate) fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// A loopback *name* (`localhost`, trusted for plain `http://`) must resolve to loopback
-/// addresses only, checked at each connect: a bad resolver entry must not send the client
-/// secret or a token in clear text off the machine. Other names and addresses pass.
-pub(crate) fn check_resolved(host: &str, addrs: &[SocketAddr]) -> Result<(), String> {
-    if !host.eq_ignore_ascii_case("localhost") {
-        return Ok(());
-    }
-    match addrs.iter().find(|a| !a.ip().is_loopback()) {
-        Some(a) => Err(format!(
-            "{host} resolves to {}, which is not a loopback address; refusing to connect (plain http:// \
-             is accepted for this machine only: check /etc/hosts, or use 127.0.0.1)",
-            a.ip()
-        )),
-        None => Ok(()),
     }
 }
 
