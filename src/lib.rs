@@ -29,6 +29,17 @@
 //! - [`fake`]: the fake Pinecone (token endpoint and in-memory Admin API) for `demo`,
 //!   `fake-pinecone` and the tests.
 //! - [`logging`]: the text and JSON log output (tracing-subscriber's).
+//!
+//! The layers, lowest first; a module imports only from layers below its own (the test
+//! `layers::no_module_imports_one_above_it` keeps it so, and so keeps out import cycles):
+//!
+//! 0. leaves: `body`, `metrics`, `net`, `secret`, `shutdown`, `policy`
+//! 1. configuration: `config`
+//! 2. on the configuration: `credentials`, `limits`, `logging`, `client`, `replay`, `wait`
+//! 3. engines and clients: `token`, `upstream`, `admission`
+//! 4. services and serving: `proxy`, `serve`
+//! 5. what serves: `ops`, `fake`
+//! 6. the wiring: `app`
 
 pub(crate) mod admission;
 pub mod app;
@@ -54,3 +65,105 @@ pub mod wait;
 
 /// The crate version, sent as `User-Agent` and shown in `/status` and `build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod layers {
+    //! The crate map's layers, checked against the `crate::` paths of every production file.
+
+    /// Each module (its top-level name) and its layer, as the crate map states them.
+    const LAYERS: &[(&str, u8)] = &[
+        ("body", 0),
+        ("metrics", 0),
+        ("net", 0),
+        ("secret", 0),
+        ("shutdown", 0),
+        ("policy", 0),
+        ("config", 1),
+        ("credentials", 2),
+        ("limits", 2),
+        ("logging", 2),
+        ("client", 2),
+        ("replay", 2),
+        ("wait", 2),
+        ("token", 3),
+        ("upstream", 3),
+        ("admission", 3),
+        ("proxy", 4),
+        ("serve", 4),
+        ("ops", 5),
+        ("fake", 5),
+        ("app", 6),
+    ];
+
+    fn layer(module: &str) -> u8 {
+        LAYERS
+            .iter()
+            .find(|(m, _)| *m == module)
+            .map(|(_, l)| *l)
+            .unwrap_or_else(|| panic!("module {module} has no layer: add it to the crate map in lib.rs and to LAYERS"))
+    }
+
+    /// The top-level modules a file's production code names as `crate::<module>` (comments
+    /// and the `#[cfg(test)]` part left out).
+    fn imports(source: &str) -> Vec<String> {
+        let production = source.split("#[cfg(test)]").next().unwrap_or_default();
+        let mut found = Vec::new();
+        for line in production.lines().map(str::trim_start).filter(|l| !l.starts_with("//")) {
+            let mut rest = line;
+            while let Some(at) = rest.find("crate::") {
+                rest = &rest[at + "crate::".len()..];
+                let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                // `crate::VERSION` and the like are the root's own items, below every layer.
+                let module = name.starts_with(|c: char| c.is_ascii_lowercase());
+                if module && !found.contains(&name) {
+                    found.push(name);
+                }
+            }
+        }
+        found
+    }
+
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("src/ is readable") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn no_module_imports_one_above_it() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut all = Vec::new();
+        files(&src, &mut all);
+        let mut wrong = Vec::new();
+        for path in all {
+            let relative = path.strip_prefix(&src).expect("under src/");
+            let top = relative.iter().next().and_then(|c| c.to_str()).unwrap_or_default().trim_end_matches(".rs");
+            if matches!(top, "lib" | "main") {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).expect("a source file");
+            for import in imports(&source) {
+                if import != top && layer(&import) >= layer(top) {
+                    wrong.push(format!(
+                        "{} imports crate::{import} (layer {} from layer {})",
+                        relative.display(),
+                        layer(&import),
+                        layer(top)
+                    ));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "imports that point up or sideways:\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn imports_are_read_from_production_code_only() {
+        let source = "use crate::body::Body;\n// crate::app in a comment\nfn f() { crate::net::is_loopback_host(\"x\"); }\n#[cfg(test)]\nuse crate::app;\n";
+        assert_eq!(imports(source), ["body", "net"]);
+    }
+}
