@@ -270,6 +270,8 @@ impl KeyLookup {
 const KEY_PROJECTS_REMEMBERED: usize = 4096;
 /// The most of a `fetch_api_key` response that is read.
 const KEY_LOOKUP_BODY_LIMIT: usize = 64 * 1024;
+/// The longest API key id looked up: Pinecone's are UUIDs (36 characters).
+const MAX_KEY_ID: usize = 128;
 /// How long a failed lookup is remembered.
 const KEY_LOOKUP_FAILURE_KEPT: Duration = Duration::from_secs(5);
 static X_PINECONE_REQUEST_ID: HeaderName = HeaderName::from_static("x-pinecone-request-id");
@@ -548,6 +550,11 @@ impl Proxy {
         allowed: crate::policy::Allowed<'p>,
     ) -> Decision<'p> {
         let key = resolved.param("api_key_id").unwrap_or_default();
+        if key.len() > MAX_KEY_ID {
+            // Not looked up, and not remembered: a client naming ids of 60 KiB could
+            // otherwise fill the map with them.
+            return policy.decide_key(resolved, allowed, Err("the id is longer than any API key id"));
+        }
         let lookup = self.key_lookup(key);
         let (project, _) =
             lookup.result.get_or_init(|| async { (self.look_up_key_project(key).await, Instant::now()) }).await;

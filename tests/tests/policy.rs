@@ -202,6 +202,11 @@ async fn an_api_key_by_id_is_allowed_only_if_it_belongs_to_an_allowed_project() 
     assert!(!body.to_string().contains(&ids.p2), "the refusal never names the project of a key it refuses");
     assert_eq!(admin_requests(&fake) - before, 1, "the lookup only");
 
+    let before = admin_requests(&fake);
+    let (status, headers, body) = send(&client, Method::GET, &key(&"k".repeat(129)), None).await;
+    assert!(refusal(status, &headers, &body).contains("longer than any API key id"), "{body}");
+    assert_eq!(admin_requests(&fake), before, "an id no key can have is not looked up");
+
     let (status, headers, body) = send(&client, Method::GET, &key("no-such-key"), None).await;
     let message = refusal(status, &headers, &body);
     assert!(
