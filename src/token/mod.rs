@@ -1,16 +1,19 @@
 //! The access token: what one is ([`Token`]), how one is fetched ([`fetch`]), when the next
 //! one is fetched ([`schedule`]), and the engine that keeps one usable and hands it to
-//! requests ([`engine`]).
+//! requests: [`refresher`], the one loop that fetches, and [`source`], what requests and
+//! `/status` read.
 
-pub mod engine;
 pub mod fetch;
 pub mod quota;
 pub mod redis_link;
+pub mod refresher;
 pub mod schedule;
 pub mod shared;
+pub mod source;
 
-pub use engine::{Refresher, StatusSnapshot, TokenSource, TokenUnavailable};
 pub use fetch::{Answer, Fetch, FetchError, Fetched, HttpFetcher};
+pub use refresher::Refresher;
+pub use source::{StatusSnapshot, TokenSource, TokenUnavailable};
 
 use http::HeaderValue;
 use std::time::{Duration, SystemTime};

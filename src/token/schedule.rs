@@ -1,6 +1,6 @@
 //! When to fetch the next token: pure functions of the clock and what happened so far.
 //!
-//! The refresh loop in [`super::engine`] only sleeps and calls these, so every decision is
+//! The refresh loop in [`super::refresher`] only sleeps and calls these, so every decision is
 //! tested here with plain values, without sockets or clocks (STYLE.md habit 3).
 
 use std::collections::VecDeque;
@@ -67,14 +67,23 @@ pub struct Plan {
     /// The generation of the credentials in force, and of those last tried.
     pub credentials: u64,
     pub credentials_tried: u64,
-    /// No fetch before this, after a failure; and whether that failure was a rejection
-    /// (a rejection hold is lifted when the credentials change).
-    pub hold: Option<(Instant, bool)>,
+    /// No fetch before a time, after a failure.
+    pub hold: Option<Hold>,
     /// A quota bucket is spent until then: no fetch before it, whatever else is due.
     pub quota_spent_until: Option<Instant>,
     /// A quota bucket is low until then: the refresh waits for that reset, or for the
     /// token's latest safe refresh point, whichever comes first.
     pub quota_low_until: Option<Instant>,
+}
+
+/// Why, and until when, token requests are held back after a failed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// A transient failure: a backoff, or the endpoint's `Retry-After`. New credentials do
+    /// not lift it: the endpoint was failing, not the credentials.
+    Backoff(Instant),
+    /// The credentials were rejected: lifted when they change, since the new ones may work.
+    Rejected(Instant),
 }
 
 /// What the plan needs of the current token.
@@ -112,8 +121,8 @@ pub fn next_fetch(p: &Plan) -> Instant {
         }
     };
     let wanted = match p.hold {
-        Some((_, true)) if credentials_changed => wanted,
-        Some((until, _)) => wanted.max(until),
+        Some(Hold::Rejected(_)) if credentials_changed => wanted,
+        Some(Hold::Backoff(until) | Hold::Rejected(until)) => wanted.max(until),
         None => wanted,
     };
     // A request into a spent bucket is refused and may count against the quota: wait.
@@ -247,15 +256,15 @@ mod tests {
         let p = Plan { token: tok(1, at(500), at(900)), credentials: 2, ..plan(t0) };
         assert_eq!(next_fetch(&p), t0);
         // A backoff hold delays even an urgent fetch.
-        let p = Plan { hold: Some((at(4), false)), ..plan(t0) };
+        let p = Plan { hold: Some(Hold::Backoff(at(4))), ..plan(t0) };
         assert_eq!(next_fetch(&p), at(4));
         // A rejection hold is lifted by new credentials, a transient one is not.
-        let p = Plan { hold: Some((at(60), true)), credentials: 2, ..plan(t0) };
+        let p = Plan { hold: Some(Hold::Rejected(at(60))), credentials: 2, ..plan(t0) };
         assert_eq!(next_fetch(&p), t0);
-        let p = Plan { hold: Some((at(8), false)), credentials: 2, ..plan(t0) };
+        let p = Plan { hold: Some(Hold::Backoff(at(8))), credentials: 2, ..plan(t0) };
         assert_eq!(next_fetch(&p), at(8));
         // A hold earlier than the refresh point changes nothing.
-        let p = Plan { token: tok(1, at(500), at(900)), hold: Some((at(10), false)), ..plan(t0) };
+        let p = Plan { token: tok(1, at(500), at(900)), hold: Some(Hold::Backoff(at(10))), ..plan(t0) };
         assert_eq!(next_fetch(&p), at(500));
 
         // A spent quota bucket holds back every fetch until its reset: the first token,
@@ -269,9 +278,9 @@ mod tests {
         let p = Plan { token: tok(1, at(500), at(900)), quota_spent_until: Some(at(20)), ..plan(t0) };
         assert_eq!(next_fetch(&p), at(500), "a reset before the refresh point changes nothing");
         // A spent bucket outlasts a shorter Retry-After hold, and a longer hold outlasts it.
-        let p = Plan { hold: Some((at(30), false)), quota_spent_until: Some(at(60)), ..plan(t0) };
+        let p = Plan { hold: Some(Hold::Backoff(at(30))), quota_spent_until: Some(at(60)), ..plan(t0) };
         assert_eq!(next_fetch(&p), at(60));
-        let p = Plan { hold: Some((at(90), false)), quota_spent_until: Some(at(60)), ..plan(t0) };
+        let p = Plan { hold: Some(Hold::Backoff(at(90))), quota_spent_until: Some(at(60)), ..plan(t0) };
         assert_eq!(next_fetch(&p), at(90));
 
         // A low bucket puts the refresh off to its reset, or to the latest safe point
