@@ -1,0 +1,180 @@
+//! The proxy's own errors: what each means ([`ProxyError`], one `x-pinecone-proxy-error`
+//! reason a variant, with whose fault it was in its status), and the one place one becomes a
+//! response ([`error_response`], and `Proxy::failed`, which counts and logs it too): Pinecone's error body, so SDKs show our message as they
+//! would show Pinecone's.
+
+use super::{Outcome, Proxy};
+use crate::body::{Body, full};
+use crate::token::TokenUnavailable;
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
+use std::time::Duration;
+
+/// The header that marks an error the proxy made itself, with its reason.
+pub(crate) const ERROR_HEADER: &str = "x-pinecone-proxy-error";
+
+/// An error the proxy answers itself. Each variant is one `x-pinecone-proxy-error` reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ProxyError {
+    #[error("no usable Pinecone access token; the next token request is due in {}s", retry_after.as_secs())]
+    TokenUnavailable { retry_after: Duration },
+    #[error(
+        "the Pinecone token endpoint rejects the proxy's credentials and no usable token is left; see the proxy's /status and logs"
+    )]
+    CredentialsRejected,
+    #[error("cannot reach the Pinecone API: {0}")]
+    UpstreamUnreachable(String),
+    #[error("the Pinecone API sent no response headers within {}", humantime::format_duration(*.0))]
+    UpstreamTimeout(Duration),
+    #[error("{message}")]
+    BadRequest { status: StatusCode, message: String },
+    #[error("the request body stalled: no data for {} (limits.body_read_timeout)", humantime::format_duration(*.0))]
+    BodyTimeout(Duration),
+    #[error("refused by policy: {0}")]
+    Forbidden(String),
+}
+
+impl ProxyError {
+    /// The `x-pinecone-proxy-error` reason.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::TokenUnavailable { .. } => "token_unavailable",
+            ProxyError::CredentialsRejected => "credentials_rejected",
+            ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
+            ProxyError::UpstreamTimeout(_) => "upstream_timeout",
+            ProxyError::BadRequest { .. } => "bad_request",
+            ProxyError::BodyTimeout(_) => "body_timeout",
+            ProxyError::Forbidden(_) => "forbidden_by_policy",
+        }
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::TokenUnavailable { .. } | ProxyError::CredentialsRejected => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest { status, .. } => *status,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// Pinecone's error code for the body.
+    fn code(&self) -> &'static str {
+        match self {
+            ProxyError::TokenUnavailable { .. }
+            | ProxyError::CredentialsRejected
+            | ProxyError::UpstreamUnreachable(_) => "UNAVAILABLE",
+            ProxyError::UpstreamTimeout(_) | ProxyError::BodyTimeout(_) => "DEADLINE_EXCEEDED",
+            ProxyError::BadRequest { .. } => "INVALID_ARGUMENT",
+            ProxyError::Forbidden(_) => "PERMISSION_DENIED",
+        }
+    }
+
+    pub(crate) fn bad_request(status: StatusCode, message: impl Into<String>) -> Self {
+        ProxyError::BadRequest { status, message: message.into() }
+    }
+}
+
+impl From<TokenUnavailable> for ProxyError {
+    fn from(e: TokenUnavailable) -> Self {
+        match e {
+            TokenUnavailable::Timeout { retry_after } => ProxyError::TokenUnavailable { retry_after },
+            TokenUnavailable::CredentialsRejected => ProxyError::CredentialsRejected,
+        }
+    }
+}
+
+/// The one place a [`ProxyError`] becomes a response: Pinecone's error body,
+/// `{"error": {"code", "message"}, "status"}`, and the `x-pinecone-proxy-error` header.
+pub(crate) fn error_response(error: &ProxyError) -> Response<Body> {
+    let status = error.status();
+    let body = serde_json::json!({
+        "error": { "code": error.code(), "message": format!("pinecone-admin-proxy: {error}") },
+        "status": status.as_u16(),
+    });
+    let mut response = Response::new(full(serde_json::to_vec(&body).expect("json")));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(ERROR_HEADER, HeaderValue::from_static(error.reason()));
+    if let ProxyError::TokenUnavailable { retry_after } = error {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(header::ALLOW, HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"));
+    }
+    response
+}
+
+impl Proxy {
+    /// A request the proxy answers itself: counted, logged when it is not the client's own
+    /// doing (that is on its access line), and made a response.
+    pub(super) fn failed(
+        &self,
+        error: ProxyError,
+        method: &Method,
+        path: &str,
+        outcome: &mut Outcome<'_>,
+    ) -> Response<Body> {
+        let metrics = &self.inner.metrics;
+        outcome.error = Some(error.reason());
+        match &error {
+            ProxyError::UpstreamUnreachable(_) => metrics.upstream_unreachable.inc(),
+            ProxyError::UpstreamTimeout(_) => metrics.upstream_timeout.inc(),
+            ProxyError::BodyTimeout(_) => metrics.limit_hit(crate::limits::Limit::BodyReadTimeout.label()),
+            _ => {}
+        }
+        if !matches!(error, ProxyError::BadRequest { .. } | ProxyError::BodyTimeout(_) | ProxyError::Forbidden(_)) {
+            tracing::warn!(method = %method, path = %path, reason = error.reason(), error = %error, "request failed");
+        }
+        let response = error_response(&error);
+        if let ProxyError::Forbidden(why) = error {
+            outcome.refusal = Some(why);
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn error_responses_table() {
+        let cases = [
+            (
+                ProxyError::TokenUnavailable { retry_after: Duration::from_secs(3) },
+                503,
+                "token_unavailable",
+                "UNAVAILABLE",
+            ),
+            (ProxyError::CredentialsRejected, 503, "credentials_rejected", "UNAVAILABLE"),
+            (ProxyError::UpstreamUnreachable("refused".into()), 502, "upstream_unreachable", "UNAVAILABLE"),
+            (ProxyError::UpstreamTimeout(Duration::from_secs(60)), 504, "upstream_timeout", "DEADLINE_EXCEEDED"),
+            (ProxyError::bad_request(StatusCode::METHOD_NOT_ALLOWED, "no"), 405, "bad_request", "INVALID_ARGUMENT"),
+            (ProxyError::bad_request(StatusCode::BAD_REQUEST, "no"), 400, "bad_request", "INVALID_ARGUMENT"),
+        ];
+        for (error, status, reason, code) in cases {
+            let r = error_response(&error);
+            assert_eq!(r.status().as_u16(), status);
+            assert_eq!(r.headers()[ERROR_HEADER], reason);
+            assert_eq!(r.headers()["content-type"], "application/json");
+            assert_eq!(r.headers().contains_key("retry-after"), reason == "token_unavailable");
+            let body = futures_body(r);
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["status"], status);
+            assert_eq!(v["error"]["code"], code);
+            assert!(v["error"]["message"].as_str().unwrap().starts_with("pinecone-admin-proxy: "));
+        }
+        let r = error_response(&ProxyError::TokenUnavailable { retry_after: Duration::from_secs(3) });
+        assert_eq!(r.headers()["retry-after"], "3");
+    }
+
+    fn futures_body(r: Response<Body>) -> Bytes {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async { r.into_body().collect().await.unwrap().to_bytes() })
+    }
+}

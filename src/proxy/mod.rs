@@ -1,0 +1,416 @@
+//! Forwarding: the request rewrite, streaming both ways, the one replay after an upstream
+//! 401, and the checks that keep this from being an open proxy. Beside it:
+//!
+//! - [`error`]: the proxy's own errors, and the one function that makes them responses.
+//! - [`headers`]: the header policy, both ways.
+//! - [`key_project`]: an API key's project, looked up for the `[policy]`.
+//! - [`lines`]: the access and audit lines.
+//! - [`token_shim`]: `POST /oauth/token`, answered with a placeholder.
+//!
+//! Everything that can be computed once (the upstream scheme and authority, the version
+//! header) is, at construction. Per request: one read of the current token (no lock held
+//! across an `.await`), a header rewrite in place, and the bodies passed through as
+//! streams. Listening and connections are [`crate::serve`]'s business; the token's,
+//! [`crate::token`]'s.
+
+mod error;
+mod headers;
+mod key_project;
+mod lines;
+mod token_shim;
+
+use error::ProxyError;
+use headers::{rewrite_request_headers, strip_hop_by_hop};
+
+use token_shim::token_shim;
+
+use crate::body::{Body, BoxError};
+use crate::config::Limits;
+use crate::config::UpstreamConfig;
+use crate::metrics::{Metrics, ReplayResult};
+use crate::net::is_loopback_host;
+use crate::policy::{Decision, Policy, Resolved};
+use crate::replay::{Buffered, NotKept, ReplayBudget, RequestBody};
+use crate::token::TokenSource;
+use crate::upstream::{SendError, Upstream};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower_http::timeout::{TimeoutBody, TimeoutError};
+
+/// The forwarding service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Proxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    upstream: Upstream,
+    tokens: TokenSource,
+    metrics: Arc<Metrics>,
+    authority: Authority,
+    base_path: String,
+    api_version: HeaderValue,
+    override_api_version: bool,
+    timeout: Duration,
+    replay_limit: u64,
+    replay_budget: Arc<ReplayBudget>,
+    body_read_timeout: Duration,
+    /// `None`: everything is forwarded.
+    policy: Option<Policy>,
+    /// API key id → its project, as `fetch_api_key` said (a key never changes project), or
+    /// why it could not be had, or the lookup under way.
+    key_projects: key_project::KeyProjects,
+}
+
+/// What the access log line (and the audit line) says of a forwarded request.
+#[derive(Debug, Default)]
+pub(super) struct Outcome<'p> {
+    /// The policy's reason to forward it (`None`: no policy, or not decided).
+    pub(super) allowed: Option<crate::policy::Allowed<'p>>,
+    pub(super) upstream_status: Option<u16>,
+    pub(super) token: Option<Arc<crate::token::Token>>,
+    pub(super) error: Option<&'static str>,
+    /// Why the policy refused it.
+    pub(super) refusal: Option<String>,
+    pub(super) replayed: bool,
+}
+
+/// Counts a request as in flight until dropped, so a cancelled request is not leaked.
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
+    }
+}
+
+impl Proxy {
+    pub(crate) fn new(
+        upstream: Upstream,
+        tokens: TokenSource,
+        metrics: Arc<Metrics>,
+        cfg: &UpstreamConfig,
+        limits: &Limits,
+        policy: Option<Policy>,
+    ) -> Self {
+        let replay_budget = ReplayBudget::shown_in(limits.replay_memory, metrics.replay_memory.clone());
+        Self {
+            inner: Arc::new(Inner {
+                upstream,
+                tokens,
+                metrics,
+                authority: cfg.authority.clone(),
+                base_path: cfg.base_path.clone(),
+                api_version: cfg.api_version.clone(),
+                override_api_version: cfg.override_api_version,
+                timeout: cfg.timeout,
+                replay_limit: cfg.replay_limit,
+                replay_budget,
+                body_read_timeout: limits.body_read_timeout,
+                policy,
+                key_projects: key_project::KeyProjects::default(),
+            }),
+        }
+    }
+
+    /// Answers one request: forwards it, or answers it with a proxy error. It owns the
+    /// proxy, so that the service's future is this one, boxed.
+    async fn respond<B>(self, request: Request<B>) -> Result<Response<Body>, Infallible>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let inner = &self.inner;
+        let start = Instant::now();
+        inner.metrics.inflight.inc();
+        let _inflight = InFlight(&inner.metrics);
+        let method = request.method().clone();
+        // A clone of the URI shares its bytes with the request: no copy of the path.
+        let uri = request.uri().clone();
+        let path = uri.path();
+        let resolved = crate::policy::resolve(&method, path);
+        let mut outcome = Outcome::default();
+        let response = match self.forward(request, &resolved, &mut outcome).await {
+            Ok(response) => response,
+            Err(error) => self.failed(error, &method, path, &mut outcome),
+        };
+        let elapsed = start.elapsed();
+        inner.metrics.request(&method, response.status(), resolved.operation());
+        inner.metrics.request_duration.observe(elapsed.as_secs_f64());
+        // The token shim's placeholder changes nothing and never leaves the proxy.
+        let shim = method == Method::POST && path == "/oauth/token";
+        if !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) && !shim {
+            self.audit(&method, &resolved, &outcome, &response, elapsed);
+        }
+        Self::access(&method, path, &resolved, &outcome, &response, elapsed);
+        Ok(response)
+    }
+
+    async fn forward<'p, B>(
+        &'p self,
+        request: Request<B>,
+        resolved: &Resolved<'_>,
+        outcome: &mut Outcome<'p>,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let inner = &self.inner;
+        let (mut parts, body) = request.into_parts();
+        self.check_target(&parts.method, &parts.uri, parts.version)?;
+        if parts.method == Method::POST && parts.uri.path() == "/oauth/token" {
+            return Box::pin(token_shim(body, inner.body_read_timeout)).await;
+        }
+        if let Some(policy) = &inner.policy {
+            // Before any token or body: a refused request costs nothing upstream.
+            let decision = match policy.decide(resolved) {
+                Decision::KeyProject(allowed) => Box::pin(self.decide_key(policy, resolved, allowed)).await,
+                decision => decision,
+            };
+            match decision {
+                Decision::Allowed(allowed) => outcome.allowed = Some(allowed),
+                Decision::Refused(why) => return Err(ProxyError::Forbidden(why)),
+                Decision::KeyProject(_) => unreachable!("decide_key decides"),
+            }
+        }
+
+        let token = inner.tokens.get().await?;
+        outcome.token = Some(token.clone());
+        let admin_route = is_admin_path(parts.uri.path());
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.version = Version::HTTP_11;
+        rewrite_request_headers(
+            &mut parts.headers,
+            token.authorization(),
+            &inner.api_version,
+            inner.override_api_version,
+        );
+        // Most Admin API requests have no body; reading one is boxed out of their future.
+        let stalled = Arc::new(AtomicBool::new(false));
+        let body = match body.is_end_stream() {
+            true => RequestBody::Buffered(Buffered::default()),
+            false => Box::pin(self.read_body(body, stalled.clone())).await?,
+        };
+        let (body, kept) = body.into_parts();
+        let streaming = kept.is_err();
+        // What a replay needs of the request; the headers are copied only if the body
+        // could be replayed at all.
+        let replay = kept.map(|kept| (parts.method.clone(), parts.uri.clone(), parts.headers.clone(), kept));
+        let response = self.send_streaming(Request::from_parts(parts, body), streaming).await.map_err(|e| {
+            if stalled.load(Ordering::Relaxed) { ProxyError::BodyTimeout(inner.body_read_timeout) } else { e }
+        })?;
+        outcome.upstream_status = Some(response.status().as_u16());
+        if response.status() != StatusCode::UNAUTHORIZED || !admin_route {
+            // A 401 outside the Admin API (the control plane's `Invalid API key` for a
+            // bearer token) is not the token's fault: a new one would cure nothing and
+            // only spend the token quota. It goes back as it came.
+            return Ok(finish(response));
+        }
+
+        // Rare, and as large as all the rest: boxed out of every request's future.
+        Box::pin(self.replay(response, token.generation, replay, outcome)).await
+    }
+
+    /// Reads a request body for a possible replay, or as much of it as may be kept before it
+    /// streams. `stalled` is set when the client stalls, so that the error is told apart
+    /// once hyper's client has wrapped it (a stall while the body streams upstream).
+    async fn read_body<B>(&self, body: B, stalled: Arc<AtomicBool>) -> Result<RequestBody, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let inner = &self.inner;
+        // Taken before the timeout wraps the body: tower-http's TimeoutBody does not pass the
+        // size on, and a body known too large for a replay must stream at once.
+        let hint = http_body::Body::size_hint(&body);
+        let flag = stalled.clone();
+        // tower-http's timeout between frames.
+        let body = TimeoutBody::new(inner.body_read_timeout, body).map_err(move |e| {
+            if e.is::<TimeoutError>() {
+                flag.store(true, Ordering::Relaxed);
+            }
+            e
+        });
+        RequestBody::read(body, hint, inner.replay_limit, &inner.replay_budget).await.map_err(|e| {
+            if stalled.load(Ordering::Relaxed) {
+                return ProxyError::BodyTimeout(inner.body_read_timeout);
+            }
+            ProxyError::bad_request(StatusCode::BAD_REQUEST, format!("the request body could not be read: {e}"))
+        })
+    }
+
+    /// After an upstream 401: one new token is fetched for every request that saw this
+    /// generation rejected, and the request is sent once more with it.
+    async fn replay(
+        &self,
+        response: Response<Body>,
+        rejected: u64,
+        replay: Result<(Method, Uri, HeaderMap, Buffered), NotKept>,
+        outcome: &mut Outcome<'_>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let inner = &self.inner;
+        inner.metrics.upstream_unauthorized.inc();
+        inner.tokens.invalidate(rejected);
+        let (method, uri, mut headers, kept) = match replay {
+            Ok(replay) => replay,
+            Err(why) => {
+                inner.metrics.replay(match why {
+                    NotKept::TooLarge => ReplayResult::TooLarge,
+                    NotKept::NoBudget => ReplayResult::NoBudget,
+                });
+                return Ok(finish(response));
+            }
+        };
+        let Ok(fresh) = inner.tokens.newer_than(rejected).await else {
+            inner.metrics.replay(ReplayResult::NoToken);
+            return Ok(finish(response));
+        };
+        drop(response);
+        headers.insert(header::AUTHORIZATION, fresh.authorization().clone());
+        let mut request = Request::new(kept.to_body());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        outcome.token = Some(fresh.clone());
+        outcome.replayed = true;
+        let response = self.send(request).await?;
+        outcome.upstream_status = Some(response.status().as_u16());
+        if response.status() == StatusCode::UNAUTHORIZED {
+            // Not invalidated again: the token was just issued, and a second fetch would
+            // only burn the token quota. The 401 goes back to the client.
+            inner.metrics.upstream_unauthorized.inc();
+            inner.metrics.replay(ReplayResult::Unauthorized);
+        } else {
+            inner.metrics.replay(ReplayResult::Success);
+        }
+        Ok(finish(response))
+    }
+
+    /// Sends one request upstream, waiting at most `upstream.timeout` for the headers.
+    async fn send(&self, request: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        self.send_streaming(request, false).await
+    }
+
+    /// [`Proxy::send`] for a request whose body may stream from the client.
+    async fn send_streaming(&self, request: Request<Body>, streaming: bool) -> Result<Response<Body>, ProxyError> {
+        let inner = &self.inner;
+        inner.upstream.send(request, inner.timeout, streaming).await.map_err(|e| match e {
+            SendError::Timeout => ProxyError::UpstreamTimeout(inner.timeout),
+            SendError::Unreachable(e) => ProxyError::UpstreamUnreachable(e),
+        })
+    }
+
+    /// Not an open proxy: no `CONNECT`, and an absolute-form target (HTTP/1) must name
+    /// the upstream or this proxy itself. HTTP/2 always carries `:authority`, which plays
+    /// the part of `Host`, so only HTTP/1 absolute forms are judged.
+    fn check_target(&self, method: &Method, uri: &Uri, version: Version) -> Result<(), ProxyError> {
+        // In any letter case: `trace` is an extension method to hyper, but a server that
+        // folds case would answer it as TRACE.
+        if method.as_str().eq_ignore_ascii_case("CONNECT") {
+            return Err(ProxyError::bad_request(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not supported: this proxy only forwards to the Pinecone API",
+            ));
+        }
+        if method.as_str().eq_ignore_ascii_case("TRACE") {
+            // A hop that answers TRACE echoes the request back: with the bearer token in it.
+            return Err(ProxyError::bad_request(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "TRACE is not forwarded: its echo would carry the proxy's access token",
+            ));
+        }
+        if version < Version::HTTP_2 {
+            if let Some(authority) = uri.authority() {
+                let host = authority.host();
+                if !host.eq_ignore_ascii_case(self.inner.authority.host()) && !is_loopback_host(host) {
+                    return Err(ProxyError::bad_request(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "request target names another host ({host}); this proxy only forwards to the Pinecone API"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The request target for the upstream, in origin form: the base path, then the
+    /// client's path and query byte for byte. ([`Upstream`] adds the scheme and authority
+    /// where HTTP/2 needs them, and `Host` for HTTP/1.1.)
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {
+        let inner = &self.inner;
+        let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let path_and_query = if inner.base_path.is_empty() {
+            uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
+        } else {
+            PathAndQuery::try_from(format!("{}{pq}", inner.base_path))
+                .map_err(|_| ProxyError::bad_request(StatusCode::BAD_REQUEST, "invalid request target"))?
+        };
+        Ok(Uri::from(path_and_query))
+    }
+}
+
+/// Whether `path` is the Admin API's (`/admin/…`): the only routes where a 401 can mean
+/// that the bearer token is stale. Any other path on the host (the control plane,
+/// inference, assistants) takes an API key and rejects a bearer token with 401 however
+/// fresh it is.
+fn is_admin_path(path: &str) -> bool {
+    path.strip_prefix("/admin").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The upstream's response as the client gets it: hop-by-hop headers out, body streamed.
+fn finish(mut response: Response<Body>) -> Response<Body> {
+    strip_hop_by_hop(response.headers_mut());
+    response
+}
+
+impl<B> tower::Service<Request<B>> for Proxy
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        Box::pin(self.clone().respond(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_admin_paths_are_admin_routes() {
+        for (path, admin) in [
+            ("/admin/projects", true),
+            ("/admin", true),
+            ("/admin/", true),
+            ("/indexes", false),
+            ("/administrators", false),
+            ("/assistant/assistants", false),
+            ("/", false),
+        ] {
+            assert_eq!(is_admin_path(path), admin, "{path}");
+        }
+    }
+}
