@@ -13,8 +13,9 @@
 //! - [`client`]: the rustls HTTP client of the token requests, and the TLS trust both clients use.
 //! - [`upstream`]: the forwarding client: a pool of hyper HTTP/1.1 and HTTP/2 connections to the upstream.
 //! - [`proxy`]: forwarding: the request rewrite, header policy, streaming, proxy errors.
-//! - [`policy`]: the Admin API's route table (from its OpenAPI specifications) and the
-//!   `[policy]` that narrows what the proxy forwards.
+//! - [`routes`]: the Admin API's route table (from its OpenAPI specifications), and the
+//!   operation a request names.
+//! - [`policy`]: the `[policy]` that narrows what the proxy forwards.
 //! - [`replay`]: request bodies kept in memory for one replay after an upstream 401.
 //! - [`ops`]: health, readiness, startup, metrics, status and quit endpoints.
 //! - [`metrics`]: the one `Metrics` struct that owns the Prometheus registry.
@@ -33,13 +34,14 @@
 //! The layers, lowest first; a module imports only from layers below its own (the test
 //! `layers::no_module_imports_one_above_it` keeps it so, and so keeps out import cycles):
 //!
-//! 0. leaves: `body`, `metrics`, `net`, `secret`, `shutdown`, `policy`
-//! 1. configuration: `config`
-//! 2. on the configuration: `credentials`, `limits`, `logging`, `client`, `replay`, `wait`
-//! 3. engines and clients: `token`, `upstream`, `admission`
-//! 4. services and serving: `proxy`, `serve`
-//! 5. what serves: `ops`, `fake`
-//! 6. the wiring: `app`
+//! 0. leaves: `body`, `metrics`, `net`, `secret`, `shutdown`, `routes`
+//! 1. on the route table: `policy`
+//! 2. configuration: `config`
+//! 3. on the configuration: `credentials`, `limits`, `logging`, `client`, `replay`, `wait`
+//! 4. engines and clients: `token`, `upstream`, `admission`
+//! 5. services and serving: `proxy`, `serve`
+//! 6. what serves: `ops`, `fake`
+//! 7. the wiring: `app`
 
 pub(crate) mod admission;
 pub mod app;
@@ -56,6 +58,7 @@ pub(crate) mod ops;
 pub mod policy;
 pub(crate) mod proxy;
 pub(crate) mod replay;
+pub(crate) mod routes;
 pub mod secret;
 pub mod serve;
 pub(crate) mod shutdown;
@@ -77,22 +80,23 @@ mod layers {
         ("net", 0),
         ("secret", 0),
         ("shutdown", 0),
-        ("policy", 0),
-        ("config", 1),
-        ("credentials", 2),
-        ("limits", 2),
-        ("logging", 2),
-        ("client", 2),
-        ("replay", 2),
-        ("wait", 2),
-        ("token", 3),
-        ("upstream", 3),
-        ("admission", 3),
-        ("proxy", 4),
-        ("serve", 4),
-        ("ops", 5),
-        ("fake", 5),
-        ("app", 6),
+        ("routes", 0),
+        ("policy", 1),
+        ("config", 2),
+        ("credentials", 3),
+        ("limits", 3),
+        ("logging", 3),
+        ("client", 3),
+        ("replay", 3),
+        ("wait", 3),
+        ("token", 4),
+        ("upstream", 4),
+        ("admission", 4),
+        ("proxy", 5),
+        ("serve", 5),
+        ("ops", 6),
+        ("fake", 6),
+        ("app", 7),
     ];
 
     fn layer(module: &str) -> u8 {

@@ -1,198 +1,17 @@
-//! What this application may do: the Admin API's operations by name, from the route table
-//! that `build.rs` makes of the OpenAPI specifications, and the `[policy]` that narrows an
-//! organization-wide service account to some of them, in some projects (PRODUCT.md,
-//! "Policy").
+//! What this application may do: the `[policy]` that narrows an organization-wide service
+//! account to some of the Admin API's operations, in some projects (PRODUCT.md, "Policy").
+//! Operations are named by [`crate::routes`].
 //!
-//! [`resolve`] names a request's operation (or `unknown`) and its path parameters; it is a
-//! scan of a static table of about thirty routes, on a path split once. [`Policy::decide`]
-//! is a pure function of the policy and that; the one decision that needs the network (an
-//! API key's project, looked up by id) is handed back to [`crate::proxy`] as
-//! [`Decision::KeyProject`], and finished by [`Policy::decide_key`].
+//! [`Policy::decide`] is a pure function of the policy and a resolved request; the one
+//! decision that needs the network (an API key's project, looked up by id) is handed back to
+//! [`crate::proxy`] as [`Decision::KeyProject`], and finished by [`Policy::decide_key`].
 
+use crate::routes::{ROUTES, Resolved, Route, Segment, UNKNOWN, operation_names, plain, resolve};
 use http::Method;
 
-/// One segment of a route's path template.
-#[derive(Debug)]
-pub(crate) enum Segment {
-    Literal(&'static str),
-    Param(&'static str),
-}
-
-/// A documented route: method and path template, and its operation.
-#[derive(Debug)]
-pub(crate) struct Route {
-    pub(crate) method: Method,
-    pub(crate) template: &'static str,
-    pub(crate) segments: &'static [Segment],
-    /// The `operationId` of the newest specification that has the route.
-    pub(crate) operation: &'static str,
-    /// What older specifications called it.
-    pub(crate) aliases: &'static [&'static str],
-}
-
-include!(concat!(env!("OUT_DIR"), "/routes.rs"));
-
-/// The operation of a request that matches no documented route.
-pub(crate) const UNKNOWN: &str = "unknown";
 /// The policy's shorthands: every GET, every documented operation, undocumented routes.
 const READ_ONLY: &str = "read_only";
 const EVERYTHING: &str = "*";
-
-/// The longest template has four segments; a path of more is undocumented.
-const MAX_SEGMENTS: usize = 8;
-const _: () = assert!(BY_SEGMENTS.len() == MAX_SEGMENTS + 1);
-const MAX_PARAMS: usize = 2;
-const _: () = assert!(ROUTES.len() <= 64, "an operation set is a u64");
-
-/// The methods of the route table; a case variant of one (`delete`) is ambiguous, since
-/// a server may treat it as the method.
-const METHODS: [&str; 7] = ["GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH"];
-
-/// Where a request stands in the route table: its route (if documented) and path parameters.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Resolved<'a> {
-    route: Option<(usize, &'static Route)>,
-    params: [Option<(&'static str, &'a str)>; MAX_PARAMS],
-    /// Why the path or method could mean another route to a server that normalises it
-    /// (`..`, `%2F`, an empty segment): a policy refuses such a request, even with
-    /// `unknown` allowed, since its route cannot be told.
-    ambiguous: Option<&'static str>,
-}
-
-impl<'a> Resolved<'a> {
-    /// The operation's name: the `operationId`, or `unknown`.
-    pub(crate) fn operation(&self) -> &'static str {
-        self.route.map_or(UNKNOWN, |(_, r)| r.operation)
-    }
-
-    /// The documented route, if any.
-    pub(crate) fn route(&self) -> Option<&'static Route> {
-        self.route.map(|(_, r)| r)
-    }
-
-    /// The path parameters, in the order of the template.
-    pub(crate) fn params(&self) -> impl Iterator<Item = (&'static str, &'a str)> + '_ {
-        self.params.iter().flatten().copied()
-    }
-
-    pub(crate) fn param(&self, name: &str) -> Option<&'a str> {
-        self.params().find(|(n, _)| *n == name).map(|(_, v)| v)
-    }
-
-    /// `project_id=…,api_key_id=…` (for the audit line; the values are plain segments).
-    pub(crate) fn params_text(&self) -> String {
-        let mut text = String::new();
-        for (name, value) in self.params() {
-            if !text.is_empty() {
-                text.push(',');
-            }
-            text.push_str(name);
-            text.push('=');
-            text.push_str(value);
-        }
-        text
-    }
-}
-
-/// The bytes of a plain path segment: what Admin API ids and literals are made of.
-/// Anything else (a percent-encoding, `;` parameters, `\\`) may be decoded or normalised by
-/// a server into another route than the one judged.
-const PLAIN: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'~' | b':' | b'@');
-        b += 1;
-    }
-    table
-};
-
-/// Whether a path segment is plain: [`PLAIN`] bytes, and not a dot segment.
-fn plain(segment: &str) -> bool {
-    !segment.is_empty() && segment != "." && segment != ".." && segment.bytes().all(|b| PLAIN[b as usize])
-}
-
-/// The route of `method` and `path` (a request's path, without its query).
-pub(crate) fn resolve<'a>(method: &Method, path: &'a str) -> Resolved<'a> {
-    let unknown = |ambiguous| Resolved { route: None, params: [None; MAX_PARAMS], ambiguous };
-    let Some(rest) = path.strip_prefix('/') else { return unknown(Some("the path does not start with /")) };
-    // One pass over the bytes: each checked, the segments cut at each `/`.
-    let mut segments = [""; MAX_SEGMENTS];
-    let mut n = 0;
-    let mut start = 0;
-    let bytes = rest.as_bytes();
-    for i in 0..=bytes.len() {
-        if i < bytes.len() && bytes[i] != b'/' {
-            if !PLAIN[bytes[i] as usize] {
-                return unknown(Some(
-                    "a path segment has a character other than letters, digits and -._~:@ (a percent-encoding?)",
-                ));
-            }
-            continue;
-        }
-        let segment = &rest[start..i];
-        start = i + 1;
-        if matches!(segment, "" | "." | "..") {
-            // `/` alone is the root: undocumented, but not ambiguous.
-            return unknown((path != "/").then_some(match segment {
-                "" => "the path has an empty segment (// or a trailing /)",
-                _ => "the path has a dot segment",
-            }));
-        }
-        if n == MAX_SEGMENTS {
-            return unknown(None);
-        }
-        segments[n] = segment;
-        n += 1;
-    }
-    let segments = &segments[..n];
-    // A HEAD is the GET of its path without the body (RFC 9110 §9.3.2): judged as that GET.
-    let method = if *method == Method::HEAD { &Method::GET } else { method };
-    let candidates = BY_SEGMENTS[n].clone();
-    'routes: for (index, route) in ROUTES.iter().enumerate().skip(candidates.start).take(candidates.len()) {
-        if route.method != *method {
-            continue;
-        }
-        let mut params = [None; MAX_PARAMS];
-        let mut k = 0;
-        for (template, segment) in route.segments.iter().zip(segments) {
-            match template {
-                Segment::Literal(literal) if literal == segment => {}
-                Segment::Param(name) if k < MAX_PARAMS => {
-                    params[k] = Some((*name, *segment));
-                    k += 1;
-                }
-                _ => continue 'routes,
-            }
-        }
-        return Resolved { route: Some((index, route)), params, ambiguous: None };
-    }
-    // Off the path of documented requests: an extension method that is a standard one in
-    // another case, or a documented route in other letter case (`/Admin/Projects`), which
-    // a case-insensitive server would take for that route.
-    let variant =
-        !METHODS.contains(&method.as_str()) && METHODS.iter().any(|m| m.eq_ignore_ascii_case(method.as_str()));
-    if variant {
-        return unknown(Some("the method is a case variant of a standard one"));
-    }
-    let routes = &ROUTES[candidates];
-    let case_variant = routes.iter().any(|route| route.method == *method && same_but_for_case(route, segments));
-    unknown(case_variant.then_some("the path differs from a documented route only in letter case"))
-}
-
-/// Whether `segments` match the route's template when letter case is ignored.
-fn same_but_for_case(route: &Route, segments: &[&str]) -> bool {
-    route.segments.iter().zip(segments).all(|(template, segment)| match template {
-        Segment::Literal(literal) => literal.eq_ignore_ascii_case(segment),
-        Segment::Param(_) => true,
-    })
-}
-
-/// Every operation name the policy accepts: the routes' names and their aliases.
-pub(crate) fn operation_names() -> impl Iterator<Item = &'static str> {
-    ROUTES.iter().flat_map(|r| std::iter::once(r.operation).chain(r.aliases.iter().copied()))
-}
 
 /// Whether an operation is limited by `policy.projects`: its path names a project, or an
 /// API key (whose project is looked up).
@@ -334,18 +153,18 @@ impl Policy {
     /// The decision for a request, as far as it can be made without the network.
     pub(crate) fn decide(&self, resolved: &Resolved<'_>) -> Decision<'_> {
         let op = resolved.operation();
-        if let Some(why) = resolved.ambiguous {
+        if let Some(why) = resolved.ambiguous() {
             return Decision::Refused(format!(
                 "the request cannot be matched to an Admin API operation: {why}; a policy forwards only \
                  requests whose route it can tell"
             ));
         }
-        let index = resolved.route.map(|(i, _)| i);
+        let index = resolved.index();
         if let Some(entry) = self.deny.find(index) {
             return Decision::Refused(format!("{op} is denied by policy.deny ({entry:?})"));
         }
         let Some(entry) = self.allow.find(index) else {
-            return Decision::Refused(match resolved.route {
+            return Decision::Refused(match resolved.route() {
                 Some(_) => format!("{op} is not in policy.allow"),
                 None => "the route is not an Admin API operation (unknown), and policy.allow has no \"unknown\"".into(),
             });
@@ -509,42 +328,6 @@ mod tests {
     }
 
     #[test]
-    fn routes_resolve_with_their_parameters() {
-        let r = resolve(&Method::GET, "/admin/projects/p-1/api-keys");
-        assert_eq!(r.operation(), "list_project_api_keys");
-        assert_eq!(r.params().collect::<Vec<_>>(), [("project_id", "p-1")]);
-        assert_eq!(r.params_text(), "project_id=p-1");
-        assert_eq!(resolve(&Method::DELETE, "/admin/api-keys/k-9").param("api_key_id"), Some("k-9"));
-        assert_eq!(resolve(&Method::HEAD, "/admin/projects").operation(), "list_projects", "HEAD is GET");
-        for (method, path, ambiguous) in [
-            (Method::GET, "/", false),
-            (Method::PUT, "/admin/projects", false),
-            (Method::GET, "/admin/nothing", false),
-            (Method::GET, "/a/b/c/d/e/f/g/h/i/j", false),
-            (Method::from_bytes(b"PROPFIND").unwrap(), "/admin/projects", false),
-            (Method::GET, "/admin/projects/", true),
-            (Method::GET, "/admin/projects//api-keys", true),
-            (Method::GET, "admin/projects", true),
-            (Method::DELETE, "/admin/projects/p-1/../p-2", true),
-            (Method::DELETE, "/admin/projects/./p-2", true),
-            (Method::POST, "/admin/projects/p-2/api%2Dkeys", true),
-            (Method::DELETE, "/admin/projects/p-1%2F..%2Fp-2", true),
-            (Method::DELETE, "/admin/projects/p-2;x=1", true),
-            (Method::DELETE, "/admin/projects/p-2\\x", true),
-            (Method::from_bytes(b"delete").unwrap(), "/admin/projects/p-2", true),
-            (Method::GET, "/Admin/Projects", true),
-            (Method::DELETE, "/admin/PROJECTS/p-2", true),
-            (Method::GET, "/admin/projects/p-2/API-keys", true),
-            (Method::POST, "/ADMIN/projects/p-2/api-keys", true),
-            (Method::GET, "/Admin/Nothing", false),
-        ] {
-            let r = resolve(&method, path);
-            assert_eq!(r.operation(), UNKNOWN, "{method} {path}");
-            assert_eq!(r.ambiguous.is_some(), ambiguous, "{method} {path}");
-        }
-    }
-
-    #[test]
     fn decisions_name_their_rule() {
         let p = policy(&["read_only", "create_api_key"], &["fetch_organization"], &["p-1"]);
         let d = |m: Method, path: &str| p.decide(&resolve(&m, path));
@@ -626,87 +409,5 @@ mod tests {
         assert_eq!(lines[1], "policy: only in projects p-1: create_api_key");
         assert!(lines[2].ends_with(": list_projects, list_service_accounts"), "{}", lines[2]);
         assert_eq!(lines[3], "policy: undocumented routes (unknown): refused");
-    }
-
-    /// Every operation of every specification, read here from the YAML apart from
-    /// `build.rs`: a concrete path made of its template resolves to it (or to the newer name
-    /// of its route, with this one as an alias), with its path parameters.
-    #[test]
-    fn every_operation_of_every_spec_resolves_to_itself() {
-        use yaml_rust2::YamlLoader;
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("spec/pinecone");
-        let mut seen = 0;
-        for file in std::fs::read_dir(&dir).unwrap() {
-            let file = file.unwrap().path();
-            if !file.file_name().unwrap().to_str().unwrap().starts_with("admin_") {
-                continue;
-            }
-            let docs = YamlLoader::load_from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-            for (template, item) in docs[0]["paths"].as_hash().unwrap() {
-                let template = template.as_str().unwrap();
-                for (method, op) in item.as_hash().unwrap() {
-                    let Some(id) = op["operationId"].as_str() else { continue };
-                    let method = Method::from_bytes(method.as_str().unwrap().to_ascii_uppercase().as_bytes()).unwrap();
-                    let mut expected = Vec::new();
-                    let path: Vec<String> = template
-                        .split('/')
-                        .map(|s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                            Some(name) => {
-                                let value = format!("{name}-3fa85f64-5717-4562-b3fc-2c963f66afa6");
-                                expected.push((name.to_owned(), value.clone()));
-                                value
-                            }
-                            None => s.to_owned(),
-                        })
-                        .collect();
-                    let path = path.join("/");
-                    let r = resolve(&method, &path);
-                    let route = r.route().unwrap_or_else(|| panic!("{}: {method} {path} is unknown", file.display()));
-                    assert!(
-                        route.operation == id || route.aliases.contains(&id),
-                        "{}: {method} {template} is {id}, resolved to {}",
-                        file.display(),
-                        route.operation
-                    );
-                    let params: Vec<(String, String)> = r.params().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
-                    assert_eq!(params, expected, "{method} {template}");
-                    assert!(operation_names().any(|n| n == id));
-                    seen += 1;
-                }
-            }
-        }
-        assert!(seen >= 5 * 13 + 19, "{seen} operations in the specs");
-    }
-
-    /// `spec/pinecone/` is the crate's copy of the specifications in the project's shared
-    /// folder (`../shared/pinecone/`, beside the repository where it is checked out with
-    /// it): the copy must be the same, file for file, so the route table is never stale.
-    #[test]
-    fn the_specs_are_the_shared_ones() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let shared = root.join("../shared/pinecone");
-        let Ok(entries) = std::fs::read_dir(&shared) else {
-            eprintln!("no {}: the copy in spec/pinecone is not compared", shared.display());
-            return;
-        };
-        let mut compared = 0;
-        for entry in entries {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-            if name.starts_with("admin_") && name.ends_with(".oas.yaml") {
-                let ours = std::fs::read(root.join("spec/pinecone").join(&name))
-                    .unwrap_or_else(|_| panic!("{name} is in {} but not in spec/pinecone", shared.display()));
-                assert!(
-                    ours == std::fs::read(&path).unwrap(),
-                    "spec/pinecone/{name} differs from the shared one: copy it"
-                );
-                compared += 1;
-            }
-        }
-        assert_eq!(
-            compared,
-            std::fs::read_dir(root.join("spec/pinecone")).unwrap().count(),
-            "a spec that is not shared"
-        );
     }
 }

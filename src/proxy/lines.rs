@@ -6,7 +6,7 @@ use super::Outcome;
 use super::Proxy;
 use super::headers::X_PINECONE_REQUEST_ID;
 use crate::body::Body;
-use crate::policy::Resolved;
+use crate::routes::Resolved;
 use http::{Method, Response};
 use std::time::Duration;
 

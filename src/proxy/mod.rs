@@ -29,8 +29,9 @@ use crate::config::Limits;
 use crate::config::UpstreamConfig;
 use crate::metrics::{Metrics, ReplayResult};
 use crate::net::is_loopback_host;
-use crate::policy::{Decision, Policy, Resolved};
+use crate::policy::{Decision, Policy};
 use crate::replay::{Buffered, NotKept, ReplayBudget, RequestBody};
+use crate::routes::Resolved;
 use crate::token::TokenSource;
 use crate::upstream::{SendError, Upstream};
 use bytes::Bytes;
@@ -139,7 +140,7 @@ impl Proxy {
         // A clone of the URI shares its bytes with the request: no copy of the path.
         let uri = request.uri().clone();
         let path = uri.path();
-        let resolved = crate::policy::resolve(&method, path);
+        let resolved = crate::routes::resolve(&method, path);
         let mut outcome = Outcome::default();
         let response = match self.forward(request, &resolved, &mut outcome).await {
             Ok(response) => response,
