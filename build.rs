@@ -3,7 +3,7 @@
 //! path template becomes one route with its `operationId`; where versions named a route
 //! differently, the newest name is the route's and the older ones are aliases. The YAML stays
 //! the single source: the table is written to `$OUT_DIR/routes.rs` at each build that sees a
-//! spec change, and `crate::policy` includes it.
+//! spec change, and `crate::routes` includes it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -57,7 +57,7 @@ fn main() {
     let mut by_segments = [(0usize, 0usize); 9];
     for (i, ((path, _), _)) in routes.iter().enumerate() {
         let n = path.matches('/').count();
-        assert!(n < by_segments.len(), "{path}: more segments than policy::MAX_SEGMENTS");
+        assert!(n < by_segments.len(), "{path}: more segments than routes::MAX_SEGMENTS");
         if by_segments[n].1 == 0 {
             by_segments[n].0 = i;
         }

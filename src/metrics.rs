@@ -65,173 +65,167 @@ impl Default for Metrics {
     }
 }
 
+/// Makes each metric and registers it in the same step, so that no metric is made and
+/// forgotten: what `Metrics` holds is what the registry exposes.
+struct Registering(Registry);
+
+impl Registering {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, metric: C) -> C {
+        self.0.register(Box::new(metric.clone())).expect("unique metric names");
+        metric
+    }
+
+    fn opts(name: &str, help: &str) -> Opts {
+        Opts::new(format!("pinecone_proxy_{name}"), help)
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::with_opts(Self::opts(name, help)).expect("valid metric"))
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Self::opts(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Gauge {
+        self.add(Gauge::with_opts(Self::opts(name, help)).expect("valid metric"))
+    }
+
+    fn gauges(&self, name: &str, help: &str, label: &str) -> GaugeVec {
+        self.add(GaugeVec::new(Self::opts(name, help), &[label]).expect("valid metric"))
+    }
+
+    fn int_gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::with_opts(Self::opts(name, help)).expect("valid metric"))
+    }
+
+    /// `build_info`, and the process metrics under their standard names.
+    fn standard(&self) {
+        let build_info = prometheus::IntGaugeVec::new(
+            Registering::opts("build_info", "Always 1; the version is a label."),
+            &["version"],
+        )
+        .expect("valid metric");
+        self.add(build_info).with_label_values(&[crate::VERSION]).set(1);
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        // process_max_fds, …: the standard names, read from /proc at each scrape.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        self.0.register(Box::new(process)).expect("unique metric names");
+    }
+
+    fn histogram(&self, name: &str, help: &str) -> Histogram {
+        // From a millisecond (a cached token, a local upstream) to the 60 s upstream timeout.
+        let buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let opts = HistogramOpts::new(format!("pinecone_proxy_{name}"), help).buckets(buckets);
+        self.add(Histogram::with_opts(opts).expect("valid histogram"))
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let opts = |name: &str, help: &str| Opts::new(format!("pinecone_proxy_{name}"), help);
-        let hist = |name: &str, help: &str, buckets: Vec<f64>| {
-            Histogram::with_opts(HistogramOpts::new(format!("pinecone_proxy_{name}"), help).buckets(buckets))
-                .expect("valid histogram")
-        };
-        let requests = IntCounterVec::new(
-            opts("requests_total", "Requests answered, by method, status code and Admin API operation."),
-            &["method", "code", "operation"],
-        )
-        .expect("valid metric");
-        let upstream_errors = IntCounterVec::new(
-            opts("upstream_errors_total", "Requests that failed towards the upstream, by reason."),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let token_requests = IntCounterVec::new(
-            opts("token_requests_total", "Token requests, by result: success, transient_error, rejected."),
+        let r = Registering(Registry::new());
+        let upstream_errors =
+            r.counters("upstream_errors_total", "Requests that failed towards the upstream, by reason.", &["reason"]);
+        let token_requests = r.counters(
+            "token_requests_total",
+            "Token requests, by result: success, transient_error, rejected.",
             &["result"],
-        )
-        .expect("valid metric");
-        let replays = IntCounterVec::new(
-            opts(
-                "replays_total",
-                "Requests that saw a 401, by what became of them: success, unauthorized, too_large, no_token, no_budget.",
+        );
+        let replays = r.counters(
+            "replays_total",
+            "Requests that saw a 401, by what became of them: success, unauthorized, too_large, no_token, no_budget.",
+            &["result"],
+        );
+        r.standard();
+        let [token_expiry, token_refresh, token_refresh_due] = Self::token_times(&r);
+        let [inflight, open_connections, max_connections, replay_memory] = Self::load(&r);
+        Self {
+            requests: r.counters(
+                "requests_total",
+                "Requests answered, by method, status code and Admin API operation.",
+                &["method", "code", "operation"],
             ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let build_info =
-            prometheus::IntGaugeVec::new(opts("build_info", "Always 1; the version is a label."), &["version"])
-                .expect("valid metric");
-        build_info.with_label_values(&[crate::VERSION]).set(1);
-
-        let latency_buckets =
-            vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
-        let m = Self {
-            request_duration: hist(
+            request_duration: r.histogram(
                 "request_duration_seconds",
                 "Time from receiving a request to sending its response headers.",
-                latency_buckets.clone(),
             ),
             upstream_unreachable: upstream_errors.with_label_values(&["upstream_unreachable"]),
             upstream_timeout: upstream_errors.with_label_values(&["upstream_timeout"]),
             token_success: token_requests.with_label_values(&["success"]),
             token_transient: token_requests.with_label_values(&["transient_error"]),
             token_rejected: token_requests.with_label_values(&["rejected"]),
-            token_request_duration: hist(
-                "token_request_duration_seconds",
-                "Duration of token requests.",
-                latency_buckets,
-            ),
-            token_expiry: Gauge::with_opts(opts(
-                "token_expiry_timestamp_seconds",
-                "When the current token expires (UNIX time).",
-            ))
-            .expect("valid metric"),
-            token_usable: IntGauge::with_opts(opts("token_usable", "1 while a usable token is held."))
-                .expect("valid metric"),
-            token_refresh: Gauge::with_opts(opts(
-                "token_refresh_timestamp_seconds",
-                "When the next token request is due (UNIX time).",
-            ))
-            .expect("valid metric"),
-            token_refresh_due: Gauge::with_opts(opts(
-                "token_refresh_due_timestamp_seconds",
-                "When the current token is due to be replaced (UNIX time); a past time means its refresh is late.",
-            ))
-            .expect("valid metric"),
-            token_budget_exhausted: IntCounter::with_opts(opts(
+            token_request_duration: r.histogram("token_request_duration_seconds", "Duration of token requests."),
+            token_expiry,
+            token_refresh,
+            token_refresh_due,
+            token_usable: r.int_gauge("token_usable", "1 while a usable token is held."),
+            token_budget_exhausted: r.counter(
                 "token_budget_exhausted_total",
                 "Times a token request was held back by token.max_requests_per_minute.",
-            ))
-            .expect("valid metric"),
-            upstream_unauthorized: IntCounter::with_opts(opts(
-                "upstream_unauthorized_total",
-                "Upstream 401 answers to requests that carried our token.",
-            ))
-            .expect("valid metric"),
-            replays: [
-                replays.with_label_values(&["success"]),
-                replays.with_label_values(&["unauthorized"]),
-                replays.with_label_values(&["too_large"]),
-                replays.with_label_values(&["no_token"]),
-                replays.with_label_values(&["no_budget"]),
-            ],
-            inflight: IntGauge::with_opts(opts("inflight_requests", "Requests being forwarded now."))
-                .expect("valid metric"),
-            open_connections: IntGauge::with_opts(opts(
-                "open_connections",
-                "Connections open on listen (at most limits.max_connections).",
-            ))
-            .expect("valid metric"),
-            max_connections: IntGauge::with_opts(opts(
+            ),
+            upstream_unauthorized: r
+                .counter("upstream_unauthorized_total", "Upstream 401 answers to requests that carried our token."),
+            replays: ["success", "unauthorized", "too_large", "no_token", "no_budget"]
+                .map(|result| replays.with_label_values(&[result])),
+            inflight,
+            open_connections,
+            max_connections,
+            replay_memory,
+            limit_hits: r.counters(
+                "limit_hits_total",
+                "Times a limit of the request path bit, by limit: max_connections, first_byte_timeout, \
+                 header_read_timeout, idle_timeout, body_read_timeout, max_head_bytes, head_memory, accept_errors.",
+                &["limit"],
+            ),
+            quota: Self::quota_gauges(&r),
+            shared_cache_errors: r.counters(
+                "shared_cache_errors_total",
+                "Times the shared token cache failed and the proxy fetched for itself, by reason: \
+                 unreachable, timeout, error, unreadable, lock_wait.",
+                &["reason"],
+            ),
+            registry: r.0,
+        }
+    }
+
+    /// `token_quota_limit`, `token_quota_remaining`, `token_quota_reset_timestamp_seconds`.
+    fn quota_gauges(r: &Registering) -> [GaugeVec; 3] {
+        [
+            ("token_quota_limit", "Token requests a quota bucket allows (per_hour, per_day, rate), as last reported."),
+            ("token_quota_remaining", "Token requests left in a quota bucket, as last reported."),
+            ("token_quota_reset_timestamp_seconds", "When a quota bucket fills again (UNIX time)."),
+        ]
+        .map(|(name, help)| r.gauges(name, help, "bucket"))
+    }
+
+    /// When the token expires, when the next token request is due, when the token is due
+    /// to be replaced: UNIX times.
+    fn token_times(r: &Registering) -> [Gauge; 3] {
+        [
+            r.gauge("token_expiry_timestamp_seconds", "When the current token expires (UNIX time)."),
+            r.gauge("token_refresh_timestamp_seconds", "When the next token request is due (UNIX time)."),
+            r.gauge(
+                "token_refresh_due_timestamp_seconds",
+                "When the current token is due to be replaced (UNIX time); a past time means its refresh is late.",
+            ),
+        ]
+    }
+
+    /// What the request path holds now: requests, connections, the connection cap, replay memory.
+    fn load(r: &Registering) -> [IntGauge; 4] {
+        [
+            r.int_gauge("inflight_requests", "Requests being forwarded now."),
+            r
+                .int_gauge("open_connections", "Connections open on listen (at most limits.max_connections)."),
+            r.int_gauge(
                 "max_connections",
                 "Connections listen accepts at most: limits.max_connections, lowered to fit the open-file limit.",
-            ))
-            .expect("valid metric"),
-            replay_memory: IntGauge::with_opts(opts(
+            ),
+            r.int_gauge(
                 "replay_memory_bytes",
                 "Memory held for 401 replays now, by all requests: the capacity of their buffers (at most limits.replay_memory).",
-            ))
-            .expect("valid metric"),
-            limit_hits: IntCounterVec::new(
-                opts(
-                    "limit_hits_total",
-                    "Times a limit of the request path bit, by limit: max_connections, first_byte_timeout, \
-                     header_read_timeout, idle_timeout, body_read_timeout, max_head_bytes, head_memory, accept_errors.",
-                ),
-                &["limit"],
-            )
-            .expect("valid metric"),
-            quota: [
-                (
-                    "token_quota_limit",
-                    "Token requests a quota bucket allows (per_hour, per_day, rate), as last reported.",
-                ),
-                ("token_quota_remaining", "Token requests left in a quota bucket, as last reported."),
-                ("token_quota_reset_timestamp_seconds", "When a quota bucket fills again (UNIX time)."),
-            ]
-            .map(|(name, help)| GaugeVec::new(opts(name, help), &["bucket"]).expect("valid metric")),
-            shared_cache_errors: IntCounterVec::new(
-                opts(
-                    "shared_cache_errors_total",
-                    "Times the shared token cache failed and the proxy fetched for itself, by reason: \
-                     unreachable, timeout, error, unreadable, lock_wait.",
-                ),
-                &["reason"],
-            )
-            .expect("valid metric"),
-            requests,
-            registry,
-        };
-        let r = &m.registry;
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(m.requests.clone()),
-            Box::new(m.request_duration.clone()),
-            Box::new(upstream_errors),
-            Box::new(token_requests),
-            Box::new(m.token_request_duration.clone()),
-            Box::new(m.token_expiry.clone()),
-            Box::new(m.token_usable.clone()),
-            Box::new(m.token_refresh.clone()),
-            Box::new(m.token_refresh_due.clone()),
-            Box::new(m.token_budget_exhausted.clone()),
-            Box::new(m.upstream_unauthorized.clone()),
-            Box::new(replays),
-            Box::new(m.inflight.clone()),
-            Box::new(m.open_connections.clone()),
-            Box::new(m.max_connections.clone()),
-            Box::new(m.replay_memory.clone()),
-            Box::new(m.limit_hits.clone()),
-            Box::new(m.quota[0].clone()),
-            Box::new(m.quota[1].clone()),
-            Box::new(m.quota[2].clone()),
-            Box::new(m.shared_cache_errors.clone()),
-            Box::new(build_info),
-            // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
-            // process_max_fds, …: the standard names, read from /proc at each scrape.
-            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
-        ];
-        for c in collectors {
-            r.register(c).expect("unique metric names");
-        }
-        m
+            ),
+        ]
     }
 
     /// Counts one answered request. The method label is a closed set (unknown methods are
