@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 /// A bound listener.
@@ -163,73 +163,115 @@ pub async fn serve<S, F>(
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    let ServeOptions { grace, limits, metrics, per_peer, evict_idle } = options;
-    let admission = Admission::new(per_peer);
-    let builder = Arc::new(builder(&limits));
-    let limits = Arc::new(limits);
-    let events = Arc::new(LimitEvents::new(name, metrics.clone()));
-    let gauge = metrics.as_ref().map(|m| m.open_connections.clone());
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let heads = HeadBudget::new(limits.head_memory);
-    let draining = Trigger::default();
-    let mut tasks = JoinSet::new();
+    let grace = options.grace;
+    let mut open = Connections::new(name, options);
     let mut backoff = ACCEPT_BACKOFF_MIN;
     tokio::pin!(stop);
-
     loop {
-        // A free slot first: at the limit, connections wait in the kernel's backlog.
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                events.hit(Limit::MaxConnections, &limits.max_connections);
-                if evict_idle {
-                    // Its slot comes back as soon as its task ends.
-                    admission.evict_longest_idle();
-                }
-                tokio::select! {
-                    () = &mut stop => break,
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-                }
-            }
-        };
         let accepted = tokio::select! {
             () = &mut stop => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-            accepted = accept(&listener) => accepted,
+            accepted = open.accept(&listener) => accepted,
         };
-        let (stream, peer) = match accepted {
-            Ok(conn) => {
+        match accepted {
+            Ok((slot, stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                conn
+                open.spawn(slot, stream, peer, make_service(peer));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning;
                 // the connections that are open go on being served meanwhile.
-                events.hit(Limit::AcceptErrors, &e);
-                drop(slot);
+                open.events.hit(Limit::AcceptErrors, &e);
                 tokio::select! {
                     () = &mut stop => break,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                continue;
+            }
+        }
+    }
+    drop(listener);
+    open.drain(grace).await;
+}
+
+/// One listener's open connections, what they share, and the tasks that serve them.
+struct Connections {
+    name: &'static str,
+    admission: Arc<Admission>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Arc<Limits>,
+    events: Arc<LimitEvents>,
+    gauge: Option<prometheus::IntGauge>,
+    /// One permit a connection: `limits.max_connections`.
+    slots: Arc<Semaphore>,
+    heads: Arc<HeadBudget>,
+    evict_idle: bool,
+    draining: Trigger,
+    tasks: JoinSet<()>,
+}
+
+impl Connections {
+    fn new(name: &'static str, options: ServeOptions) -> Self {
+        let ServeOptions { grace: _, limits, metrics, per_peer, evict_idle } = options;
+        Self {
+            name,
+            admission: Admission::new(per_peer),
+            builder: Arc::new(builder(&limits)),
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            heads: HeadBudget::new(limits.head_memory),
+            limits: Arc::new(limits),
+            events: Arc::new(LimitEvents::new(name, metrics.clone())),
+            gauge: metrics.as_ref().map(|m| m.open_connections.clone()),
+            evict_idle,
+            draining: Trigger::default(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// The next connection, with its slot: a free slot first (at the limit, connections
+    /// wait in the kernel's backlog, or the longest idle is evicted to make room), then
+    /// the accept. Cancel-safe: a slot or stream not returned is let go.
+    async fn accept(&mut self, listener: &Listener) -> io::Result<(OwnedSemaphorePermit, Stream, Option<SocketAddr>)> {
+        // The tasks that ended are reaped here, so the set stays as large as what is open.
+        while self.tasks.try_join_next().is_some() {}
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                self.events.hit(Limit::MaxConnections, &self.limits.max_connections);
+                if self.evict_idle {
+                    // Its slot comes back as soon as its task ends.
+                    self.admission.evict_longest_idle();
+                }
+                self.slots.clone().acquire_owned().await.expect("the semaphore is never closed")
             }
         };
-        let conn = ConnState::new(heads.clone());
+        let (stream, peer) = accept(listener).await?;
+        Ok((slot, stream, peer))
+    }
+
+    /// Serves one accepted connection in a task of its own, unless its peer is over its
+    /// share ([`crate::admission`]).
+    fn spawn<S>(&mut self, slot: OwnedSemaphorePermit, stream: Stream, peer: Option<SocketAddr>, service: S)
+    where
+        S: tower::Service<http::Request<Incoming>, Response = http::Response<Body>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        let conn = ConnState::new(self.heads.clone());
         let close = Trigger::default();
-        let Some(admitted) = admission.admit(peer.map(|p| p.ip()), conn.clone(), close.clone()) else {
-            events.hit(Limit::PeerConnections, &format_args!("{}", peer.map_or(String::new(), |p| p.ip().to_string())));
-            continue;
+        let Some(admitted) = self.admission.admit(peer.map(|p| p.ip()), conn.clone(), close.clone()) else {
+            let peer = peer.map_or(String::new(), |p| p.ip().to_string());
+            self.events.hit(Limit::PeerConnections, &format_args!("{peer}"));
+            return;
         };
         let io = TokioIo::new(Watched::new(stream, conn.clone()));
-        let service = TowerToHyperService::new(Tracked::new(make_service(peer), conn.clone()));
-        let connection = builder.serve_connection(io, service).into_owned();
-        let (limits, events, gauge, stopping) = (limits.clone(), events.clone(), gauge.clone(), draining.wait());
+        let service = TowerToHyperService::new(Tracked::new(service, conn.clone()));
+        let connection = self.builder.serve_connection(io, service).into_owned();
+        let (limits, events, gauge) = (self.limits.clone(), self.events.clone(), self.gauge.clone());
+        let stopping = self.draining.wait();
         if let Some(g) = &gauge {
             g.inc();
         }
-        tasks.spawn(async move {
+        self.tasks.spawn(async move {
             let (_slot, _admitted) = (slot, admitted);
             let stopping = async {
                 tokio::select! {
@@ -243,17 +285,20 @@ pub async fn serve<S, F>(
             }
         });
     }
-    drop(listener);
-    let open = tasks.len();
-    if open > 0 {
-        tracing::info!(listener = name, connections = open, grace = ?grace, "draining connections");
+
+    /// Tells every connection to finish, waits up to `grace` for them, and aborts the rest.
+    async fn drain(mut self, grace: Duration) {
+        let open = self.tasks.len();
+        if open > 0 {
+            tracing::info!(listener = self.name, connections = open, grace = ?grace, "draining connections");
+        }
+        self.draining.fire();
+        let drained = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!(listener = self.name, "shutdown grace period over; closing the remaining connections");
+        }
+        self.tasks.shutdown().await;
     }
-    draining.fire();
-    let drained = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, drained).await.is_err() {
-        tracing::warn!(listener = name, "shutdown grace period over; closing the remaining connections");
-    }
-    tasks.shutdown().await;
 }
 
 /// The first pause after a failed accept, and the longest (PRODUCT.md: up to 1 s).
