@@ -15,6 +15,10 @@ Per row: requests a second, latency percentiles, CPU time per request of the pro
 under test (utime + stime from /proc, the upstream's excluded), its RSS idle and under
 load, token requests (from the proxy's /metrics) and new upstream connections (TCP
 active opens on the machine, less the load generator's own) during the measured window.
+
+`BENCH_ALSO="label=path,…"` measures other builds of the proxy in the same rounds (rows
+"proxy:label"), e.g. the previous commit's binary, so that two builds are compared within
+one run rather than across runs.
 """
 
 import http.client
@@ -122,8 +126,8 @@ def upstream_conns(pid):
     return sum(1 for line in out.splitlines() if f"pid={pid}," in line)
 
 
-def token_requests():
-    _, body = http_get(OPS, "/metrics")
+def token_requests(ops=OPS):
+    _, body = http_get(ops, "/metrics")
     return sum(float(l.split()[-1]) for l in body.decode().splitlines() if l.startswith("pinecone_proxy_token_requests_total{"))
 
 
@@ -141,13 +145,14 @@ class RssSampler(threading.Thread):
             time.sleep(0.05)
 
 
-def measure(name, port, pids, headers, conns, lua, proxy=False):
+def measure(name, port, pids, headers, conns, lua, proxy=None):
+    """`proxy`: the ops port of the proxy under test, None for the others."""
     url = f"http://127.0.0.1:{port}/admin/projects"
     hdr = sum((["-H", f"{k}: {v}"] for k, v in headers.items()), [])
     warm = ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{WARMUP}s"] + hdr + [url]
     subprocess.run(warm, check=True, stdout=subprocess.DEVNULL)
     idle = rss_kib(pids)
-    tokens0 = token_requests() if proxy else 0
+    tokens0 = token_requests(proxy) if proxy else 0
     pool0 = upstream_conns(pids[0]) if proxy else 0
     opens0, ticks0 = active_opens(), cpu_ticks(pids)
     sampler = RssSampler(pids)
@@ -157,7 +162,7 @@ def measure(name, port, pids, headers, conns, lua, proxy=False):
     ticks1, opens1 = cpu_ticks(pids), active_opens()
     sampler.stop = True
     sampler.join()
-    tokens = token_requests() - tokens0 if proxy else None
+    tokens = token_requests(proxy) - tokens0 if proxy else None
     m = re.search(r"BENCH (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)", out)
     reqs, dur_us, p50, p99, p999, errors = map(int, m.groups())
     # wrk opens its connections, and one more to check the target, inside the window;
@@ -302,6 +307,17 @@ def main():
         while http_get(OPS, "/readyz")[0] != 200:
             time.sleep(0.01)
 
+        also = []
+        for i, item in enumerate(filter(None, os.environ.get("BENCH_ALSO", "").split(","))):
+            label, path = item.split("=", 1)
+            port, ops = 18490 + i, 19490 + i
+            p = spawn([path, "--listen", f"127.0.0.1:{port}", "--ops-listen", f"127.0.0.1:{ops}"], 1,
+                      env=env, stdout=log, stderr=log)
+            wait_port(ops)
+            while http_get(ops, "/readyz")[0] != 200:
+                time.sleep(0.01)
+            also.append((f"proxy:{label}", port, [p.pid], {}, ops))
+
         # The same forwarding twice: without an access log (the reference) and with one.
         servers = "".join(f"""  server {{
     listen 127.0.0.1:{port};
@@ -338,8 +354,8 @@ http {{
         upstream_pid = procs[0].pid
         # Rounds interleave the three targets, so that a slow spell of a shared machine hits
         # all of them; each figure of a row is its median over the rounds.
-        targets = (("direct", UPSTREAM, [upstream_pid], auth, False), ("nginx", NGINX, nginx_pids, {}, False),
-                   ("nginx+log", NGINX_LOG, nginx_pids, {}, False), ("proxy", PROXY, [proxy.pid], {}, True))
+        targets = (("direct", UPSTREAM, [upstream_pid], auth, None), ("nginx", NGINX, nginx_pids, {}, None),
+                   ("nginx+log", NGINX_LOG, nginx_pids, {}, None), ("proxy", PROXY, [proxy.pid], {}, OPS), *also)
         rows = []
         for conns in (1, 16, 64):
             runs = {name: [] for name, *_ in targets}

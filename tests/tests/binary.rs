@@ -6,7 +6,6 @@ use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use parking_lot::Mutex;
 use pinecone_admin_proxy::body::{empty, full};
 use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET};
@@ -161,49 +160,45 @@ async fn spawn(envs: &[(&str, &str)]) -> Proc {
 }
 
 async fn spawn_under(prefix: &[&str], envs: &[(&str, &str)]) -> Proc {
-    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let ops: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let (l, o) = (listen.to_string(), ops.to_string());
-    let envs = [envs, &[("PINECONE_PROXY_LISTEN", l.as_str()), ("PINECONE_PROXY_OPS_LISTEN", o.as_str())]].concat();
-    let proc = Proc::start(command_under(prefix, &[], &envs), listen, ops);
-    assert!(pinecone_admin_proxy::wait::wait_ready(ops, Duration::from_secs(10)).await, "proxy ready");
+    let ports = [("PINECONE_PROXY_LISTEN", "127.0.0.1:0"), ("PINECONE_PROXY_OPS_LISTEN", "127.0.0.1:0")];
+    let proc = Proc::started(command_under(prefix, &[], &[envs, &ports].concat())).await;
+    assert!(pinecone_admin_proxy::wait::wait_ready(proc.ops, Duration::from_secs(10)).await, "proxy ready");
     proc
 }
 
-impl Proc {
-    /// Runs `command` (whose listeners are `listen` and `ops`) until its `/healthz`
-    /// answers, ready or not.
-    pub(crate) async fn spawn_unready(command: Command, listen: &str, ops: &str) -> Proc {
-        let proc = Proc::start(command, listen.parse().unwrap(), ops.parse().unwrap());
-        let healthz = format!("http://{ops}/healthz");
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                let probe = Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build::<_, pinecone_admin_proxy::body::Body>(
-                        hyper_util::client::legacy::connect::HttpConnector::new(),
-                    )
-                    .get(healthz.parse().unwrap());
-                if probe.await.is_ok_and(|r| r.status() == 200) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("the proxy answers /healthz");
-        proc
+/// The addresses in a "pinecone-admin-proxy started" line, text or JSON.
+fn started_addresses(line: &str) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    if !line.contains("pinecone-admin-proxy started") {
+        return None;
     }
+    let field = |name: &str| {
+        [format!(" {name}="), format!("\"{name}\":\"")].iter().find_map(|pattern| {
+            let rest = &line[line.find(pattern.as_str())? + pattern.len()..];
+            let end = rest.find(|c: char| c.is_whitespace() || c == '"').unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        })
+    };
+    Some((field("listen")?, field("ops_listen")?))
+}
 
-    fn start(mut command: Command, listen: std::net::SocketAddr, ops: std::net::SocketAddr) -> Proc {
+impl Proc {
+    /// Runs `command` (listening on port 0) until it says it started, and takes the
+    /// addresses it bound from that line: ready or not, it answers `/healthz` from then on.
+    pub(crate) async fn started(mut command: Command) -> Proc {
         let mut child = command.spawn().unwrap();
         let all = Arc::new(Mutex::new(String::new()));
         let (tx, lines) = mpsc::unbounded_channel();
+        let (bound_tx, bound) = oneshot::channel();
         let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
         let log = all.clone();
         tokio::spawn(async move {
+            let mut bound_tx = Some(bound_tx);
             while let Ok(Some(line)) = stderr.next_line().await {
                 log.lock().push_str(&line);
                 log.lock().push('\n');
+                if let Some(addresses) = started_addresses(&line) {
+                    bound_tx.take().map(|tx| tx.send(addresses));
+                }
                 let _ = tx.send(line);
             }
         });
@@ -214,7 +209,15 @@ impl Proc {
             let _ = stdout.read_to_string(&mut s).await;
             log.lock().push_str(&s);
         });
+        let (listen, ops) = tokio::time::timeout(Duration::from_secs(10), bound)
+            .await
+            .unwrap_or_else(|_| panic!("no \"started\" line within 10 s:\n{}", all.lock()))
+            .unwrap_or_else(|_| panic!("the process ended before it started:\n{}", all.lock()));
         Proc { child, lines, all, ops, listen }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
     }
 
     fn signal(&self, name: &str) {
@@ -427,13 +430,12 @@ async fn demo_honours_the_configuration_and_names_what_it_sets_aside() {
         "[limits]\nmax_head_bytes = \"8KiB\"\n[policy]\nallow = [\"read_only\"]\n[token]\nurl = \"https://login.example/oauth/token\"\n",
     )
     .unwrap();
-    let (listen, ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let args = ["demo", "--config", file.to_str().unwrap(), "--listen", &listen, "--ops-listen", &ops];
+    let args = ["demo", "--config", file.to_str().unwrap(), "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"];
     let args = [&args[..], &["--upstream", "https://api.example"]].concat();
-    let child = command_under(&[], &args, &[("PINECONE_CLIENT_SECRET", "caller-secret-value")]).spawn().unwrap();
-    assert!(pinecone_admin_proxy::wait::wait_ready(ops.parse().unwrap(), Duration::from_secs(10)).await);
+    let mut proc = Proc::started(command_under(&[], &args, &[("PINECONE_CLIENT_SECRET", "caller-secret-value")])).await;
+    assert!(pinecone_admin_proxy::wait::wait_ready(proc.ops, Duration::from_secs(10)).await);
     let client = TestClient::default();
-    let base = format!("http://{listen}");
+    let base = format!("http://{}", proc.listen);
     assert_eq!(client.get(&format!("{base}/admin/projects")).await.0, 200, "the fake answers");
     let (status, headers, _) = client.post(&format!("{base}/admin/projects"), r#"{"name":"x"}"#).await;
     assert_eq!(status, 403, "[policy]");
@@ -443,19 +445,13 @@ async fn demo_honours_the_configuration_and_names_what_it_sets_aside() {
         .body(pinecone_admin_proxy::body::empty())
         .unwrap();
     assert_eq!(client.send(big).await.status(), 431, "[limits] max_head_bytes");
-    kill_term(&child);
-    let out = child.wait_with_output().await.unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    proc.signal("TERM");
+    assert_eq!(proc.exit_code().await, 0);
+    let output = proc.all.lock().clone();
     for named in
         ["token.url (file ", "upstream.url (flag --upstream)", "the client secret (env PINECONE_CLIENT_SECRET)"]
     {
-        assert!(stderr.contains(named), "{named} not named in:\n{stderr}");
+        assert!(output.contains(named), "{named} not named in:\n{output}");
     }
-    assert!(!stderr.contains("caller-secret-value"));
-    assert_eq!(out.status.code(), Some(0));
-}
-
-fn kill_term(child: &Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-s", "TERM", &pid]).status().unwrap().success());
+    assert!(!output.contains("caller-secret-value"));
 }

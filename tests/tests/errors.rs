@@ -19,7 +19,8 @@ fn assert_proxy_error(status: StatusCode, headers: &http::HeaderMap, body: &[u8]
 #[tokio::test]
 async fn unreachable_upstream_is_502() {
     let fake = fake(3600).await;
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let refusing = closed_port();
+    let closed = format!("http://127.0.0.1:{}", refusing.port);
     let proxy = start_with(&env(&fake.token_url(), &closed, &[])).await;
     let (status, headers, body) = TestClient::default().get(&url(&proxy, "/admin/projects")).await;
     assert_proxy_error(status, &headers, &body, StatusCode::BAD_GATEWAY, "upstream_unreachable");

@@ -48,11 +48,14 @@ async fn transient_faults_are_retried_after_a_backoff() {
         fake.state().push_token_faults([fault]);
         let started = Instant::now();
         let proxy = proxy_for(&fake, &[("PINECONE_PROXY_TOKEN_TIMEOUT", "500ms")]).await;
-        let token = loop {
-            if let Ok(token) = proxy.tokens.get().await {
-                break token;
+        let first = async {
+            loop {
+                if let Ok(token) = proxy.tokens.get().await {
+                    break token;
+                }
             }
         };
+        let token = tokio::time::timeout(Duration::from_secs(20), first).await.expect("a token after the retry");
         let waited = started.elapsed();
         assert_eq!(token.generation, 1, "{name}");
         assert!(waited >= min_wait, "{name}: retried after {waited:?}, sooner than {min_wait:?}");

@@ -83,7 +83,8 @@ async fn wait_exits_0_when_ready_and_1_on_timeout() {
     let out = Command::new(BIN).args(["wait", "--ops", &ops, "--timeout", "10s"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let nothing = format!("127.0.0.1:{}", free_port());
+    let refusing = closed_port();
+    let nothing = format!("127.0.0.1:{}", refusing.port);
     let started = Instant::now();
     let out = Command::new(BIN).args(["wait", "--ops", &nothing, "--timeout", "700ms"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -306,15 +306,18 @@ async fn connections_past_max_connections_wait_until_one_closes() {
         tokio::spawn(async move { TestClient::default().get(&url).await.0 })
     };
     // The five are open, accepting has paused, and the sixth is not served...
-    loop {
-        let text = metrics().await;
-        if text.contains("pinecone_proxy_open_connections 5")
-            && !text.contains("pinecone_proxy_limit_hits_total{limit=\"max_connections\"} 0")
-        {
-            break;
+    let paused = async {
+        loop {
+            let text = metrics().await;
+            if text.contains("pinecone_proxy_open_connections 5")
+                && !text.contains("pinecone_proxy_limit_hits_total{limit=\"max_connections\"} 0")
+            {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
-        tokio::task::yield_now().await;
-    }
+    };
+    tokio::time::timeout(PATIENCE, paused).await.expect("five open, and max_connections counted");
     assert!(!waiting.is_finished(), "served past max_connections");
     // ...until one of them goes.
     drop(held.pop());
@@ -425,13 +428,15 @@ async fn open_connections_counts_what_is_open() {
             String::from_utf8_lossy(&TestClient::default().get(&ops_url(&proxy, "/metrics")).await.2).into_owned();
         text.lines().find_map(|l| l.strip_prefix("pinecone_proxy_open_connections ").map(str::to_owned)).unwrap()
     };
-    while gauge().await != "3" {
-        tokio::task::yield_now().await;
-    }
+    // The gauge follows the connections' tasks, which start and end just after the sockets.
+    let reaches = |value: &'static str| async move {
+        while gauge().await != value {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, reaches("3")).await.expect("open_connections counts the three");
     drop(streams);
-    while gauge().await != "0" {
-        tokio::task::yield_now().await;
-    }
+    tokio::time::timeout(PATIENCE, reaches("0")).await.expect("open_connections back to 0 once they close");
 }
 
 /// Runs the binary in a mount namespace of its own whose `/etc/hosts` says `localhost` is
@@ -679,17 +684,16 @@ async fn until_ping_ack(stream: &mut TcpStream) -> bool {
 /// The binary in front of `fake`, ready (its `/healthz` answers) while the first token is
 /// still on its way.
 async fn spawn_demo_waiting(fake: &pinecone_admin_proxy::fake::FakePinecone) -> Proc {
-    let (listen, ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let envs = [
         ("PINECONE_CLIENT_ID", pinecone_admin_proxy::fake::DEMO_CLIENT_ID),
         ("PINECONE_CLIENT_SECRET", pinecone_admin_proxy::fake::DEMO_CLIENT_SECRET),
         ("PINECONE_PROXY_TOKEN_URL", &fake.token_url()),
         ("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url()),
         ("PINECONE_PROXY_TOKEN_TIMEOUT", "60s"),
-        ("PINECONE_PROXY_LISTEN", &listen),
-        ("PINECONE_PROXY_OPS_LISTEN", &ops),
+        ("PINECONE_PROXY_LISTEN", "127.0.0.1:0"),
+        ("PINECONE_PROXY_OPS_LISTEN", "127.0.0.1:0"),
     ];
-    Proc::spawn_unready(command_under(&[], &[], &envs), &listen, &ops).await
+    Proc::started(command_under(&[], &[], &envs)).await
 }
 
 /// The bytes of an h2c connection that opens one POST stream and sends `n` DATA frames of

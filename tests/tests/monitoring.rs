@@ -44,7 +44,8 @@ async fn the_rules_and_the_dashboard_name_only_exported_metrics() {
     // series exists.
     let fake = fake(3600).await;
     fake.state().set_quota(Some(pinecone_admin_proxy::fake::quota::Quota::parse("per_hour=10,per_day=50").unwrap()));
-    let redis = format!("redis://127.0.0.1:{}/0", free_port());
+    let refusing = closed_port();
+    let redis = format!("redis://127.0.0.1:{}/0", refusing.port);
     let proxy = proxy_for(&fake, &[("PINECONE_PROXY_TOKEN_SHARED_CACHE", &redis)]).await;
     proxy.tokens.get().await.unwrap();
     let client = TestClient::default();

@@ -24,11 +24,14 @@ async fn readiness_and_startup_follow_the_token() {
     assert_eq!(client.get(&ops_url(&proxy, "/startupz")).await.0, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(client.get(&ops_url(&proxy, "/healthz")).await.0, StatusCode::OK, "health never depends on Pinecone");
     // Wait for the retry's token: get() waits on the engine's own notification.
-    let token = loop {
-        if let Ok(t) = proxy.tokens.get().await {
-            break t;
+    let first = async {
+        loop {
+            if let Ok(token) = proxy.tokens.get().await {
+                break token;
+            }
         }
     };
+    let token = tokio::time::timeout(Duration::from_secs(20), first).await.expect("a token after the retry");
     assert_eq!(token.generation, 1);
     assert_eq!(client.get(&ops_url(&proxy, "/readyz")).await.0, StatusCode::OK);
     assert_eq!(client.get(&ops_url(&proxy, "/startupz")).await.0, StatusCode::OK);

@@ -147,7 +147,8 @@ async fn a_refused_request_needs_no_token_and_no_upstream() {
         async { http::Response::new(empty()) }
     })
     .await;
-    let closed = format!("http://127.0.0.1:{}/oauth/token", free_port());
+    let refusing = closed_port();
+    let closed = format!("http://127.0.0.1:{}/oauth/token", refusing.port);
     let proxy = start_with(&env(
         &closed,
         &upstream.url(),

@@ -4,24 +4,11 @@
 use crate::support::*;
 use pinecone_admin_proxy::fake::quota::Quota;
 use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FakePinecone};
-use pinecone_admin_proxy::token::TokenSource;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn metered(fake: &FakePinecone, spec: &str) {
     fake.state().set_quota(Some(Quota::parse(spec).expect("quota spec")));
-}
-
-/// Waits (after each token request, up to `within`) until the engine holds generation `n`.
-async fn until_generation(tokens: &TokenSource, n: u64, within: Duration) {
-    let mut changed = tokens.subscribe();
-    tokio::time::timeout(within, async {
-        while tokens.snapshot().generation.unwrap_or(0) < n {
-            changed.changed().await.expect("engine running");
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no token generation {n} within {within:?}: {:?}", tokens.snapshot()));
 }
 
 fn metric(text: &str, series: &str) -> f64 {
@@ -73,7 +60,7 @@ async fn a_spent_bucket_blocks_token_requests_until_its_reset() {
     let fake = fake(2).await;
     metered(&fake, "per_hour=2/3s");
     let proxy = proxy_for(&fake, &[("PINECONE_PROXY_TOKEN_MAX_REQUESTS_PER_MINUTE", "120")]).await;
-    until_generation(&proxy.tokens, 3, Duration::from_secs(20)).await;
+    until(&proxy.tokens, Duration::from_secs(20), "generation 3", |t| generation(t) >= 3).await;
     let state = fake.state();
     assert_eq!(state.quota_refused.load(SeqCst), 0, "a token request went into the spent bucket");
     assert_eq!(state.token_requests.load(SeqCst), 3);
@@ -98,7 +85,7 @@ async fn a_429_for_a_spent_bucket_is_obeyed_until_the_reset() {
     assert_eq!(proxy.tokens.snapshot().last_error.unwrap().kind, "transient_error");
     let reason = proxy.tokens.not_ready_reason().unwrap();
     assert!(reason.contains("quota is spent (bucket per_hour"), "{reason}");
-    until_generation(&proxy.tokens, 1, Duration::from_secs(10)).await;
+    until(&proxy.tokens, Duration::from_secs(10), "generation 1", |t| generation(t) >= 1).await;
     let state = fake.state();
     assert_eq!(state.quota_refused.load(SeqCst), 1, "one 429, then nothing until the reset");
     assert_eq!(state.token_requests.load(SeqCst), 3);
@@ -159,7 +146,7 @@ async fn a_429s_retry_after_wins_over_the_buckets_reset() {
     })
     .await;
     let proxy = start_with(&env(&format!("{}/oauth/token", endpoint.url()), &fake.api_url(), &[])).await;
-    until_generation(&proxy.tokens, 1, Duration::from_secs(20)).await;
+    until(&proxy.tokens, Duration::from_secs(20), "generation 1", |t| generation(t) >= 1).await;
     assert_eq!(count.load(SeqCst), 2, "the 429, then the token");
 }
 

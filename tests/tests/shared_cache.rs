@@ -1,7 +1,7 @@
 //! The shared token cache against a real `redis-server` (the Debian package, which `.ci/run`
 //! installs), started on a free loopback port by each test.
 
-use crate::binary::{command_under, output, spawn_demo};
+use crate::binary::{Proc, command_under, output, spawn_demo};
 use crate::support::*;
 use pinecone_admin_proxy::app::Running;
 use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FakePinecone, TokenFault};
@@ -15,7 +15,11 @@ use tokio::process::{Child, Command};
 
 const AUDIENCE: &str = "https://api.pinecone.io/";
 
-/// A `redis-server` of our own on a free loopback port; killed when dropped.
+/// A `redis-server` of our own on a loopback port; killed when dropped.
+///
+/// redis-server cannot be told to bind port 0 and say which it got, so a port is picked at
+/// random below the kernel's ephemeral range (32768 and up, where outgoing connections take
+/// theirs) and another is tried when that one is taken: redis-server says so and exits.
 struct Redis {
     port: u16,
     args: Vec<String>,
@@ -24,13 +28,25 @@ struct Redis {
 
 impl Redis {
     async fn start(extra: &[&str]) -> Self {
-        let mut r = Self { port: free_port(), args: extra.iter().map(|s| (*s).to_owned()).collect(), child: None };
-        r.restart().await;
-        r
+        let args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        for _ in 0..20 {
+            let mut r = Self { port: rand::random_range(10_000..30_000), args: args.clone(), child: None };
+            match r.try_start().await {
+                Ok(()) => return r,
+                Err(output) if output.contains("Address already in use") => continue,
+                Err(output) => panic!("redis-server ended before it was ready:\n{output}"),
+            }
+        }
+        panic!("no free port for redis-server in 20 tries");
     }
 
-    /// Starts it (again) on the same port, and waits until it says it accepts connections.
+    /// Starts it again on the same port, and waits until it says it accepts connections.
     async fn restart(&mut self) {
+        self.try_start().await.unwrap_or_else(|output| panic!("redis-server ended before it was ready:\n{output}"));
+    }
+
+    /// Starts it on its port; what it said if it ended before it was ready.
+    async fn try_start(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
         let tls = self.args.iter().any(|a| a == "--tls-port");
         let mut cmd = Command::new("redis-server");
@@ -48,16 +64,20 @@ impl Redis {
             .expect("redis-server runs (Debian package redis-server; .ci/run installs it)");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let ready = async {
+            let mut said = String::new();
             while let Some(line) = lines.next_line().await.unwrap() {
                 if line.contains("Ready to accept connections") {
-                    return;
+                    return Ok(());
                 }
+                said.push_str(&line);
+                said.push('\n');
             }
-            panic!("redis-server ended before it was ready");
+            Err(said)
         };
-        tokio::time::timeout(Duration::from_secs(10), ready).await.expect("redis-server ready");
+        tokio::time::timeout(Duration::from_secs(10), ready).await.expect("redis-server ready or ended")?;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.child = Some(child);
+        Ok(())
     }
 
     async fn kill(&mut self) {
@@ -91,22 +111,6 @@ fn errors(proxy: &Running, reason: &str) -> u64 {
     let text = String::from_utf8(proxy.metrics.render()).unwrap();
     let series = format!("pinecone_proxy_shared_cache_errors_total{{reason=\"{reason}\"}} ");
     text.lines().find_map(|l| l.strip_prefix(&series)?.parse().ok()).unwrap_or_else(|| panic!("no {series}"))
-}
-
-/// Waits (after each token request or cache read, up to `within`) until `cond` holds.
-async fn until(tokens: &TokenSource, within: Duration, what: &str, cond: impl Fn(&TokenSource) -> bool) {
-    let mut changed = tokens.subscribe();
-    tokio::time::timeout(within, async {
-        while !cond(tokens) {
-            changed.changed().await.expect("engine running");
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("not within {within:?}: {what}: {:?}", tokens.snapshot()));
-}
-
-fn generation(t: &TokenSource) -> u64 {
-    t.snapshot().generation.unwrap_or(0)
 }
 
 #[tokio::test]
@@ -593,18 +597,15 @@ async fn a_huge_reply_costs_the_proxy_a_small_fixed_amount_of_memory() {
 async fn the_demo_uses_the_shared_cache() {
     let redis = Redis::start(&[]).await;
     let url = redis.url();
-    let (listen, ops) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let mut child = command_under(
+    let proc = Proc::started(command_under(
         &[],
-        &["demo", "--listen", &listen, "--ops-listen", &ops],
+        &["demo", "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"],
         &[("PINECONE_PROXY_TOKEN_SHARED_CACHE", &url)],
-    )
-    .spawn()
-    .unwrap();
-    assert!(pinecone_admin_proxy::wait::wait_ready(ops.parse().unwrap(), Duration::from_secs(10)).await);
-    let status = json(&TestClient::default().get(&format!("http://{ops}/status")).await.2);
+    ))
+    .await;
+    assert!(pinecone_admin_proxy::wait::wait_ready(proc.ops, Duration::from_secs(10)).await);
+    let status = json(&TestClient::default().get(&format!("http://{}/status", proc.ops)).await.2);
     assert_eq!(status["token"]["shared_cache"]["tokens_written"], 1, "{status}");
     let (entry, _) = entry_names(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AUDIENCE);
     assert_eq!(redis.keys().await, [entry]);
-    child.kill().await.unwrap();
 }

@@ -4,12 +4,12 @@
 //! and prints requests, non-2xx answers, expired tokens presented, token requests per
 //! lifetime, and the proxy's RSS at start and end.
 
+use crate::binary::{Proc, command_under};
 use crate::support::*;
 use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
-use tokio::process::Command;
 use tokio::time::Instant;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -28,25 +28,21 @@ async fn soak() {
     let lifetime = 5;
     let fake = fake(lifetime).await;
     fake.state().set_token_failure_every(5);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let ops = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .envs([
-            ("PINECONE_CLIENT_ID", DEMO_CLIENT_ID),
-            ("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET),
-            ("PINECONE_PROXY_TOKEN_URL", &fake.token_url()),
-            ("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url()),
-            ("PINECONE_PROXY_LISTEN", &listen),
-            ("PINECONE_PROXY_OPS_LISTEN", &ops),
-            ("PINECONE_PROXY_TOKEN_MAX_REQUESTS_PER_MINUTE", "40"),
-            ("RUST_LOG", "warn"),
-        ])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    assert!(pinecone_admin_proxy::wait::wait_ready(ops.parse().unwrap(), Duration::from_secs(10)).await);
-    let pid = child.id().unwrap();
+    let envs = [
+        ("PINECONE_CLIENT_ID", DEMO_CLIENT_ID),
+        ("PINECONE_CLIENT_SECRET", DEMO_CLIENT_SECRET),
+        ("PINECONE_PROXY_TOKEN_URL", &fake.token_url()),
+        ("PINECONE_PROXY_UPSTREAM_URL", &fake.api_url()),
+        ("PINECONE_PROXY_LISTEN", "127.0.0.1:0"),
+        ("PINECONE_PROXY_OPS_LISTEN", "127.0.0.1:0"),
+        ("PINECONE_PROXY_TOKEN_MAX_REQUESTS_PER_MINUTE", "40"),
+        // Warnings, and the line that names the bound addresses.
+        ("RUST_LOG", "warn,pinecone_admin_proxy::app=info"),
+    ];
+    let proc = Proc::started(command_under(&[], &[], &envs)).await;
+    let (listen, ops) = (proc.listen, proc.ops);
+    assert!(pinecone_admin_proxy::wait::wait_ready(ops, Duration::from_secs(10)).await);
+    let pid = proc.pid();
     let rss_start = rss_kib(pid);
     let token_requests_start = fake.state().token_requests.load(SeqCst);
 
@@ -88,7 +84,7 @@ async fn soak() {
     println!("| token requests | {token_requests} ({:.2} per lifetime) |", token_requests as f64 / lifetimes);
     println!("| tokens issued | {} |", state.tokens_issued.load(SeqCst));
     println!("| proxy RSS at start / end | {rss_start} KiB / {rss_end} KiB |");
-    child.kill().await.unwrap();
+    drop(proc);
     assert_eq!(failures.load(SeqCst), 0);
     assert_eq!(state.expired_presented.load(SeqCst), 0);
 }

@@ -157,9 +157,19 @@ impl Drop for Upstream {
     }
 }
 
-/// A free TCP port on loopback (bound, then released) for the binary's listeners.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A loopback port that refuses connections for as long as this is held: a socket bound to
+/// it that never listens. Bound, no other process can take the port meanwhile (a port bound
+/// and released at once could be anyone's by the time the test connects).
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    ClosedPort { _socket: socket, port }
 }
 
 /// A certificate authority made now, and a certificate it signed for `localhost`.
@@ -180,4 +190,26 @@ pub fn test_ca(name: &str) -> TestCa {
     let key = KeyPair::generate().unwrap();
     let cert = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
     TestCa { ca_pem: ca.pem(), cert, key }
+}
+
+/// Waits (after each token request or cache read, up to `within`) until `cond` holds.
+pub async fn until(
+    tokens: &pinecone_admin_proxy::token::TokenSource,
+    within: Duration,
+    what: &str,
+    cond: impl Fn(&pinecone_admin_proxy::token::TokenSource) -> bool,
+) {
+    let mut changed = tokens.subscribe();
+    tokio::time::timeout(within, async {
+        while !cond(tokens) {
+            changed.changed().await.expect("engine running");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not within {within:?}: {what}: {:?}", tokens.snapshot()));
+}
+
+/// The generation of the token the engine holds (0: none yet).
+pub fn generation(tokens: &pinecone_admin_proxy::token::TokenSource) -> u64 {
+    tokens.snapshot().generation.unwrap_or(0)
 }

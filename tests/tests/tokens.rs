@@ -6,7 +6,6 @@ use http::StatusCode;
 use pinecone_admin_proxy::fake::{DEMO_CLIENT_ID, DEMO_CLIENT_SECRET};
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
-use tokio::time::Instant;
 
 #[tokio::test]
 async fn the_token_request_has_the_contract_shape() {
@@ -68,24 +67,31 @@ async fn cold_start_under_load_makes_exactly_one_token_request() {
     assert_eq!(fake.state().admin_requests.load(SeqCst), 100);
 }
 
+/// Requests flow while 2-second tokens are refreshed three times (about a second each, at
+/// half-life): none carries an expired token, none sees a 401. The paused-clock property
+/// test of the engine (`src/token/refresher/tests.rs`) covers the schedule itself; this is
+/// the same over real sockets and the real clock, kept short.
 #[tokio::test]
 async fn refresh_with_short_lifetimes_never_presents_an_expired_token() {
-    // 2-second tokens: refreshed about every second, for six lifetimes.
     let fake = fake(2).await;
     let proxy = proxy_for(&fake, &[("PINECONE_PROXY_TOKEN_MAX_REQUESTS_PER_MINUTE", "120")]).await;
     let client = TestClient::default();
-    let end = Instant::now() + Duration::from_secs(12);
     let mut sent = 0;
-    while Instant::now() < end {
-        let (status, _, body) = client.get(&url(&proxy, "/admin/projects")).await;
-        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-        sent += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let traffic = async {
+        while fake.state().tokens_issued.load(SeqCst) < 4 {
+            let (status, _, body) = client.get(&url(&proxy, "/admin/projects")).await;
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            sent += 1;
+            // A steady trickle, not a spin: about fifty requests a second.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), traffic).await.expect("three refreshes of 2 s tokens");
     let state = fake.state();
     assert_eq!(state.expired_presented.load(SeqCst), 0);
     assert_eq!(state.unauthorized.load(SeqCst), 0);
-    let issued = state.tokens_issued.load(SeqCst);
-    assert!((8..=16).contains(&issued), "{issued} tokens for 12 s of 2 s tokens refreshed at half-life");
-    assert!(sent > 100);
+    // One token request a token (the next may be on its way as this is read).
+    let (requests, issued) = (state.token_requests.load(SeqCst), state.tokens_issued.load(SeqCst));
+    assert!(requests <= issued + 1, "{requests} token requests for {issued} tokens");
+    assert!(sent > 20, "requests flowed across the refreshes ({sent})");
 }
