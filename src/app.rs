@@ -10,11 +10,11 @@ use crate::config::Limits;
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
 use crate::ops::Ops;
+use crate::outbound::{Outbound, Settings};
 use crate::proxy::Proxy;
 use crate::serve::{self, BoundAddr, ServeOptions, Trigger};
 use crate::token::shared::SharedCache;
 use crate::token::{HttpFetcher, Refresher, TokenSource};
-use crate::upstream::Upstream;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -154,9 +154,9 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
 
     let metrics = Arc::new(Metrics::new());
     crate::limits::show_at_zero(&metrics);
-    let client = crate::client::build(&config.upstream)?;
+    let outbound = Outbound::new(Settings::new(&config.upstream)?);
     let tokens = TokenSource::new(metrics.clone(), config.token.timeout);
-    let fetcher = HttpFetcher::new(client, &config.token, config.upstream.api_version.clone());
+    let fetcher = HttpFetcher::new(outbound.clone(), &config.token, config.upstream.api_version.clone());
     let mut refresher = Refresher::new(tokens.clone(), fetcher, credentials.clone(), &config.token);
     if let Some(cache) = &config.token.shared_cache {
         let shared = SharedCache::new(cache, &config.token.audience, config.token.timeout, metrics.clone())
@@ -171,7 +171,7 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
         refresher = refresher.with_shared_cache(shared);
     }
     let proxy = Proxy::new(
-        Upstream::new(&config.upstream)?,
+        outbound.pool(&config.upstream.scheme, &config.upstream.authority)?,
         tokens.clone(),
         metrics.clone(),
         &config.upstream,

@@ -10,8 +10,8 @@
 //! - [`token`]: what a token is, how one is fetched, when the next one is fetched, and the
 //!   engine that hands usable tokens to requests.
 //! - [`body`]: the body type every request and response shares.
-//! - [`client`]: the rustls HTTP client of the token requests, and the TLS trust both clients use.
-//! - [`upstream`]: the forwarding client: a pool of hyper HTTP/1.1 and HTTP/2 connections to the upstream.
+//! - [`outbound`]: the one outbound HTTP stack (token requests and forwarding): a pool of
+//!   hyper HTTP/1.1 and HTTP/2 connections per host, over rustls.
 //! - [`proxy`]: forwarding: the request rewrite, header policy, streaming, proxy errors.
 //! - [`routes`]: the Admin API's route table (from its OpenAPI specifications), and the
 //!   operation a request names.
@@ -37,8 +37,8 @@
 //! 0. leaves: `body`, `metrics`, `net`, `secret`, `shutdown`, `routes`
 //! 1. on the route table: `policy`
 //! 2. configuration: `config`
-//! 3. on the configuration: `credentials`, `limits`, `logging`, `client`, `replay`, `wait`
-//! 4. engines and clients: `token`, `upstream`, `admission`
+//! 3. on the configuration: `credentials`, `limits`, `logging`, `outbound`, `replay`, `wait`
+//! 4. engines: `token`, `admission`
 //! 5. services and serving: `proxy`, `serve`
 //! 6. what serves: `ops`, `fake`
 //! 7. the wiring: `app`
@@ -46,7 +46,6 @@
 pub(crate) mod admission;
 pub mod app;
 pub mod body;
-pub(crate) mod client;
 pub mod config;
 pub mod credentials;
 pub mod fake;
@@ -55,6 +54,7 @@ pub mod logging;
 pub mod metrics;
 pub(crate) mod net;
 pub(crate) mod ops;
+pub(crate) mod outbound;
 pub mod policy;
 pub(crate) mod proxy;
 pub(crate) mod replay;
@@ -63,7 +63,6 @@ pub mod secret;
 pub mod serve;
 pub(crate) mod shutdown;
 pub mod token;
-pub(crate) mod upstream;
 pub mod wait;
 
 /// The crate version, sent as `User-Agent` and shown in `/status` and `build_info`.
@@ -86,11 +85,10 @@ mod layers {
         ("credentials", 3),
         ("limits", 3),
         ("logging", 3),
-        ("client", 3),
+        ("outbound", 3),
         ("replay", 3),
         ("wait", 3),
         ("token", 4),
-        ("upstream", 4),
         ("admission", 4),
         ("proxy", 5),
         ("serve", 5),

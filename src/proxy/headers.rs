@@ -80,7 +80,7 @@ const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", 
 
 /// The request header policy: hop-by-hop headers out, our `Authorization` in, and the API
 /// version in unless the client chose one (or always, with `override_api_version`). The
-/// client's `Host` is left for [`crate::upstream::Upstream::send`], which replaces it with the upstream's in
+/// client's `Host` is left for [`crate::outbound::Pool::send`], which replaces it with the upstream's in
 /// the same lookup.
 pub(crate) fn rewrite_request_headers(
     headers: &mut HeaderMap,

@@ -29,11 +29,11 @@ use crate::config::Limits;
 use crate::config::UpstreamConfig;
 use crate::metrics::{Metrics, ReplayResult};
 use crate::net::is_loopback_host;
+use crate::outbound::{Pool, SendError};
 use crate::policy::{Decision, Policy};
 use crate::replay::{Buffered, NotKept, ReplayBudget, RequestBody};
 use crate::routes::Resolved;
 use crate::token::TokenSource;
-use crate::upstream::{SendError, Upstream};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
@@ -56,7 +56,7 @@ pub(crate) struct Proxy {
 
 #[derive(Debug)]
 struct Inner {
-    upstream: Upstream,
+    upstream: Pool,
     tokens: TokenSource,
     metrics: Arc<Metrics>,
     authority: Authority,
@@ -98,7 +98,7 @@ impl Drop for InFlight<'_> {
 
 impl Proxy {
     pub(crate) fn new(
-        upstream: Upstream,
+        upstream: Pool,
         tokens: TokenSource,
         metrics: Arc<Metrics>,
         cfg: &UpstreamConfig,
@@ -349,7 +349,7 @@ impl Proxy {
     }
 
     /// The request target for the upstream, in origin form: the base path, then the
-    /// client's path and query byte for byte. ([`Upstream`] adds the scheme and authority
+    /// client's path and query byte for byte. ([`Pool`] adds the scheme and authority
     /// where HTTP/2 needs them, and `Host` for HTTP/1.1.)
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {
         let inner = &self.inner;

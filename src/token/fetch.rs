@@ -9,13 +9,15 @@
 use super::quota::{self, Bucket};
 use super::schedule::{MAX_LIFETIME, RETRY_AFTER_CAP};
 use crate::VERSION;
-use crate::body::full;
-use crate::client::{HttpClient, error_chain};
+use crate::body::{BoxError, full};
 use crate::config::{RequestFormat, TokenConfig};
 use crate::credentials::CredentialSet;
+use crate::outbound::{Outbound, SendError};
 use crate::secret::Secret;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Collected, Limited};
+use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 /// A token as the endpoint returned it, before the engine dates it.
@@ -73,8 +75,9 @@ pub trait Fetch: Send + Sync + 'static {
 /// The token endpoint over HTTP.
 #[derive(Debug, Clone)]
 pub struct HttpFetcher {
-    client: HttpClient,
+    outbound: Outbound,
     url: Uri,
+    timeout: Duration,
     audience: String,
     format: RequestFormat,
     api_version: HeaderValue,
@@ -85,10 +88,11 @@ pub struct HttpFetcher {
 const MAX_RESPONSE: usize = 64 * 1024;
 
 impl HttpFetcher {
-    pub(crate) fn new(client: HttpClient, cfg: &TokenConfig, api_version: HeaderValue) -> Self {
+    pub(crate) fn new(outbound: Outbound, cfg: &TokenConfig, api_version: HeaderValue) -> Self {
         Self {
-            client,
+            outbound,
             url: cfg.url.clone(),
+            timeout: cfg.timeout,
             audience: cfg.audience.clone(),
             format: cfg.request_format,
             api_version,
@@ -127,10 +131,17 @@ impl Fetch for HttpFetcher {
             .header(header::USER_AGENT, self.user_agent.clone())
             .body(full(body))
             .expect("valid request parts");
-        let response = match self.client.request(request).await {
+        let response = match self.outbound.send(request, self.timeout).await {
             Ok(response) => response,
-            Err(e) => {
-                return Err(FetchError::transient(format!("token endpoint unreachable: {}", error_chain(&e)))).into();
+            Err(SendError::Unreachable(e)) => {
+                return Err(FetchError::transient(format!("token endpoint unreachable: {e}"))).into();
+            }
+            Err(SendError::Timeout) => {
+                let waited = humantime::format_duration(self.timeout);
+                return Err(FetchError::transient(format!(
+                    "the token endpoint sent no response headers within {waited}"
+                )))
+                .into();
             }
         };
         let status = response.status();
@@ -138,7 +149,11 @@ impl Fetch for HttpFetcher {
         let retry_after = retry_after(response.headers(), now);
         // Read whatever the outcome: a 429 reports the quota as much as a 200 does.
         let quota = quota::parse(response.headers(), now);
-        let result = match Limited::new(response.into_body(), MAX_RESPONSE).collect().await {
+        // Typed as a boxed future: the higher-ranked `Send` check of the fetch's future cannot
+        // see through `Limited`'s error conversion otherwise.
+        let read: Pin<Box<dyn Future<Output = Result<Collected<Bytes>, BoxError>> + Send>> =
+            Box::pin(Limited::new(response.into_body(), MAX_RESPONSE).collect());
+        let result = match read.await {
             Ok(body) => classify(status, &body.to_bytes(), retry_after),
             Err(e) => Err(FetchError::transient(format!("reading the token response failed: {e}"))),
         };

@@ -1,10 +1,10 @@
-//! The forwarding client: a small pool of hyper client connections
-//! (`hyper::client::conn::{http1, http2}`) to the one upstream, over rustls (or plain TCP
-//! for a loopback `http://` upstream), HTTP/2 or HTTP/1.1 as ALPN decides.
+//! One host's connections: a small pool of hyper client connections
+//! (`hyper::client::conn::{http1, http2}`) over rustls (or plain TCP for a loopback
+//! `http://` host), HTTP/2 or HTTP/1.1 as ALPN decides.
 //!
 //! hyper does the protocol; this file decides only which connection a request goes on:
 //!
-//! - **HTTP/2**: one shared connection. While it is being opened (and while the upstream's
+//! - **HTTP/2**: one shared connection. While it is being opened (and while the host's
 //!   protocol is not yet known) other requests wait for it instead of opening their own, so
 //!   a burst of first requests costs one TLS handshake.
 //! - **HTTP/1.1**: a stack of idle connections; a connection goes back once its response
@@ -24,49 +24,34 @@
 //!   under it) is sent once more on a new connection. A request that was written is never
 //!   sent twice.
 //!
-//! It is our own pool rather than hyper-util's pooled `Client` because that one (0.1.21)
-//! holds concurrent connects back only when built `http2_only`: with ALPN, each concurrent
-//! first request does its own TLS handshake. (The two were not raced in the benchmark.)
-//! What to send, and what an error means to the client, is [`crate::proxy`]'s business.
+//! Why a pool of our own rather than hyper-util's pooled `Client`: raced side by side in one
+//! `bench/run` (BENCHMARKS.md, run 12), hyper-util's (0.1.21, over the same connector, cap
+//! and loopback check) forwarded 0.74× nginx's requests a second at 16 connections, at 1.61×
+//! its CPU per request, where this pool does 0.86× at 1.34×; and at 64 connections, closing
+//! the idle connections beyond its cap at once (it has no grace), it opened 214,024 new
+//! upstream connections in the measured windows and fell to 0.35×. It also holds concurrent
+//! first connects back only when built `http2_only`, and cannot be told not to reuse a
+//! connection without capturing every request's connection.
 
+use super::bodies::{GiveBack, Holding, PooledBody};
+use super::{SendError, Settings, error_chain, streaming_share};
 use crate::body::{Body, BoxError};
-use crate::client::error_chain;
-use crate::config::UpstreamConfig;
 use crate::net::check_resolved;
-use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, header};
-use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use rustls_pki_types::ServerName;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// How long an idle HTTP/1.1 connection is kept: shorter than the 120 s or so after which
-/// cloud load balancers drop idle connections, so we close first and never write a request
-/// into a connection that is about to die.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// The most idle HTTP/1.1 connections kept once a burst is over: a bound on the sockets a
-/// burst leaves behind. Connections beyond it are closed after [`EXCESS_IDLE`], not at
-/// once: under steady load every connection is idle for microseconds between requests, and
-/// closing the ones over the cap would open a new connection for nearly every request
-/// (measured at 64 connections: 265,000 new connections in 40 s; BENCHMARKS.md).
-pub(crate) const MAX_IDLE: usize = 32;
-/// How long a connection beyond [`MAX_IDLE`] may stay idle. Not less: with 64 client
-/// connections the requests actually in flight swing well below the pool's size, and a
-/// 1 s grace still closed and reopened 156 connections in 40 s (BENCHMARKS.md).
-const EXCESS_IDLE: Duration = Duration::from_secs(10);
 /// hyper's HTTP/2 keep-alive ping: a dead upstream connection is found within this (and
 /// its timeout), not by the next request.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -76,9 +61,9 @@ const UNKNOWN: u8 = 0;
 const HTTP1: u8 = 1;
 const HTTP2: u8 = 2;
 
-/// The upstream connection pool. Cheap to clone.
+/// One host's connection pool. Cheap to clone.
 #[derive(Debug, Clone)]
-pub(crate) struct Upstream {
+pub(crate) struct Pool {
     inner: Arc<Inner>,
 }
 
@@ -92,6 +77,7 @@ struct Inner {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    excess_idle: Duration,
     protocol: AtomicU8,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
     /// Held while a connection is opened to an upstream that speaks, or may speak, HTTP/2.
@@ -116,7 +102,7 @@ struct IdleStack {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("authority", &self.authority).finish_non_exhaustive()
+        f.debug_struct("Pool").field("authority", &self.authority).finish_non_exhaustive()
     }
 }
 
@@ -125,57 +111,39 @@ enum Conn {
     H2(http2::SendRequest<Body>),
 }
 
-/// Why a request got no response from the upstream.
-#[derive(Debug)]
-pub(crate) enum SendError {
-    /// No response headers within the timeout.
-    Timeout,
-    /// Not sent, or the connection failed: one line for the client.
-    Unreachable(String),
-}
-
-impl Upstream {
-    pub(crate) fn new(cfg: &UpstreamConfig) -> Result<Self, rustls::Error> {
-        Self::with_idle(cfg, IDLE_TIMEOUT, MAX_IDLE)
-    }
-
-    /// A pool with its own idle limits (for tests of them).
-    pub(crate) fn with_idle(
-        cfg: &UpstreamConfig,
-        idle_timeout: Duration,
-        max_idle: usize,
-    ) -> Result<Self, rustls::Error> {
-        let host = cfg.authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
-        let https = cfg.scheme == Scheme::HTTPS;
-        let port = cfg.authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+impl Pool {
+    /// The pool of `authority` over `scheme`, with the stack's settings.
+    pub(super) fn new(scheme: &Scheme, authority: &Authority, settings: &Settings) -> Result<Self, rustls::Error> {
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let https = *scheme == Scheme::HTTPS;
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
-            let mut config = crate::client::tls_config(cfg)?;
-            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             let name = ServerName::try_from(host.clone())
                 .map_err(|_| rustls::Error::General(format!("{host} is not a valid TLS server name")))?;
-            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+            Some((settings.tls.clone(), name))
         } else {
             None
         };
         Ok(Self {
             inner: Arc::new(Inner {
-                host_header: HeaderValue::from_str(cfg.authority.as_str()).expect("an authority is a valid header"),
+                host_header: HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header"),
                 host,
                 port,
                 // Plain TCP is HTTP/1.1: we never send h2c upstream.
                 protocol: AtomicU8::new(if https { UNKNOWN } else { HTTP1 }),
                 tls,
-                scheme: cfg.scheme.clone(),
-                authority: cfg.authority.clone(),
-                connect_timeout: cfg.connect_timeout,
-                idle_timeout,
-                max_idle,
+                scheme: scheme.clone(),
+                authority: authority.clone(),
+                connect_timeout: settings.connect_timeout,
+                idle_timeout: settings.idle_timeout,
+                max_idle: settings.max_idle,
+                excess_idle: settings.excess_idle,
                 h2: Mutex::new(None),
                 opening: tokio::sync::Mutex::new(()),
                 idle: Mutex::new(IdleStack::default()),
                 over_cap: Arc::new(tokio::sync::Notify::new()),
-                slots: Arc::new(Semaphore::new(cfg.max_connections)),
-                streaming: Arc::new(Semaphore::new(streaming_share(cfg.max_connections))),
+                slots: Arc::new(Semaphore::new(settings.max_connections)),
+                streaming: Arc::new(Semaphore::new(streaming_share(settings.max_connections))),
                 released: tokio::sync::Notify::new(),
             }),
         })
@@ -202,7 +170,7 @@ impl Upstream {
         result.unwrap_or(Err(SendError::Timeout))
     }
 
-    /// [`Upstream::exchange`] within the streaming share, held until the response is over.
+    /// [`Pool::exchange`] within the streaming share, held until the response is over.
     async fn exchange_streaming(&self, request: Request<Body>) -> Result<Response<Body>, SendError> {
         let share = self.inner.streaming.clone().acquire_owned().await.expect("the semaphore is never closed");
         let response = self.exchange(request).await?;
@@ -257,7 +225,7 @@ impl Upstream {
         if twice_framed {
             headers.remove(header::CONTENT_LENGTH);
         }
-        let pool = (!twice_framed).then(|| Arc::downgrade(&self.inner));
+        let pool = (!twice_framed).then(|| Arc::downgrade(&self.inner) as Weak<dyn GiveBack>);
         Sent::Response(response.map(|body| PooledBody { body, conn: Some(sender), pool }.boxed_unsync()))
     }
 
@@ -338,12 +306,18 @@ impl Upstream {
             },
         };
         let tcp = self.tcp().await.map_err(SendError::Unreachable)?;
-        let Some((connector, name)) = &inner.tls else { return handshake_h1(tcp, slot).await };
+        let Some((connector, name)) = &inner.tls else {
+            tracing::debug!(host = %inner.authority, protocol = "http/1.1", "outbound connection opened");
+            return handshake_h1(tcp, slot).await;
+        };
         let tls = connector
             .connect(name.clone(), tcp)
             .await
             .map_err(|e| SendError::Unreachable(format!("TLS handshake failed: {}", error_chain(&e))))?;
-        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let protocol = if h2 { "h2" } else { "http/1.1" };
+        tracing::debug!(host = %inner.authority, protocol, tls = true, "outbound connection opened");
+        if !h2 {
             inner.protocol.store(HTTP1, Ordering::Release);
             return handshake_h1(tls, slot).await;
         }
@@ -438,6 +412,12 @@ where
     Ok(Conn::H1(sender))
 }
 
+impl GiveBack for Inner {
+    fn give_back(self: Arc<Self>, sender: http1::SendRequest<Body>) {
+        self.release(sender);
+    }
+}
+
 impl Inner {
     /// Puts an HTTP/1.1 connection whose exchange is over back on the stack, unless the
     /// stack is full (it is then closed); starts the reaper if none is running.
@@ -462,7 +442,7 @@ impl Inner {
 }
 
 /// Closes idle connections once they have been idle for the idle timeout, and those beyond
-/// the cap once they have been idle for [`EXCESS_IDLE`] (the least recently used first: the
+/// the cap once they have been idle for the excess grace ([`super::EXCESS_IDLE`]) (the least recently used first: the
 /// stack's bottom). Ends when the stack is empty (the next connection put back starts it
 /// again), or when the pool is gone. `over_cap` wakes it when the stack grows past the cap.
 async fn reap(pool: Weak<Inner>, over_cap: Arc<tokio::sync::Notify>) {
@@ -478,7 +458,7 @@ async fn reap(pool: Weak<Inner>, over_cap: Arc<tokio::sync::Notify>) {
             let excess = idle.conns.len().saturating_sub(inner.max_idle);
             let stale = idle.conns[..excess]
                 .iter()
-                .take_while(|(_, since)| now.saturating_duration_since(*since) >= EXCESS_IDLE)
+                .take_while(|(_, since)| now.saturating_duration_since(*since) >= inner.excess_idle)
                 .count();
             idle.conns.drain(..stale);
             let Some(oldest) = idle.conns.iter().map(|(_, since)| *since).min() else {
@@ -486,7 +466,7 @@ async fn reap(pool: Weak<Inner>, over_cap: Arc<tokio::sync::Notify>) {
                 return;
             };
             match idle.conns.len() > inner.max_idle {
-                true => idle.conns[0].1 + EXCESS_IDLE,
+                true => idle.conns[0].1 + inner.excess_idle,
                 false => oldest + inner.idle_timeout,
             }
         };
@@ -497,105 +477,36 @@ async fn reap(pool: Weak<Inner>, over_cap: Arc<tokio::sync::Notify>) {
     }
 }
 
-/// How many of `max` connections requests with streaming bodies may hold at once: all but
-/// a quarter (at least one), so that slow uploads never take the last connections.
-pub(crate) fn streaming_share(max: usize) -> usize {
-    if max <= 1 { max } else { max - (max / 4).max(1) }
-}
-
-/// A response body that holds a streaming request's share until it is dropped.
-struct Holding {
-    body: Body,
-    _share: OwnedSemaphorePermit,
-}
-
-impl http_body::Body for Holding {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// A response body that puts its HTTP/1.1 connection back in the pool once it has been
-/// read to the end. Dropped before that, the connection goes with it.
-struct PooledBody {
-    body: Incoming,
-    conn: Option<http1::SendRequest<Body>>,
-    /// `None` when the connection must not be used again.
-    pool: Option<Weak<Inner>>,
-}
-
-impl PooledBody {
-    fn release(&mut self) {
-        if let (Some(sender), Some(pool)) = (self.conn.take(), self.pool.as_ref().and_then(Weak::upgrade)) {
-            pool.release(sender);
-        }
-    }
-}
-
-impl http_body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
-        match &frame {
-            None => self.release(),
-            Some(Ok(_)) if self.body.is_end_stream() => self.release(),
-            Some(Err(_)) => self.conn = None,
-            Some(Ok(_)) => {}
-        }
-        Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    /// A body that ends with its head (HEAD, 204, 304, a last frame seen as the end) is
-    /// dropped unpolled by whoever sees `is_end_stream`.
-    fn drop(&mut self) {
-        if http_body::Body::is_end_stream(&self.body) {
-            self.release();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Env, Flags};
-    use tokio::sync::watch;
+    use hyper::body::Incoming;
+    use std::sync::atomic::AtomicU64;
+    use tokio::sync::{Barrier, watch};
 
-    /// An HTTP/1.1 upstream that reports how many of its connections are open.
-    async fn upstream() -> (String, watch::Receiver<i64>) {
+    /// An HTTP/1.1 upstream that holds requests for `/together` until `together` of them
+    /// have arrived; how many connections it accepted, and how many are open.
+    async fn upstream(together: usize) -> (String, Arc<AtomicU64>, watch::Receiver<i64>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
         let (open_tx, open) = watch::channel(0i64);
-        let open_tx = Arc::new(open_tx);
+        let (open_tx, count, barrier) = (Arc::new(open_tx), accepted.clone(), Arc::new(Barrier::new(together)));
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
                 open_tx.send_modify(|n| *n += 1);
-                let open_tx = open_tx.clone();
+                let (open_tx, barrier) = (open_tx.clone(), barrier.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_: Request<Incoming>| async {
-                        Ok::<_, std::convert::Infallible>(Response::new(crate::body::full("ok")))
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let barrier = barrier.clone();
+                        async move {
+                            if request.uri().path() == "/together" {
+                                barrier.wait().await;
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(crate::body::full("ok")))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -604,15 +515,26 @@ mod tests {
                 });
             }
         });
-        (format!("http://{addr}"), open)
+        (format!("http://{addr}"), accepted, open)
     }
 
-    fn config(url: &str) -> UpstreamConfig {
+    fn settings(url: &str) -> Settings {
         let mut env = Env::default();
         env.set("PINECONE_CLIENT_ID", "id")
             .set("PINECONE_CLIENT_SECRET", "secret")
             .set("PINECONE_PROXY_UPSTREAM_URL", url);
-        crate::config::load(&Flags::default(), &env).unwrap().upstream
+        Settings::new(&crate::config::load(&Flags::default(), &env).unwrap().upstream).unwrap()
+    }
+
+    fn pool(url: &str, settings: &Settings) -> Pool {
+        let uri: Uri = url.parse().unwrap();
+        Pool::new(uri.scheme().unwrap(), uri.authority().unwrap(), settings).unwrap()
+    }
+
+    async fn get(pool: &Pool, path: &str) {
+        let request = Request::get(path).body(crate::body::empty()).unwrap();
+        let response = pool.send(request, Duration::from_secs(10), false).await.unwrap();
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "ok");
     }
 
     #[test]
@@ -635,17 +557,51 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_connection_is_closed_by_a_timer_after_the_idle_timeout() {
-        let (url, mut open) = upstream().await;
+        let (url, _, mut open) = upstream(1).await;
         let idle_timeout = Duration::from_millis(300);
-        let pool = Upstream::with_idle(&config(&url), idle_timeout, MAX_IDLE).unwrap();
-        let request = Request::get("/").body(crate::body::empty()).unwrap();
-        let response = pool.send(request, Duration::from_secs(10), false).await.unwrap();
-        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "ok");
+        let pool = pool(&url, &Settings { idle_timeout, ..settings(&url) });
+        get(&pool, "/").await;
         let idle_since = Instant::now();
         assert_eq!(*open.borrow(), 1, "kept alive");
         // Nobody takes it: the reaper closes it, not a later checkout.
         tokio::time::timeout(Duration::from_secs(10), open.wait_for(|n| *n == 0)).await.expect("closed").unwrap();
         assert!(idle_since.elapsed() >= idle_timeout, "not before the idle timeout");
         assert!(!pool.inner.idle.lock().reaping, "the reaper stops when nothing is idle");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_cap_are_closed_after_their_grace() {
+        let (url, accepted, mut open) = upstream(8).await;
+        let grace = Duration::from_millis(300);
+        let pool = pool(&url, &Settings { max_idle: 4, excess_idle: grace, ..settings(&url) });
+        // One connection first: the reaper then sleeps towards the 90 s idle timeout, and
+        // must be woken when the burst takes the stack past the cap.
+        get(&pool, "/first").await;
+        let burst: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { get(&pool, "/together").await })
+            })
+            .collect();
+        for request in burst {
+            request.await.unwrap();
+        }
+        let idle_since = Instant::now();
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            8,
+            "8 requests at once need 8 connections, one of them the idle one"
+        );
+        // The pool keeps 4 of them and closes the rest once they have been idle for the grace.
+        tokio::time::timeout(Duration::from_secs(10), open.wait_for(|n| *n == 4))
+            .await
+            .expect("the upstream sees 4 connections closed")
+            .unwrap();
+        assert!(idle_since.elapsed() >= grace, "not before the grace");
+        // The kept ones serve what comes next.
+        for _ in 0..5 {
+            get(&pool, "/again").await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 8, "no new connection while idle ones are kept");
     }
 }
