@@ -1,13 +1,16 @@
 //! The access token: what one is ([`Token`]), how one is fetched ([`fetch`]), when the next
 //! one is fetched ([`schedule`]), and the engine that keeps one usable and hands it to
 //! requests: [`refresher`], the one loop that fetches, and [`source`], what requests and
-//! `/status` read.
+//! `/status` read. Beside them: [`quota`], the token endpoint's quota headers; [`shared`],
+//! the fleet's token cache on Redis, over [`redis_link`] (bounded replies) and `seal` (the
+//! entries' names and sealing).
 
 pub mod fetch;
 pub mod quota;
 pub mod redis_link;
 pub mod refresher;
 pub mod schedule;
+pub(crate) mod seal;
 pub mod shared;
 pub mod source;
 

@@ -15,8 +15,8 @@
 //! The entry's name and its key both come from HKDF-SHA256 over the client secret (salt: the
 //! client id; info: the audience and what the output is for). The value is the token, its
 //! lifetime and its expiry (UNIX milliseconds), sealed with AES-256-GCM under a random
-//! nonce, with the entry's name as associated data. Whoever reads Redis without the secret
-//! learns nothing usable; a rotated secret means another name and key.
+//! nonce, with the entry's name as associated data ([`super::seal`]). Whoever reads Redis
+//! without the secret learns nothing usable; a rotated secret means another name and key.
 //!
 //! Only what is sealed is trusted. A token's expiry is the one sealed with it; Redis's TTL
 //! (which any Redis writer controls) can only bring it closer, never push it out: an old
@@ -34,14 +34,16 @@
 
 use super::fetch::Fetched;
 use super::redis_link::{Allowance, Target};
+use super::seal::{Keys, derive, open, seal};
+pub use super::seal::{PREFIX, entry_names};
 use crate::config::SharedCacheConfig;
 use crate::credentials::CredentialSet;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use redis::aio::MultiplexedConnection;
-use ring::{aead, hkdf};
+
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// The most any one Redis command may take (PRODUCT.md: "slow (over 500 ms)").
@@ -50,9 +52,7 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(500);
 pub const POLL: Duration = Duration::from_millis(100);
 /// How long the cache is skipped after a connection failure, a timeout or an error answer.
 pub const SKIP_AFTER_FAILURE: Duration = Duration::from_secs(5);
-/// The prefix of every key we write. v2: the expiry is sealed in the value (v1 proxies,
-/// which trusted Redis's TTL, use entries of their own during a rolling upgrade).
-pub const PREFIX: &str = "pinecone-admin-proxy:v2:";
+
 /// How much later than its sealed expiry Redis may keep an entry before it counts as
 /// written back (`stale`): clock skew between the writer's pod and ours.
 const STALE_SLACK: Duration = Duration::from_secs(5);
@@ -104,112 +104,11 @@ impl Failure {
     }
 }
 
-/// The entry name, the lock name and the key of one set of credentials and audience.
-struct Keys {
-    generation: u64,
-    entry: String,
-    lock: String,
-    key: aead::LessSafeKey,
-}
-
-/// A length for HKDF output that is not a ring key type.
-struct Len(usize);
-
-impl hkdf::KeyType for Len {
-    fn len(&self) -> usize {
-        self.0
-    }
-}
-
-/// The entry's and the lock's names in Redis for these credentials and audience:
-/// `pinecone-admin-proxy:v1:<32 hex digits>:token` and `…:lock`.
-pub fn entry_names(client_id: &str, client_secret: &str, audience: &str) -> (String, String) {
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, client_id.as_bytes()).extract(client_secret.as_bytes());
-    let info = [b"pinecone-admin-proxy v1 entry name\0".as_slice(), audience.as_bytes()];
-    let mut id = [0u8; 16];
-    prk.expand(&info, Len(16)).and_then(|okm| okm.fill(&mut id)).expect("16 bytes is a valid HKDF length");
-    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    (format!("{PREFIX}{hex}:token"), format!("{PREFIX}{hex}:lock"))
-}
-
-fn derive(c: &CredentialSet, audience: &str) -> Keys {
-    let (entry, lock) = entry_names(c.client_id.expose(), c.client_secret.expose(), audience);
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, c.client_id.expose().as_bytes())
-        .extract(c.client_secret.expose().as_bytes());
-    let info = [b"pinecone-admin-proxy v1 aes-256-gcm key\0".as_slice(), audience.as_bytes()];
-    let okm = prk.expand(&info, &aead::AES_256_GCM).expect("32 bytes is a valid HKDF length");
-    Keys { generation: c.generation, entry, lock, key: aead::LessSafeKey::new(aead::UnboundKey::from(okm)) }
-}
-
 /// The most of an entry we read: a sealed token is about 1.5 KiB.
 pub const MAX_VALUE: usize = 16 * 1024;
 /// The most one reply may be: the entry's part, and room for the rest of a pipeline's
 /// answers (two integers) and the handshake's.
 pub const MAX_REPLY: usize = MAX_VALUE + 4096;
-
-/// The version byte that starts every value.
-const VERSION: u8 = 2;
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Plain {
-    access_token: String,
-    lifetime: f64,
-    /// When the token expires, in UNIX milliseconds by the writer's clock.
-    expires_at_ms: u64,
-}
-
-/// Seals a token that expires at `expires_at` for the entry `entry`: version, nonce,
-/// ciphertext and tag.
-fn seal(key: &aead::LessSafeKey, entry: &str, token: &Fetched, expires_at: SystemTime) -> Vec<u8> {
-    let expires_at_ms = expires_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let plain = Plain {
-        access_token: token.access_token.expose().to_owned(),
-        lifetime: token.lifetime.as_secs_f64(),
-        expires_at_ms,
-    };
-    let mut data = serde_json::to_vec(&plain).expect("serialises");
-    let nonce: [u8; aead::NONCE_LEN] = rand::random();
-    key.seal_in_place_append_tag(
-        aead::Nonce::assume_unique_for_key(nonce),
-        aead::Aad::from(entry.as_bytes()),
-        &mut data,
-    )
-    .expect("in-memory sealing does not fail");
-    let mut out = Vec::with_capacity(1 + nonce.len() + data.len());
-    out.push(VERSION);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&data);
-    // The plain copy of the token is gone with `plain`; the sealed bytes are all that leave.
-    out
-}
-
-/// Opens a value of the entry `entry`: the token and its sealed expiry; or says it cannot
-/// be read.
-fn open(key: &aead::LessSafeKey, entry: &str, value: &[u8]) -> Option<(Fetched, SystemTime)> {
-    let (&version, rest) = value.split_first()?;
-    if version != VERSION || rest.len() < aead::NONCE_LEN + aead::AES_256_GCM.tag_len() {
-        return None;
-    }
-    let (nonce, sealed) = rest.split_at(aead::NONCE_LEN);
-    let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
-    let mut sealed = sealed.to_vec();
-    let plain = key.open_in_place(nonce, aead::Aad::from(entry.as_bytes()), &mut sealed).ok()?;
-    let plain: Plain = serde_json::from_slice(plain).ok()?;
-    // The same checks as a token endpoint's answer: a sealed value is ours, but be strict.
-    let valid = http::HeaderValue::from_str(&format!("Bearer {}", plain.access_token)).is_ok()
-        && !plain.access_token.is_empty()
-        && plain.lifetime.is_finite()
-        && plain.lifetime >= 1.0
-        && plain.lifetime <= super::schedule::MAX_LIFETIME.as_secs_f64();
-    let expires_at = UNIX_EPOCH.checked_add(Duration::from_millis(plain.expires_at_ms))?;
-    valid.then(|| {
-        let fetched = Fetched {
-            access_token: Secret::new(plain.access_token),
-            lifetime: Duration::from_secs_f64(plain.lifetime),
-        };
-        (fetched, expires_at)
-    })
-}
 
 /// What a read entry is worth, by its sealed expiry and Redis's remaining TTL (`pttl`, in
 /// ms: -1 for none): when it expires on our clock (the sooner of the two; Redis can only
@@ -626,6 +525,7 @@ impl Query for &redis::Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn creds(id: &str, secret: &str) -> CredentialSet {
         CredentialSet { client_id: Secret::new(id), client_secret: Secret::new(secret), generation: 1 }
