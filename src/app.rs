@@ -1,4 +1,4 @@
-//! Wiring: builds the client, token engine, proxy and ops services from a [`Config`],
+//! Wiring: builds the outbound stack, token engine, proxy and ops services from a [`Config`],
 //! binds both listeners, and runs the shutdown sequence.
 //!
 //! [`start`] binds and spawns everything and returns a [`Running`] handle (tests use it
@@ -141,14 +141,15 @@ fn ops_options(limits: &Limits) -> ServeOptions {
 /// Binds the listeners and starts the token engine, the credential watcher and both
 /// servers. The first token request goes out at once.
 pub async fn start(config: &Config, credentials: Credentials) -> Result<Running, StartError> {
-    let proxy_listener = serve::bind(&config.listen, config.listen_mode).await.map_err(|source| StartError::Bind {
-        key: "listen",
-        addr: config.listen.to_string(),
-        source,
-    })?;
-    let ops_listener = serve::bind(&config.ops_listen, config.listen_mode)
-        .await
-        .map_err(|source| StartError::Bind { key: "ops_listen", addr: config.ops_listen.to_string(), source })?;
+    let bind = |listen, key: &'static str| async move {
+        serve::bind(listen, config.listen_mode).await.map_err(|source| StartError::Bind {
+            key,
+            addr: listen.to_string(),
+            source,
+        })
+    };
+    let proxy_listener = bind(&config.listen, "listen").await?;
+    let ops_listener = bind(&config.ops_listen, "ops_listen").await?;
     let listen = proxy_listener.local_addr().expect("a bound listener has an address");
     let ops_addr = ops_listener.local_addr().expect("a bound listener has an address");
 
@@ -156,20 +157,7 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     crate::limits::show_at_zero(&metrics);
     let outbound = Outbound::new(Settings::new(&config.upstream)?);
     let tokens = TokenSource::new(metrics.clone(), config.token.timeout);
-    let fetcher = HttpFetcher::new(outbound.clone(), &config.token, config.upstream.api_version.clone());
-    let mut refresher = Refresher::new(tokens.clone(), fetcher, credentials.clone(), &config.token);
-    if let Some(cache) = &config.token.shared_cache {
-        let shared = SharedCache::new(cache, &config.token.audience, config.token.timeout, metrics.clone())
-            .map_err(StartError::SharedCache)?;
-        if cache.clear_text_password {
-            tracing::warn!(
-                shared_cache = %cache.shown,
-                "the Redis password travels in clear text to a host off this machine; use rediss:// (the token itself is encrypted)",
-            );
-        }
-        tracing::info!(shared_cache = %cache.shown, "tokens are shared with the fleet through Redis");
-        refresher = refresher.with_shared_cache(shared);
-    }
+    let refresher = refresher(config, &outbound, &tokens, &credentials, &metrics)?;
     let proxy = Proxy::new(
         outbound.pool(&config.upstream.scheme, &config.upstream.authority)?,
         tokens.clone(),
@@ -186,19 +174,38 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let refresher_task = tokio::spawn(refresher.run(background.wait()));
     let watcher_task = tokio::spawn(credentials.clone().watch(CREDENTIAL_POLL, background.wait()));
 
-    let stop_proxy = Trigger::default();
-    let stop_ops = Trigger::default();
-    let grace = config.shutdown.grace;
+    let (stop_proxy, stop_ops) = (Trigger::default(), Trigger::default());
     let limits = fit_to_open_files(config.limits.clone(), config.upstream.max_connections);
     metrics.max_connections.set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
-    let proxy_options =
-        ServeOptions { metrics: Some(metrics.clone()), limits: limits.clone(), ..ServeOptions::new(grace) };
+    let proxy_options = ServeOptions {
+        metrics: Some(metrics.clone()),
+        limits: limits.clone(),
+        ..ServeOptions::new(config.shutdown.grace)
+    };
     let proxy_task =
         tokio::spawn(serve::serve("proxy", proxy_listener, move |_| proxy.clone(), stop_proxy.wait(), proxy_options));
     let ops_options = ops_options(&limits);
     let ops_task =
         tokio::spawn(serve::serve("ops", ops_listener, move |peer| ops.for_peer(peer), stop_ops.wait(), ops_options));
 
+    announce(config, &listen, &ops_addr, &credentials);
+
+    let sequence = Shutdown {
+        delay: config.shutdown.delay,
+        stop_proxy,
+        proxy: proxy_task,
+        stop_ops,
+        background,
+        rest: [ops_task, refresher_task, watcher_task],
+    };
+    let task = tokio::spawn(sequence.run(quit.wait()));
+
+    Ok(Running { listen, ops: ops_addr, tokens, metrics, credentials, quit, task })
+}
+
+/// The line that says the proxy started, with the addresses it bound (tests read them
+/// from it), and a warning for each unknown `PINECONE_PROXY_…` variable.
+fn announce(config: &Config, listen: &BoundAddr, ops_addr: &BoundAddr, credentials: &Credentials) {
     tracing::info!(
         listen = %listen,
         ops_listen = %ops_addr,
@@ -211,25 +218,62 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     for name in &config.unknown_env {
         tracing::warn!(variable = %name, "environment variable starts with PINECONE_PROXY_ but sets no configuration key; ignored");
     }
+}
 
-    let delay = config.shutdown.delay;
-    let quit_wait = quit.wait();
-    let task = tokio::spawn(async move {
-        quit_wait.await;
-        if !delay.is_zero() {
-            tracing::info!(delay = %humantime::format_duration(delay), "shutting down: still accepting requests for shutdown.delay");
-            tokio::time::sleep(delay).await;
+/// The shutdown sequence: what it stops, in its order.
+struct Shutdown {
+    delay: Duration,
+    stop_proxy: Trigger,
+    proxy: JoinHandle<()>,
+    stop_ops: Trigger,
+    /// The refresher and the credential watcher.
+    background: Trigger,
+    /// The ops server, the refresher and the watcher.
+    rest: [JoinHandle<()>; 3],
+}
+
+impl Shutdown {
+    /// Once `quit` resolves: still accepting for `shutdown.delay`, then the proxy drains,
+    /// then the ops listener and the background tasks stop.
+    async fn run(self, quit: impl Future<Output = ()>) {
+        quit.await;
+        if !self.delay.is_zero() {
+            let delay = humantime::format_duration(self.delay);
+            tracing::info!(delay = %delay, "shutting down: still accepting requests for shutdown.delay");
+            tokio::time::sleep(self.delay).await;
         }
         tracing::info!("shutting down: no longer accepting; letting requests in flight finish");
-        stop_proxy.fire();
-        let _ = proxy_task.await;
-        stop_ops.fire();
-        background.fire();
-        let _ = tokio::join!(ops_task, refresher_task, watcher_task);
+        self.stop_proxy.fire();
+        let _ = self.proxy.await;
+        self.stop_ops.fire();
+        self.background.fire();
+        let [ops, refresher, watcher] = self.rest;
+        let _ = tokio::join!(ops, refresher, watcher);
         tracing::info!("shutdown complete");
-    });
+    }
+}
 
-    Ok(Running { listen, ops: ops_addr, tokens, metrics, credentials, quit, task })
+/// The token refresher, sharing tokens through the fleet's cache when one is set.
+fn refresher(
+    config: &Config,
+    outbound: &Outbound,
+    tokens: &TokenSource,
+    credentials: &Credentials,
+    metrics: &Arc<Metrics>,
+) -> Result<Refresher<HttpFetcher>, StartError> {
+    let fetcher = HttpFetcher::new(outbound.clone(), &config.token, config.upstream.api_version.clone());
+    let refresher = Refresher::new(tokens.clone(), fetcher, credentials.clone(), &config.token);
+    let Some(cache) = &config.token.shared_cache else { return Ok(refresher) };
+    let shared = SharedCache::new(cache, &config.token.audience, config.token.timeout, metrics.clone())
+        .map_err(StartError::SharedCache)?;
+    if cache.clear_text_password {
+        tracing::warn!(
+            shared_cache = %cache.shown,
+            "the Redis password travels in clear text to a host off this machine; use rediss:// (the token itself is encrypted)",
+        );
+    }
+    tracing::info!(shared_cache = %cache.shown, "tokens are shared with the fleet through Redis");
+    Ok(refresher.with_shared_cache(shared))
 }
 
 /// Starts the proxy and runs it until `shutdown` resolves (or `/quitquitquit`), then shuts

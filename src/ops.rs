@@ -64,48 +64,9 @@ impl Ops {
                     json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "ready": false, "reason": reason }))
                 }
             },
-            "/startupz" if get => {
-                if inner.tokens.ever_had_token() {
-                    json(StatusCode::OK, &serde_json::json!({ "started": true }))
-                } else {
-                    json(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &serde_json::json!({ "started": false, "reason": inner.tokens.not_ready_reason() }),
-                    )
-                }
-            }
-            "/metrics" if get => {
-                inner.tokens.update_gauges();
-                let mut r = Response::new(full(inner.metrics.render()));
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-                r
-            }
-            "/status" if get => {
-                let credentials = inner.credentials.current();
-                let last_error = inner.credentials.last_error().map(|(e, since)| {
-                    serde_json::json!({
-                        "message": e.to_string(),
-                        "since": humantime::format_rfc3339_seconds(since).to_string(),
-                    })
-                });
-                json(
-                    StatusCode::OK,
-                    &serde_json::json!({
-                        "version": crate::VERSION,
-                        "upstream": inner.upstream,
-                        "token": inner.tokens.snapshot(),
-                        "credentials": {
-                            "source": inner.credentials.describe(),
-                            "generation": credentials.generation,
-                            "client_id_fingerprint": credentials.client_id.fingerprint(),
-                            // A file that went missing or empty: the credentials above stay in use.
-                            "last_error": last_error,
-                        },
-                        "shutting_down": inner.quit.fired(),
-                    }),
-                )
-            }
+            "/startupz" if get => self.startup(),
+            "/metrics" if get => self.metrics(),
+            "/status" if get => self.status(),
             "/quitquitquit" if method == Method::POST => {
                 if self.peer.is_some_and(|p| !p.ip().is_loopback()) {
                     return text(StatusCode::FORBIDDEN, "quitquitquit is accepted from loopback addresses only\n");
@@ -122,6 +83,50 @@ impl Ops {
             }
             _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /startupz, /metrics, /status\n"),
         }
+    }
+
+    fn startup(&self) -> Response<Body> {
+        let tokens = &self.inner.tokens;
+        if tokens.ever_had_token() {
+            return json(StatusCode::OK, &serde_json::json!({ "started": true }));
+        }
+        let body = serde_json::json!({ "started": false, "reason": tokens.not_ready_reason() });
+        json(StatusCode::SERVICE_UNAVAILABLE, &body)
+    }
+
+    fn metrics(&self) -> Response<Body> {
+        self.inner.tokens.update_gauges();
+        let mut r = Response::new(full(self.inner.metrics.render()));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+        r
+    }
+
+    fn status(&self) -> Response<Body> {
+        let inner = &self.inner;
+        let credentials = inner.credentials.current();
+        let last_error = inner.credentials.last_error().map(|(e, since)| {
+            serde_json::json!({
+                "message": e.to_string(),
+                "since": humantime::format_rfc3339_seconds(since).to_string(),
+            })
+        });
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "version": crate::VERSION,
+                "upstream": inner.upstream,
+                "token": inner.tokens.snapshot(),
+                "credentials": {
+                    "source": inner.credentials.describe(),
+                    "generation": credentials.generation,
+                    "client_id_fingerprint": credentials.client_id.fingerprint(),
+                    // A file that went missing or empty: the credentials above stay in use.
+                    "last_error": last_error,
+                },
+                "shutting_down": inner.quit.fired(),
+            }),
+        )
     }
 }
 

@@ -77,18 +77,9 @@ fn route(state: &State, parts: &Parts, body: &[u8]) -> Response<Body> {
     if let Err(r) = authenticate(state, parts) {
         return r;
     }
-    let version = match parts.headers.get("x-pinecone-api-version") {
-        None => VERSIONS[0],
-        Some(v) => match VERSIONS.iter().find(|known| v.as_bytes() == known.as_bytes()) {
-            Some(known) => known,
-            None => {
-                return invalid(&format!(
-                    "Unsupported API version {:?}. Supported versions: {}.",
-                    String::from_utf8_lossy(v.as_bytes()),
-                    VERSIONS.join(", ")
-                ));
-            }
-        },
+    let version = match version(parts) {
+        Ok(version) => version,
+        Err(refused) => return refused,
     };
     let segments: Vec<&str> = parts.uri.path().trim_start_matches('/').split('/').collect();
     let mut data = state.data.lock();
@@ -100,14 +91,33 @@ fn route(state: &State, parts: &Parts, body: &[u8]) -> Response<Body> {
             return response;
         }
     }
-    match segments.as_slice() {
+    resources(&mut data, parts, &segments, body)
+}
+
+/// The request's `X-Pinecone-Api-Version` (the oldest when absent), or the refusal of an
+/// unknown one.
+fn version(parts: &Parts) -> Result<&'static str, Response<Body>> {
+    let Some(v) = parts.headers.get("x-pinecone-api-version") else { return Ok(VERSIONS[0]) };
+    VERSIONS.iter().find(|known| v.as_bytes() == known.as_bytes()).copied().ok_or_else(|| {
+        invalid(&format!(
+            "Unsupported API version {:?}. Supported versions: {}.",
+            String::from_utf8_lossy(v.as_bytes()),
+            VERSIONS.join(", ")
+        ))
+    })
+}
+
+/// Projects, organizations and API keys: the routes of every version.
+fn resources(data: &mut Data, parts: &Parts, segments: &[&str], body: &[u8]) -> Response<Body> {
+    let m = &parts.method;
+    match segments {
         ["admin", "projects"] if m == Method::GET => json(StatusCode::OK, &json!({ "data": data.projects })),
-        ["admin", "projects"] if m == Method::POST => create_project(&mut data, body),
+        ["admin", "projects"] if m == Method::POST => create_project(data, body),
         ["admin", "projects", id] if m == Method::GET => match find(&data.projects, id) {
             Some(i) => json(StatusCode::OK, &data.projects[i]),
             None => not_found("Project", id),
         },
-        ["admin", "projects", id] if m == Method::PATCH => update_project(&mut data, id, body),
+        ["admin", "projects", id] if m == Method::PATCH => update_project(data, id, body),
         ["admin", "projects", id] if m == Method::DELETE => match find(&data.projects, id) {
             Some(i) => {
                 data.projects.remove(i);
@@ -121,7 +131,7 @@ fn route(state: &State, parts: &Parts, body: &[u8]) -> Response<Body> {
             Some(i) => json(StatusCode::OK, &data.organizations[i]),
             None => not_found("Organization", id),
         },
-        ["admin", "organizations", id] if m == Method::PATCH => update_organization(&mut data, id, body),
+        ["admin", "organizations", id] if m == Method::PATCH => update_organization(data, id, body),
         ["admin", "organizations", id] if m == Method::DELETE => match find(&data.organizations, id) {
             Some(i) => {
                 data.organizations.remove(i);
@@ -136,12 +146,12 @@ fn route(state: &State, parts: &Parts, body: &[u8]) -> Response<Body> {
             }
             None => not_found("Project", id),
         },
-        ["admin", "projects", id, "api-keys"] if m == Method::POST => create_api_key(&mut data, id, body),
+        ["admin", "projects", id, "api-keys"] if m == Method::POST => create_api_key(data, id, body),
         ["admin", "api-keys", id] if m == Method::GET => match find(&data.api_keys, id) {
             Some(i) => json(StatusCode::OK, &data.api_keys[i]),
             None => not_found("API key", id),
         },
-        ["admin", "api-keys", id] if m == Method::PATCH => update_api_key(&mut data, id, body),
+        ["admin", "api-keys", id] if m == Method::PATCH => update_api_key(data, id, body),
         ["admin", "api-keys", id] if m == Method::DELETE => match find(&data.api_keys, id) {
             Some(i) => {
                 data.api_keys.remove(i);

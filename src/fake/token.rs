@@ -50,26 +50,9 @@ async fn answer(state: &State, parts: &Parts, body: Bytes, quota: &mut HeaderMap
         headers: parts.headers.clone(),
         body: body.clone(),
     });
-
-    let delay = state.token_delay();
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+    if let Some(scripted) = scripted(state, n).await {
+        return scripted;
     }
-    let fault = state.faults.lock().pop_front();
-    match fault {
-        Some(TokenFault::Reset) => return Err("scripted connection reset".into()),
-        Some(TokenFault::Ok(body)) => return Ok(raw(StatusCode::OK, body, None)),
-        Some(TokenFault::Status { status, body, retry_after }) => {
-            return Ok(raw(StatusCode::from_u16(status).expect("valid status"), body, retry_after));
-        }
-        Some(TokenFault::Delay(d)) => tokio::time::sleep(d).await,
-        None => {}
-    }
-    let every = state.fail_every();
-    if every > 0 && n % every == 0 {
-        return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "scripted outage"));
-    }
-
     if parts.method != Method::POST {
         return Ok(error(StatusCode::NOT_FOUND, "not_found", "Not Found"));
     }
@@ -86,34 +69,10 @@ async fn answer(state: &State, parts: &Parts, body: Bytes, quota: &mut HeaderMap
         Ok(fields) => fields,
         Err(description) => return Ok(error(StatusCode::BAD_REQUEST, "invalid_request", &description)),
     };
-    for name in ["grant_type", "client_id", "client_secret", "audience"] {
-        if fields.get(name).is_none_or(|v| v.is_empty()) {
-            return Ok(error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("Missing required parameter: {name}"),
-            ));
-        }
+    let known = state.clients.lock().get(fields.get("client_id").map_or("", String::as_str)).cloned();
+    if let Some(refused) = refusal(&fields, known.as_deref()) {
+        return Ok(refused);
     }
-    let known = state.clients.lock().get(&fields["client_id"]).cloned();
-    if known.as_deref() != Some(fields["client_secret"].as_str()) {
-        return Ok(error(StatusCode::UNAUTHORIZED, "access_denied", "Unauthorized"));
-    }
-    if fields["grant_type"] != "client_credentials" {
-        return Ok(error(
-            StatusCode::FORBIDDEN,
-            "unauthorized_client",
-            &format!("Grant type '{}' not allowed for the client.", fields["grant_type"]),
-        ));
-    }
-    if fields["audience"] != AUDIENCE {
-        return Ok(error(
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            &format!("Service not enabled within domain: {}", fields["audience"]),
-        ));
-    }
-
     let verdict = state.quota.lock().as_mut().map(|q| q.issue(&fields["client_id"], Instant::now()));
     match verdict {
         Some(Verdict::Go(headers)) => quota.extend(headers),
@@ -123,18 +82,67 @@ async fn answer(state: &State, parts: &Parts, body: Bytes, quota: &mut HeaderMap
         }
         None => {}
     }
+    Ok(issue(state, &fields["client_id"]))
+}
+
+/// What the knobs script for the `n`th request: a delay first, then a fault or a scripted
+/// outage, if any.
+async fn scripted(state: &State, n: u64) -> Option<Result<Response<Body>, BoxError>> {
+    let delay = state.token_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let fault = state.faults.lock().pop_front();
+    match fault {
+        Some(TokenFault::Reset) => return Some(Err("scripted connection reset".into())),
+        Some(TokenFault::Ok(body)) => return Some(Ok(raw(StatusCode::OK, body, None))),
+        Some(TokenFault::Status { status, body, retry_after }) => {
+            return Some(Ok(raw(StatusCode::from_u16(status).expect("valid status"), body, retry_after)));
+        }
+        Some(TokenFault::Delay(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+    let every = state.fail_every();
+    (every > 0 && n % every == 0)
+        .then(|| Ok(error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "scripted outage")))
+}
+
+/// Auth0's checks of a client-credentials request, in its order: the fields are there, the
+/// client and its secret are known (`secret`: the known client's), the grant and the
+/// audience are the ones it allows. The refusal, as Auth0 words it, if any.
+fn refusal(fields: &HashMap<String, String>, secret: Option<&str>) -> Option<Response<Body>> {
+    for name in ["grant_type", "client_id", "client_secret", "audience"] {
+        if fields.get(name).is_none_or(|v| v.is_empty()) {
+            let missing = format!("Missing required parameter: {name}");
+            return Some(error(StatusCode::BAD_REQUEST, "invalid_request", &missing));
+        }
+    }
+    if secret != Some(fields["client_secret"].as_str()) {
+        return Some(error(StatusCode::UNAUTHORIZED, "access_denied", "Unauthorized"));
+    }
+    if fields["grant_type"] != "client_credentials" {
+        let refused = format!("Grant type '{}' not allowed for the client.", fields["grant_type"]);
+        return Some(error(StatusCode::FORBIDDEN, "unauthorized_client", &refused));
+    }
+    if fields["audience"] != AUDIENCE {
+        let refused = format!("Service not enabled within domain: {}", fields["audience"]);
+        return Some(error(StatusCode::FORBIDDEN, "access_denied", &refused));
+    }
+    None
+}
+
+/// A new token for `client_id`, remembered for the Admin API to check.
+fn issue(state: &State, client_id: &str) -> Response<Body> {
     let expires_in = state.expires_in();
-    let token = jwt(&fields["client_id"], expires_in);
-    state.issued.lock().insert(
-        token.clone(),
-        Issued {
-            expires: Instant::now() + Duration::from_secs(expires_in),
-            revoked: false,
-            client_id: fields["client_id"].clone(),
-        },
-    );
+    let token = jwt(client_id, expires_in);
+    let issued = Issued {
+        expires: Instant::now() + Duration::from_secs(expires_in),
+        revoked: false,
+        client_id: client_id.to_owned(),
+    };
+    state.issued.lock().insert(token.clone(), issued);
     state.tokens_issued.fetch_add(1, Ordering::SeqCst);
-    Ok(json(StatusCode::OK, &json!({ "access_token": token, "expires_in": expires_in, "token_type": "Bearer" })))
+    json(StatusCode::OK, &json!({ "access_token": token, "expires_in": expires_in, "token_type": "Bearer" }))
 }
 
 fn parse(parts: &Parts, body: &[u8]) -> Result<HashMap<String, String>, String> {
