@@ -69,7 +69,7 @@ pub struct Env(BTreeMap<String, String>);
 
 impl Env {
     /// The process environment. Variables that are not valid UTF-8 are kept out; if one of
-    /// ours is among them, reading it reports it as unset, and [`load`] complains.
+    /// ours is among them, reading it reports it as unset, and [`super::load`] complains.
     pub fn from_process() -> Self {
         Self(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect())
     }

@@ -5,7 +5,7 @@
 //! - [`headers`]: the header policy, both ways.
 //! - [`key_project`]: an API key's project, looked up for the `[policy]`.
 //! - [`lines`]: the access and audit lines.
-//! - [`token_shim`]: `POST /oauth/token`, answered with a placeholder.
+//! - [`mod@token_shim`]: `POST /oauth/token`, answered with a placeholder.
 //!
 //! Everything that can be computed once (the upstream scheme and authority, the version
 //! header) is, at construction. Per request: one read of the current token (no lock held
