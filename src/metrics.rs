@@ -142,7 +142,7 @@ impl Metrics {
         Self {
             requests: r.counters(
                 "requests_total",
-                "Requests answered, by method, status code and Admin API operation.",
+                "Requests answered, by method, status code and operation (the specifications' operationId, or unknown).",
                 &["method", "code", "operation"],
             ),
             request_duration: r.histogram(

@@ -6,7 +6,7 @@
 //! decision that needs the network (an API key's project, looked up by id) is handed back to
 //! [`crate::proxy`] as [`Decision::KeyProject`], and finished by [`Policy::decide_key`].
 
-use crate::routes::{ROUTES, Resolved, Route, Segment, UNKNOWN, operation_names, plain, resolve};
+use crate::routes::{Plane, ROUTES, Resolved, Route, Segment, UNKNOWN, operation_names, plain, resolve};
 use http::Method;
 
 /// The policy's shorthands: every GET, every documented operation, undocumented routes.
@@ -21,9 +21,9 @@ fn project_scoped(route: &Route) -> bool {
 
 /// The operations a policy entry names, as a set of route indices, and whether it names
 /// the undocumented routes.
-fn entry_set(entry: &str) -> Option<(u64, bool)> {
+fn entry_set(entry: &str) -> Option<(u128, bool)> {
     let set = |keep: &dyn Fn(&Route) -> bool| {
-        ROUTES.iter().enumerate().filter(|(_, r)| keep(r)).fold(0u64, |set, (i, _)| set | (1 << i))
+        ROUTES.iter().enumerate().filter(|(_, r)| keep(r)).fold(0u128, |set, (i, _)| set | (1 << i))
     };
     match entry {
         EVERYTHING => Some((set(&|_| true), false)),
@@ -49,8 +49,8 @@ pub(crate) fn check_entry(entry: &str) -> Result<(), String> {
     match entry_set(entry) {
         Some(_) => Ok(()),
         None => Err(format!(
-            "{entry:?} is not an Admin API operation; did you mean {:?}? (names are the operationIds of the \
-             Admin API's OpenAPI specifications, or \"read_only\", \"*\", \"unknown\")",
+            "{entry:?} is not a Pinecone API operation; did you mean {:?}? (names are the operationIds of the \
+             Admin API's and the control plane's OpenAPI specifications, or \"read_only\", \"*\", \"unknown\")",
             closest(entry)
         )),
     }
@@ -59,7 +59,7 @@ pub(crate) fn check_entry(entry: &str) -> Result<(), String> {
 /// One list of a policy, with the entry that put each route in.
 #[derive(Debug, Clone, Default)]
 struct Entries {
-    entries: Vec<(String, u64, bool)>,
+    entries: Vec<(String, u128, bool)>,
 }
 
 impl Entries {
@@ -272,6 +272,9 @@ pub fn explain(policy: Option<&Policy>, method: &Method, path: &str) -> Explaine
         Some(route) => format!("operation: {} ({} {})", route.operation, route.method, route.template),
         None => format!("operation: {UNKNOWN} (no documented route is {method} {path})"),
     }];
+    if resolved.route().is_some_and(|r| r.plane == Plane::Control) {
+        lines.push("plane: control plane (takes a project API key in Api-Key, not the bearer token)".into());
+    }
     if resolved.params().next().is_some() {
         lines.push(format!("path parameters: {}", resolved.params_text()));
     }
@@ -403,9 +406,25 @@ mod tests {
     }
 
     #[test]
+    fn control_plane_operations_are_named_in_a_policy() {
+        let p = policy(&["list_indexes", "describe_index"], &[], &[]);
+        assert!(allowed(p.decide(&resolve(&Method::GET, "/indexes"))).contains("list_indexes"));
+        assert!(refused(p.decide(&resolve(&Method::POST, "/indexes"))).contains("create_index is not in policy.allow"));
+        let read_only = policy(&["read_only"], &[], &[]);
+        assert!(matches!(read_only.decide(&resolve(&Method::GET, "/indexes/docs")), Decision::Allowed(_)));
+        assert!(matches!(read_only.decide(&resolve(&Method::DELETE, "/indexes/docs")), Decision::Refused(_)));
+        let e = Policy::new(&["list_indexs".into()], &[], &[]).unwrap_err();
+        assert!(e.1.contains("did you mean \"list_indexes\""), "{}", e.1);
+        let explained = explain(Some(&p), &Method::GET, "/indexes").lines.join("\n");
+        assert!(explained.contains("plane: control plane"), "{explained}");
+        let admin = explain(Some(&p), &Method::GET, "/admin/projects").lines.join("\n");
+        assert!(!admin.contains("plane:"), "{admin}");
+    }
+
+    #[test]
     fn check_config_says_what_projects_cannot_narrow() {
         let lines = policy(&["list_projects", "create_api_key", "list_service_accounts"], &[], &["p-1"]).describe();
-        assert_eq!(lines[0], "policy: 3 of 32 operations allowed");
+        assert_eq!(lines[0], format!("policy: 3 of {} operations allowed", ROUTES.len()));
         assert_eq!(lines[1], "policy: only in projects p-1: create_api_key");
         assert!(lines[2].ends_with(": list_projects, list_service_accounts"), "{}", lines[2]);
         assert_eq!(lines[3], "policy: undocumented routes (unknown): refused");

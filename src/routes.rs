@@ -1,7 +1,8 @@
-//! The Admin API's route table, made by `build.rs` from the OpenAPI specifications (every
-//! published version, in `spec/pinecone/`), and [`resolve`], which names a request's
-//! operation (or `unknown`) and its path parameters: a scan of a static table of about
-//! thirty routes, on a path split once. A path that a server could normalise into another
+//! The route table of `api.pinecone.io`, made by `build.rs` from the OpenAPI specifications
+//! (every published version, in `spec/pinecone/`): the Admin API's routes and the control
+//! plane's (indexes, collections, backups, inference, assistants), each with its [`Plane`].
+//! [`resolve`] names a request's operation (or `unknown`) and its path parameters: a scan
+//! of the routes with the path's number of segments, on a path split once. A path that a server could normalise into another
 //! route (`..`, `%2F`, an empty segment, a letter-case variant) is marked ambiguous.
 
 use http::Method;
@@ -11,6 +12,14 @@ use http::Method;
 pub(crate) enum Segment {
     Literal(&'static str),
     Param(&'static str),
+}
+
+/// Which credential a route takes: the Admin API a service account's bearer token, the
+/// control plane a project API key (FACTS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plane {
+    Admin,
+    Control,
 }
 
 /// A documented route: method and path template, and its operation.
@@ -23,6 +32,7 @@ pub(crate) struct Route {
     pub(crate) operation: &'static str,
     /// What older specifications called it.
     pub(crate) aliases: &'static [&'static str],
+    pub(crate) plane: Plane,
 }
 
 include!(concat!(env!("OUT_DIR"), "/routes.rs"));
@@ -34,7 +44,7 @@ pub(crate) const UNKNOWN: &str = "unknown";
 const MAX_SEGMENTS: usize = 8;
 const _: () = assert!(BY_SEGMENTS.len() == MAX_SEGMENTS + 1);
 const MAX_PARAMS: usize = 2;
-const _: () = assert!(ROUTES.len() <= 64, "an operation set is a u64");
+const _: () = assert!(ROUTES.len() <= 128, "an operation set is a u128");
 
 /// The methods of the route table; a case variant of one (`delete`) is ambiguous, since
 /// a server may treat it as the method.
@@ -201,6 +211,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn control_plane_routes_resolve_with_their_plane() {
+        for (method, path, operation, plane) in [
+            (Method::GET, "/indexes", "list_indexes", Plane::Control),
+            (Method::POST, "/indexes", "create_index", Plane::Control),
+            (Method::GET, "/indexes/docs", "describe_index", Plane::Control),
+            (Method::DELETE, "/indexes/docs", "delete_index", Plane::Control),
+            (Method::POST, "/embed", "embed", Plane::Control),
+            (Method::GET, "/assistant/assistants", "list_assistants", Plane::Control),
+            (Method::GET, "/assistant/assistants/helper", "get_assistant", Plane::Control),
+            (Method::GET, "/admin/projects", "list_projects", Plane::Admin),
+        ] {
+            let r = resolve(&method, path);
+            assert_eq!(r.operation(), operation, "{method} {path}");
+            assert_eq!(r.route().map(|r| r.plane), Some(plane), "{method} {path}");
+        }
+        assert_eq!(resolve(&Method::GET, "/indexes/docs").param("index_name"), Some("docs"));
+        // Assistants live under /assistant only: the bare path is not a route.
+        assert_eq!(resolve(&Method::GET, "/assistants").operation(), UNKNOWN);
+    }
+
+    #[test]
     fn routes_resolve_with_their_parameters() {
         let r = resolve(&Method::GET, "/admin/projects/p-1/api-keys");
         assert_eq!(r.operation(), "list_project_api_keys");
@@ -246,12 +277,14 @@ mod tests {
         let mut seen = 0;
         for file in std::fs::read_dir(&dir).unwrap() {
             let file = file.unwrap().path();
-            if !file.file_name().unwrap().to_str().unwrap().starts_with("admin_") {
-                continue;
-            }
+            let name = file.file_name().unwrap().to_str().unwrap().to_owned();
+            let Some(plane) = plane_of(&name) else { continue };
             let docs = YamlLoader::load_from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            // Assistants are served under their server URL's path.
+            let prefix = if name.starts_with("assistant_control_") { "/assistant" } else { "" };
+            assert_eq!(docs[0]["servers"][0]["url"].as_str().unwrap(), format!("https://api.pinecone.io{prefix}"));
             for (template, item) in docs[0]["paths"].as_hash().unwrap() {
-                let template = template.as_str().unwrap();
+                let template = format!("{prefix}{}", template.as_str().unwrap());
                 for (method, op) in item.as_hash().unwrap() {
                     let Some(id) = op["operationId"].as_str() else { continue };
                     let method = Method::from_bytes(method.as_str().unwrap().to_ascii_uppercase().as_bytes()).unwrap();
@@ -279,11 +312,23 @@ mod tests {
                     let params: Vec<(String, String)> = r.params().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
                     assert_eq!(params, expected, "{method} {template}");
                     assert!(operation_names().any(|n| n == id));
+                    assert_eq!(route.plane, plane, "{method} {template}");
                     seen += 1;
                 }
             }
         }
-        assert!(seen >= 5 * 13 + 19, "{seen} operations in the specs");
+        // The Admin API's 5 versions and the control plane's 2 (18, 4 and 5 operations each).
+        assert!(seen >= 5 * 13 + 19 + 2 * (18 + 4 + 5), "{seen} operations in the specs");
+    }
+
+    /// The plane of a specification file, by its name (as `build.rs` decides it).
+    fn plane_of(name: &str) -> Option<Plane> {
+        let control = ["db_control_", "inference_", "assistant_control_"];
+        match name.ends_with(".oas.yaml") {
+            true if name.starts_with("admin_") => Some(Plane::Admin),
+            true if control.iter().any(|prefix| name.starts_with(prefix)) => Some(Plane::Control),
+            _ => None,
+        }
     }
 
     /// `spec/pinecone/` is the crate's copy of the specifications in the project's shared
@@ -301,7 +346,7 @@ mod tests {
         for entry in entries {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-            if name.starts_with("admin_") && name.ends_with(".oas.yaml") {
+            if plane_of(&name).is_some() {
                 let ours = std::fs::read(root.join("spec/pinecone").join(&name))
                     .unwrap_or_else(|_| panic!("{name} is in {} but not in spec/pinecone", shared.display()));
                 assert!(
