@@ -259,6 +259,9 @@ fn create_api_key(data: &mut Data, project_id: &str, body: &[u8]) -> Response<Bo
     if find(&data.projects, project_id).is_none() {
         return not_found("Project", project_id);
     }
+    if let Some(message) = &data.refuse_api_key_creation {
+        return error(StatusCode::FORBIDDEN, "QUOTA_EXCEEDED", message);
+    }
     let result = (|| {
         let map = object(body)?;
         let name = name_field(&map, 80, true)?.expect("required");

@@ -1,28 +1,123 @@
-//! The fake control plane (`/indexes`, `/collections`, inference, assistants … on the same
-//! host as the Admin API), as far as the proxy's tests need it today: FACTS.md's key check.
-//! Every request needs `Api-Key` with the value of a live API key of the fake's; anything
-//! else (no key, a deleted key, a service account's bearer token) gets the real control
-//! plane's `401` with the plain-text body `Invalid API key`, not the Admin API's JSON.
-//! With a valid key, `GET /indexes` lists no indexes and every other path is a 404.
+//! The fake control plane (`/indexes` … on the same host as the Admin API), as FACTS.md
+//! describes it. Every request needs `Api-Key` with the value of a live API key of the
+//! fake's; anything else (no key, a deleted key, a service account's bearer token) gets the
+//! real control plane's `401` with the plain-text body `Invalid API key`, not the Admin API's
+//! JSON. A key works in its own project only, and only for what its roles cover (`403`
+//! otherwise): reading takes a project or control-plane role, writing an editor's.
+//!
+//! Indexes live in memory, per project: `list_indexes`, `create_index` (serverless, with a
+//! `host` as the real one names it), `describe_index`, `delete_index`. Other control-plane
+//! paths are a 404.
 
-use super::{State, error, json};
+use super::{Data, State, accepted, error, invalid, json, not_found};
 use crate::body::{Body, full};
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 
-pub(crate) fn handle(state: &State, parts: &Parts) -> Response<Body> {
+/// The roles that may read the control plane, and those that may change it (FACTS.md).
+const READERS: [&str; 4] = ["ProjectEditor", "ProjectViewer", "ControlPlaneEditor", "ControlPlaneViewer"];
+const WRITERS: [&str; 2] = ["ProjectEditor", "ControlPlaneEditor"];
+
+pub(crate) fn handle(state: &State, parts: &Parts, body: &[u8]) -> Response<Body> {
     state.control_requests.fetch_add(1, Ordering::Relaxed);
+    let mut data = state.data.lock();
     let presented = parts.headers.get("api-key").and_then(|v| v.to_str().ok());
-    if !presented.is_some_and(|value| state.data.lock().key_value_is_live(value)) {
+    let Some((project, roles)) = presented.and_then(|value| data.key_of_value(value)) else {
         state.control_unauthorized.fetch_add(1, Ordering::SeqCst);
         return invalid_api_key();
+    };
+    let write = !matches!(parts.method, Method::GET | Method::HEAD);
+    let needed: &[&str] = if write { &WRITERS } else { &READERS };
+    if !roles.iter().any(|r| needed.contains(&r.as_str())) {
+        return error(StatusCode::FORBIDDEN, "FORBIDDEN", "The API key's roles do not allow this operation.");
     }
-    match parts.uri.path() {
-        "/indexes" if parts.method == Method::GET => json(StatusCode::OK, &json!({ "indexes": [] })),
-        path => error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("No route for {} {path}", parts.method)),
+    let segments: Vec<&str> = parts.uri.path().trim_start_matches('/').split('/').collect();
+    let m = &parts.method;
+    match segments.as_slice() {
+        ["indexes"] if m == Method::GET => {
+            let indexes: Vec<&Value> = data.indexes.iter().filter(|(p, _)| *p == project).map(|(_, i)| i).collect();
+            json(StatusCode::OK, &json!({ "indexes": indexes }))
+        }
+        ["indexes"] if m == Method::POST => create_index(&mut data, &project, body),
+        ["indexes", name] if m == Method::GET => match position(&data, &project, name) {
+            Some(i) => json(StatusCode::OK, &data.indexes[i].1),
+            None => not_found("Index", name),
+        },
+        ["indexes", name] if m == Method::DELETE => match position(&data, &project, name) {
+            Some(i) => {
+                data.indexes.remove(i);
+                accepted()
+            }
+            None => not_found("Index", name),
+        },
+        _ => error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("No route for {m} {}", parts.uri.path())),
     }
+}
+
+fn position(data: &Data, project: &str, name: &str) -> Option<usize> {
+    data.indexes.iter().position(|(p, i)| p == project && i["name"] == name)
+}
+
+/// `create_index` (serverless): the name rules of the spec, 409 for a name taken in the
+/// project, 201 with the index, ready at once.
+fn create_index(data: &mut Data, project: &str, body: &[u8]) -> Response<Body> {
+    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
+        return invalid("The request body must be a JSON object.");
+    };
+    let name = request.get("name").and_then(Value::as_str).unwrap_or_default();
+    if let Err(problem) = index_name(name) {
+        return invalid(&problem);
+    }
+    let Some(serverless) = request.get("spec").and_then(|s| s.get("serverless")) else {
+        return invalid("spec.serverless with cloud and region is required.");
+    };
+    let (Some(cloud), Some(region)) =
+        (serverless.get("cloud").and_then(Value::as_str), serverless.get("region").and_then(Value::as_str))
+    else {
+        return invalid("spec.serverless needs cloud and region.");
+    };
+    let dimension = request.get("dimension").and_then(Value::as_u64);
+    if dimension.is_some_and(|d| !(1..=20_000).contains(&d)) {
+        return invalid("dimension must be between 1 and 20000.");
+    }
+    let metric = request.get("metric").and_then(Value::as_str).unwrap_or("cosine");
+    if !["cosine", "euclidean", "dotproduct"].contains(&metric) {
+        return invalid("metric must be cosine, euclidean or dotproduct.");
+    }
+    if position(data, project, name).is_some() {
+        return error(StatusCode::CONFLICT, "ALREADY_EXISTS", &format!("Resource {name} already exists"));
+    }
+    let id: [u8; 4] = rand::random();
+    let suffix: String = id.iter().map(|b| format!("{b:02x}")).collect::<String>()[..7].to_owned();
+    let index = json!({
+        "name": name,
+        "dimension": dimension,
+        "metric": metric,
+        "host": format!("{name}-{suffix}.svc.{region}-{cloud}.pinecone.io"),
+        "deletion_protection": request.get("deletion_protection").cloned().unwrap_or(json!("disabled")),
+        "tags": request.get("tags").cloned().unwrap_or(Value::Null),
+        "spec": { "serverless": { "cloud": cloud, "region": region } },
+        "status": { "ready": true, "state": "Ready" },
+        "vector_type": request.get("vector_type").cloned().unwrap_or(json!("dense")),
+    });
+    data.indexes.push((project.to_owned(), index.clone()));
+    json(StatusCode::CREATED, &index)
+}
+
+/// The spec's rule: 1-45 characters of lower-case alphanumerics and `-`, starting and
+/// ending with an alphanumeric.
+fn index_name(name: &str) -> Result<(), String> {
+    let allowed = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ends = !name.starts_with('-') && !name.ends_with('-');
+    if (1..=45).contains(&name.len()) && allowed && ends {
+        return Ok(());
+    }
+    Err(format!(
+        "Name {name:?} is invalid: it must be 1-45 characters long, start and end with an alphanumeric character, \
+         and consist only of lower case alphanumeric characters or '-'."
+    ))
 }
 
 /// The control and data planes' answer to a missing or bad key (FACTS.md).

@@ -5,7 +5,7 @@
 //! It serves `demo` and `fake-pinecone`, and the tests, which use its knobs (token
 //! lifetime, delays, scripted failures, revocation, credential rotation) and its counters.
 //! [`token`] owns the token endpoint, [`admin`] the Admin API (with [`iam`], its 2026-07
-//! operations), [`control`] the control plane's key check; this file owns the state and data they share, Pinecone's error bodies, and
+//! operations), [`control`] the control plane (API keys of their project, within their roles; indexes in memory); this file owns the state and data they share, Pinecone's error bodies, and
 //! the server.
 
 pub mod admin;
@@ -191,6 +191,11 @@ impl State {
         self.fail_every.load(Ordering::SeqCst)
     }
 
+    /// Makes `create_api_key` answer 403 with `message` (`None`: create as usual).
+    pub fn refuse_api_key_creation(&self, message: Option<&str>) {
+        self.data.lock().refuse_api_key_creation = message.map(str::to_owned);
+    }
+
     /// Revokes every token issued so far: the Admin API answers 401 to them.
     pub fn revoke_all(&self) {
         for t in self.issued.lock().values_mut() {
@@ -268,7 +273,7 @@ impl Service {
         if path == "/admin" || path.starts_with("/admin/") {
             Ok(admin::handle(&self.state, &parts, &body))
         } else {
-            Ok(control::handle(&self.state, &parts))
+            Ok(control::handle(&self.state, &parts, &body))
         }
     }
 }
@@ -357,6 +362,11 @@ pub struct Data {
     /// API key values (the secret, shown once at creation) and the id of their key.
     pub(crate) api_key_values: HashMap<String, String>,
     pub(crate) iam: iam::Iam,
+    /// The control plane's indexes, each with its project's id.
+    pub(crate) indexes: Vec<(String, Value)>,
+    /// When set, `create_api_key` answers 403 with this message (a quota, or a role the
+    /// service account may not grant).
+    pub(crate) refuse_api_key_creation: Option<String>,
 }
 
 impl Data {
@@ -379,6 +389,8 @@ impl Data {
             })],
             api_key_values: HashMap::new(),
             iam: iam::Iam::seeded(org_id),
+            indexes: Vec::new(),
+            refuse_api_key_creation: None,
         }
     }
 
@@ -395,9 +407,11 @@ impl Data {
         find(&self.api_keys, id).is_some()
     }
 
-    /// Whether `value` is the secret of an API key that still exists.
-    pub(crate) fn key_value_is_live(&self, value: &str) -> bool {
-        self.api_key_values.get(value).is_some_and(|id| self.has_api_key(id))
+    /// The project and roles of the live API key whose secret is `value`.
+    pub(crate) fn key_of_value(&self, value: &str) -> Option<(String, Vec<String>)> {
+        let key = &self.api_keys[find(&self.api_keys, self.api_key_values.get(value)?)?];
+        let roles = key["roles"].as_array()?.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect();
+        Some((key["project_id"].as_str()?.to_owned(), roles))
     }
 }
 

@@ -271,3 +271,99 @@ async fn service_accounts_are_real_credentials_and_rotation_revokes_their_tokens
     error_shape(&v, 400, "INVALID_ARGUMENT");
     assert_eq!(api.call(Method::DELETE, &format!("/admin/invites/{iid}"), v7, None).await.0, StatusCode::ACCEPTED);
 }
+
+impl Api {
+    /// A control-plane request with `Api-Key: key`; the status, the body as text.
+    async fn control(&self, method: Method, path: &str, key: &str, body: Option<Value>) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.fake.api_url()))
+            .header("api-key", key)
+            .header("x-pinecone-api-version", "2025-10");
+        let body: Body = body.map_or_else(empty, |b| full(b.to_string()));
+        let (status, _, bytes) = collect(self.client.send(request.body(body).unwrap()).await).await;
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// A new API key in `project` with `roles`: its id and its value.
+    async fn key(&self, project: &str, roles: &[&str]) -> (String, String) {
+        let (status, v) = self
+            .call(
+                Method::POST,
+                &format!("/admin/projects/{project}/api-keys"),
+                None,
+                Some(json!({"name": "k", "roles": roles})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        (v["key"]["id"].as_str().unwrap().to_owned(), v["value"].as_str().unwrap().to_owned())
+    }
+
+    async fn first_project(&self) -> String {
+        let (_, v) = self.call(Method::GET, "/admin/projects", None, None).await;
+        v["data"][0]["id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// FACTS.md, "The control plane and the data plane": API keys only, of their own project,
+/// within their roles; a bearer token or a deleted key is a plain-text 401 at once.
+#[tokio::test]
+async fn the_control_plane_takes_live_api_keys_of_its_project_within_their_roles() {
+    let api = Api::new().await;
+    let project = api.first_project().await;
+    let (key_id, editor) = api.key(&project, &["ControlPlaneEditor"]).await;
+    assert_eq!(api.control(Method::GET, "/indexes", &editor, None).await, (StatusCode::OK, r#"{"indexes":[]}"#.into()));
+    for bad in [api.token.clone(), "pckey_nothing".to_owned()] {
+        let (status, body) = api.control(Method::GET, "/indexes", &bad, None).await;
+        assert_eq!((status, body.as_str()), (StatusCode::UNAUTHORIZED, "Invalid API key"), "plain text, not JSON");
+    }
+    let create = json!({"name": "docs", "dimension": 8, "metric": "cosine", "spec": {"serverless": {"cloud": "aws", "region": "us-east-1"}}});
+    let (status, body) = api.control(Method::POST, "/indexes", &editor, Some(create.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let index: Value = serde_json::from_str(&body).unwrap();
+    let host = index["host"].as_str().unwrap();
+    assert!(host.starts_with("docs-") && host.ends_with(".svc.us-east-1-aws.pinecone.io"), "a bare host name: {host}");
+    assert_eq!(index["status"]["ready"], true);
+    let (status, body) = api.control(Method::POST, "/indexes", &editor, Some(create)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let bad_name = json!({"name": "Docs_1", "spec": {"serverless": {"cloud": "aws", "region": "us-east-1"}}});
+    assert_eq!(api.control(Method::POST, "/indexes", &editor, Some(bad_name)).await.0, StatusCode::BAD_REQUEST);
+    let (status, body) = api.control(Method::GET, "/indexes/docs", &editor, None).await;
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["host"].as_str()), (StatusCode::OK, Some(host)));
+
+    // A viewer reads and may not write; a data-plane key may not use the control plane.
+    let (_, viewer) = api.key(&project, &["ControlPlaneViewer"]).await;
+    assert_eq!(api.control(Method::GET, "/indexes/docs", &viewer, None).await.0, StatusCode::OK);
+    assert_eq!(api.control(Method::DELETE, "/indexes/docs", &viewer, None).await.0, StatusCode::FORBIDDEN);
+    let (_, data_only) = api.key(&project, &["DataPlaneEditor"]).await;
+    assert_eq!(api.control(Method::GET, "/indexes", &data_only, None).await.0, StatusCode::FORBIDDEN);
+
+    // Another project's key sees none of this project's indexes.
+    let (_, other) = api.call(Method::POST, "/admin/projects", None, Some(json!({"name": "other"}))).await;
+    let (_, elsewhere) = api.key(other["id"].as_str().unwrap(), &["ProjectEditor"]).await;
+    assert_eq!(api.control(Method::GET, "/indexes", &elsewhere, None).await.1, r#"{"indexes":[]}"#);
+    assert_eq!(api.control(Method::GET, "/indexes/docs", &elsewhere, None).await.0, StatusCode::NOT_FOUND);
+
+    assert_eq!(api.control(Method::DELETE, "/indexes/docs", &editor, None).await.0, StatusCode::ACCEPTED);
+    assert_eq!(api.control(Method::GET, "/indexes/docs", &editor, None).await.0, StatusCode::NOT_FOUND);
+    // A deleted key stops working at once.
+    assert_eq!(
+        api.call(Method::DELETE, &format!("/admin/api-keys/{key_id}"), None, None).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(api.control(Method::GET, "/indexes", &editor, None).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn create_api_key_can_be_refused_with_a_403() {
+    let api = Api::new().await;
+    let project = api.first_project().await;
+    api.fake.state().refuse_api_key_creation(Some("Not enough available quota"));
+    let path = format!("/admin/projects/{project}/api-keys");
+    let (status, v) = api.call(Method::POST, &path, None, Some(json!({"name": "k", "roles": ["ProjectEditor"]}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    error_shape(&v, 403, "QUOTA_EXCEEDED");
+    assert_eq!(v["error"]["message"], "Not enough available quota");
+    api.fake.state().refuse_api_key_creation(None);
+    api.key(&project, &["ProjectEditor"]).await;
+}
