@@ -10,6 +10,8 @@
 //! - [`token`]: what a token is, how one is fetched, when the next one is fetched, and the
 //!   engine that hands usable tokens to requests.
 //! - [`body`]: the body type every request and response shares.
+//! - [`api_key`]: the managed API key of the control and data planes: its lease (issue 24,
+//!   under way).
 //! - [`outbound`]: the one outbound HTTP stack (token requests and forwarding): a pool of
 //!   hyper HTTP/1.1 and HTTP/2 connections per host, over rustls.
 //! - [`proxy`]: forwarding: the request rewrite, header policy, streaming, proxy errors.
@@ -38,12 +40,13 @@
 //! 1. on the route table: `policy`
 //! 2. configuration: `config`
 //! 3. on the configuration: `credentials`, `limits`, `logging`, `outbound`, `replay`, `wait`
-//! 4. engines: `token`, `admission`
+//! 4. engines: `token`, `api_key`, `admission`
 //! 5. services and serving: `proxy`, `serve`
 //! 6. what serves: `ops`, `fake`
 //! 7. the wiring: `app`
 
 pub(crate) mod admission;
+pub mod api_key;
 pub mod app;
 pub mod body;
 pub mod config;
@@ -89,6 +92,7 @@ mod layers {
         ("replay", 3),
         ("wait", 3),
         ("token", 4),
+        ("api_key", 4),
         ("admission", 4),
         ("proxy", 5),
         ("serve", 5),

@@ -5,8 +5,9 @@
 //! It serves `demo` and `fake-pinecone`, and the tests, which use its knobs (token
 //! lifetime, delays, scripted failures, revocation, credential rotation) and its counters.
 //! [`token`] owns the token endpoint, [`admin`] the Admin API (with [`iam`], its 2026-07
-//! operations), [`control`] the control plane (API keys of their project, within their roles; indexes in memory); this file owns the state and data they share, Pinecone's error bodies, and
-//! the server.
+//! operations), [`control`] the control plane (API keys of their project, within their
+//! roles; indexes in memory); this file owns the state and data they share, Pinecone's error
+//! bodies, and the server.
 
 pub mod admin;
 pub mod control;
