@@ -10,8 +10,8 @@
 //! - [`token`]: what a token is, how one is fetched, when the next one is fetched, and the
 //!   engine that hands usable tokens to requests.
 //! - [`body`]: the body type every request and response shares.
-//! - [`api_key`]: the managed API key of the control and data planes: its lease (issue 24,
-//!   under way).
+//! - [`api_key`]: the managed API key of the control and data planes: its lease and its
+//!   Admin API calls (issue 24, under way).
 //! - [`outbound`]: the one outbound HTTP stack (token requests and forwarding): a pool of
 //!   hyper HTTP/1.1 and HTTP/2 connections per host, over rustls.
 //! - [`proxy`]: forwarding: the request rewrite, header policy, streaming, proxy errors.
@@ -40,10 +40,11 @@
 //! 1. on the route table: `policy`
 //! 2. configuration: `config`
 //! 3. on the configuration: `credentials`, `limits`, `logging`, `outbound`, `replay`, `wait`
-//! 4. engines: `token`, `api_key`, `admission`
-//! 5. services and serving: `proxy`, `serve`
-//! 6. what serves: `ops`, `fake`
-//! 7. the wiring: `app`
+//! 4. engines: `token`, `admission`
+//! 5. on the token engine: `api_key`
+//! 6. services and serving: `proxy`, `serve`
+//! 7. what serves: `ops`, `fake`
+//! 8. the wiring: `app`
 
 pub(crate) mod admission;
 pub mod api_key;
@@ -92,13 +93,13 @@ mod layers {
         ("replay", 3),
         ("wait", 3),
         ("token", 4),
-        ("api_key", 4),
+        ("api_key", 5),
         ("admission", 4),
-        ("proxy", 5),
-        ("serve", 5),
-        ("ops", 6),
-        ("fake", 6),
-        ("app", 7),
+        ("proxy", 6),
+        ("serve", 6),
+        ("ops", 7),
+        ("fake", 7),
+        ("app", 8),
     ];
 
     fn layer(module: &str) -> u8 {
