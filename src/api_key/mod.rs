@@ -4,12 +4,15 @@
 //!
 //! - [`admin`]: the Admin API calls of a key's life (create, list, delete), bounded, and
 //!   their failures told apart: refused or passing.
+//! - [`engine`]: [`engine::KeySource`], what requests read, and [`engine::Keeper`], the loop
+//!   that creates, rotates and deletes keys.
 //! - [`lease`]: the pure decisions of a key's life: its name (which carries its lease end),
 //!   when it is rotated, when an old one is deleted, which keys the janitor may delete, and
 //!   how soon a refused creation is tried again.
 //!
-//! The engine that runs them (creation, rotation by overlap, replacement after a 401, the
-//! janitor, deletion on shutdown) is built on these; issue 24 is under way.
+//! Still to come (issue 24, under way): the janitor, fleets through Redis, `[api_key]`, and
+//! the wiring into the request path, `/status` and the metrics.
 
 pub mod admin;
+pub mod engine;
 pub mod lease;

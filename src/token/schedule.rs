@@ -141,6 +141,7 @@ pub fn latest_refresh(refresh_due: Instant, usable_until: Instant, timeout: Dura
 #[derive(Debug, Clone)]
 pub struct Budget {
     max: usize,
+    window: Duration,
     sent: VecDeque<Instant>,
 }
 
@@ -148,8 +149,13 @@ pub const BUDGET_WINDOW: Duration = Duration::from_secs(60);
 
 impl Budget {
     pub fn new(max_per_minute: u32) -> Self {
-        let max = max_per_minute.max(1) as usize;
-        Self { max, sent: VecDeque::with_capacity(max) }
+        Self::per_window(max_per_minute, BUDGET_WINDOW)
+    }
+
+    /// At most `max` requests in any `window` (the managed key's hourly budget).
+    pub fn per_window(max: u32, window: Duration) -> Self {
+        let max = max.max(1) as usize;
+        Self { max, window, sent: VecDeque::with_capacity(max) }
     }
 
     /// The earliest instant at or after `at` when a request fits in the budget.
@@ -159,7 +165,7 @@ impl Budget {
         }
         // The oldest of the last `max` requests must have left the window.
         let oldest = self.sent[self.sent.len() - self.max];
-        at.max(oldest + BUDGET_WINDOW)
+        at.max(oldest + self.window)
     }
 
     /// Records a request sent at `at`.

@@ -1,0 +1,580 @@
+//! The managed key's engine: [`KeySource`], what requests read (the current key, or a wait
+//! for the next), and [`Keeper`], the one loop that creates, rotates and deletes keys.
+//!
+//! Only the keeper calls `create_api_key`, so at most one creation is in flight and the
+//! hourly budget (`api_key.max_creates_per_hour`) is kept in one place. The loop only sleeps
+//! and calls: [`next_create`] decides when the next key is due (at once without one, or
+//! after a 401 to the current one; at `rotate_at` of the lease otherwise; never inside a
+//! backoff or the 10 minutes after a refusal), the budget whether it may go. A rotation
+//! overlaps: the new key is used by every new request at once, the old one is deleted
+//! `grace` later. On shutdown the keys still held are deleted unless they are shared.
+
+use super::admin::{Created, KeyError, Listed};
+use super::lease::{self, Lease};
+use crate::token::schedule::{self, Budget};
+use http::HeaderValue;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// The Admin API calls the keeper makes ([`super::admin::AdminKeys`], or a test's).
+pub trait Keys: Send + Sync + 'static {
+    fn create(
+        &self,
+        project: &str,
+        name: &str,
+        roles: &[String],
+    ) -> impl Future<Output = Result<Created, KeyError>> + Send;
+    fn delete(&self, id: &str) -> impl Future<Output = Result<(), KeyError>> + Send;
+    fn list(&self, project: &str) -> impl Future<Output = Result<Vec<Listed>, KeyError>> + Send;
+}
+
+impl Keys for super::admin::AdminKeys {
+    fn create(
+        &self,
+        project: &str,
+        name: &str,
+        roles: &[String],
+    ) -> impl Future<Output = Result<Created, KeyError>> + Send {
+        super::admin::AdminKeys::create(self, project, name, roles)
+    }
+    fn delete(&self, id: &str) -> impl Future<Output = Result<(), KeyError>> + Send {
+        super::admin::AdminKeys::delete(self, id)
+    }
+    fn list(&self, project: &str) -> impl Future<Output = Result<Vec<Listed>, KeyError>> + Send {
+        super::admin::AdminKeys::list(self, project)
+    }
+}
+
+/// What `[api_key]` says of the keys to keep.
+#[derive(Debug, Clone)]
+pub struct KeyPlan {
+    pub project: String,
+    pub roles: Vec<String>,
+    pub prefix: String,
+    pub lease: Lease,
+    pub max_creates_per_hour: u32,
+    /// How long a request waits for a key when none is usable (`token.timeout`).
+    pub wait: Duration,
+    pub delete_on_shutdown: bool,
+}
+
+/// A key in use: its `Api-Key` header value built once (marked sensitive), and its dates.
+pub struct ApiKey {
+    header: HeaderValue,
+    pub id: String,
+    pub name: String,
+    /// Counts keys since start: 1 for the first.
+    pub generation: u64,
+    pub fingerprint: String,
+    pub rotate_at: Instant,
+    /// The lease end: never used after it.
+    pub usable_until: Instant,
+    pub lease_end_wall: SystemTime,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("generation", &self.generation)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKey {
+    /// The `Api-Key` value.
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    pub fn usable(&self, now: Instant) -> bool {
+        now < self.usable_until
+    }
+}
+
+/// Why a request got no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyUnavailable {
+    /// When the next creation is due.
+    pub retry_after: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Status {
+    invalidated: u64,
+    next_create: Option<Instant>,
+    last_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    key: Mutex<Option<Arc<ApiKey>>>,
+    status: Mutex<Status>,
+    wake: Notify,
+    changed: watch::Sender<u64>,
+    wait: Duration,
+}
+
+/// The handle requests use. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct KeySource {
+    shared: Arc<Shared>,
+}
+
+impl KeySource {
+    pub fn new(wait: Duration) -> Self {
+        let (changed, _) = watch::channel(0);
+        let shared = Shared { key: Mutex::default(), status: Mutex::default(), wake: Notify::new(), changed, wait };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// The current key, if usable now.
+    pub fn current(&self) -> Option<Arc<ApiKey>> {
+        self.shared.key.lock().clone().filter(|k| k.usable(Instant::now()))
+    }
+
+    /// A usable key: the current one, or the next the keeper makes, within the wait.
+    pub async fn get(&self) -> Result<Arc<ApiKey>, KeyUnavailable> {
+        if let Some(key) = self.current() {
+            return Ok(key);
+        }
+        self.newer_than(0).await
+    }
+
+    /// A usable key newer than `generation`, waiting up to the wait.
+    pub async fn newer_than(&self, generation: u64) -> Result<Arc<ApiKey>, KeyUnavailable> {
+        let mut changed = self.shared.changed.subscribe();
+        let deadline = Instant::now() + self.shared.wait;
+        loop {
+            if let Some(key) = self.current().filter(|k| k.generation > generation) {
+                return Ok(key);
+            }
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                let next = self.shared.status.lock().next_create;
+                let wait = next.map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
+                return Err(KeyUnavailable { retry_after: Duration::from_secs(wait.as_secs() + 1) });
+            }
+        }
+    }
+
+    /// Reports that the control or data plane answered 401 to a request that carried key
+    /// `generation`: one new key for all such reports; reports about an older key are ignored.
+    pub fn invalidate(&self, generation: u64) {
+        let current = self.shared.key.lock().as_ref().map(|k| k.generation);
+        if current != Some(generation) {
+            return;
+        }
+        let mut status = self.shared.status.lock();
+        if generation > status.invalidated {
+            status.invalidated = generation;
+            drop(status);
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Told after every creation attempt, whatever its outcome.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
+    }
+
+    /// The last failure, for `/status`.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.status.lock().last_error.clone()
+    }
+}
+
+/// What the keeper knows when it decides when to create the next key.
+#[derive(Debug, Clone, Copy)]
+pub struct CreatePlan {
+    pub now: Instant,
+    /// The current key's generation, rotation point and lease end.
+    pub current: Option<(u64, Instant, Instant)>,
+    /// The newest generation that a plane rejected with 401.
+    pub invalidated: u64,
+    /// No creation before this, after a failure.
+    pub hold: Option<Instant>,
+}
+
+/// When the next key is due: at once without a usable key or after a 401 to the current
+/// one, at its rotation point otherwise; never inside a hold. The budget applies on top.
+pub fn next_create(p: &CreatePlan) -> Instant {
+    let wanted = match p.current {
+        None => p.now,
+        Some((generation, _, usable_until)) if generation <= p.invalidated || p.now >= usable_until => p.now,
+        Some((_, rotate_at, _)) => rotate_at,
+    };
+    p.hold.map_or(wanted, |until| wanted.max(until))
+}
+
+/// A key being let go: deleted when `at` comes.
+#[derive(Debug)]
+struct Retiring {
+    id: String,
+    name: String,
+    at: Instant,
+}
+
+/// The loop that keeps a usable key in a [`KeySource`].
+#[derive(Debug)]
+pub struct Keeper<K> {
+    source: KeySource,
+    keys: K,
+    plan: KeyPlan,
+    generation: u64,
+    failures: u32,
+    hold: Option<Instant>,
+    budget: Budget,
+    retiring: Vec<Retiring>,
+    jitter: bool,
+}
+
+/// The window of `api_key.max_creates_per_hour`.
+const CREATE_WINDOW: Duration = Duration::from_secs(3600);
+/// How soon a failed deletion is tried again.
+const DELETE_RETRY: Duration = Duration::from_secs(60);
+
+impl<K: Keys> Keeper<K> {
+    pub fn new(source: KeySource, keys: K, plan: KeyPlan) -> Self {
+        let budget = Budget::per_window(plan.max_creates_per_hour, CREATE_WINDOW);
+        Self { source, keys, plan, generation: 0, failures: 0, hold: None, budget, retiring: Vec::new(), jitter: true }
+    }
+
+    /// Switches off the backoff's jitter, for tests.
+    pub fn without_jitter(mut self) -> Self {
+        self.jitter = false;
+        self
+    }
+
+    /// Runs until `shutdown` resolves, then deletes the keys it holds (unless shared).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = self.turn() => {}
+                () = &mut shutdown => break,
+            }
+        }
+        if self.plan.delete_on_shutdown {
+            self.delete_all().await;
+        }
+    }
+
+    /// One turn: create if due, else delete what is due, else wait for the earlier of both.
+    async fn turn(&mut self) {
+        let now = Instant::now();
+        let current = self.source.shared.key.lock().clone();
+        let invalidated = self.source.shared.status.lock().invalidated;
+        let plan = CreatePlan {
+            now,
+            current: current.as_ref().map(|k| (k.generation, k.rotate_at, k.usable_until)),
+            invalidated,
+            hold: self.hold,
+        };
+        let create_at = self.budget.earliest(next_create(&plan));
+        self.source.shared.status.lock().next_create = Some(create_at);
+        if create_at <= now {
+            return self.create_once(now).await;
+        }
+        if let Some(i) = self.retiring.iter().position(|r| r.at <= now) {
+            let retiring = self.retiring.remove(i);
+            return self.delete_once(retiring).await;
+        }
+        let wake = self.retiring.iter().map(|r| r.at).fold(create_at, Instant::min);
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            () = self.source.shared.wake.notified() => {}
+        }
+    }
+
+    async fn create_once(&mut self, now: Instant) {
+        self.budget.record(now);
+        let lease_end = SystemTime::now() + self.plan.lease.lifetime;
+        let name = lease::name(&self.plan.prefix, lease_end, rand::random());
+        let result = self.keys.create(&self.plan.project, &name, &self.plan.roles).await;
+        match result.and_then(|created| self.install(created, lease_end)) {
+            Ok(()) => {
+                self.failures = 0;
+                self.hold = None;
+                self.source.shared.status.lock().last_error = None;
+            }
+            Err(error) => self.failed(&error),
+        }
+        self.source.shared.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Makes a created key the current one; the one it replaces is deleted `grace` later.
+    fn install(&mut self, created: Created, lease_end: SystemTime) -> Result<(), KeyError> {
+        let mut header = HeaderValue::from_str(created.value.expose()).map_err(|_| KeyError::Transient {
+            operation: "create_api_key",
+            reason: "the value is not allowed in a header".into(),
+        })?;
+        header.set_sensitive(true);
+        let now = Instant::now();
+        let lease = self.plan.lease;
+        self.generation += 1;
+        let key = ApiKey {
+            header,
+            id: created.id,
+            name: created.name,
+            generation: self.generation,
+            fingerprint: created.value.fingerprint(),
+            rotate_at: now + lease.lifetime.mul_f64(lease.rotate_at),
+            usable_until: now + lease.lifetime,
+            lease_end_wall: lease_end,
+        };
+        tracing::info!(
+            target: crate::logging::AUDIT_TARGET,
+            action = "api_key_created",
+            id = %key.id,
+            name = %key.name,
+            project = %self.plan.project,
+            roles = %self.plan.roles.join(","),
+            lease_end = %humantime::format_rfc3339_seconds(lease_end),
+            fingerprint = %key.fingerprint,
+            generation = key.generation,
+            "audit",
+        );
+        let replaced = self.source.shared.key.lock().replace(Arc::new(key));
+        if let Some(old) = replaced {
+            // Requests that carried it finish within the grace.
+            let at = now + lease.grace;
+            self.retiring.push(Retiring { id: old.id.clone(), name: old.name.clone(), at });
+        }
+        Ok(())
+    }
+
+    fn failed(&mut self, error: &KeyError) {
+        self.failures += 1;
+        let delay = match error {
+            KeyError::Rejected { .. } => lease::REFUSED_RETRY,
+            KeyError::Transient { .. } => {
+                let u = if self.jitter { rand::random::<f64>() } else { 0.5 };
+                schedule::backoff(self.failures, u)
+            }
+        };
+        self.hold = Some(Instant::now() + delay);
+        tracing::warn!(error = %error, retry_in = %humantime::format_duration(delay), "managed API key: creation failed");
+        self.source.shared.status.lock().last_error = Some(error.to_string());
+    }
+
+    async fn delete_once(&mut self, retiring: Retiring) {
+        match self.keys.delete(&retiring.id).await {
+            Ok(()) => tracing::info!(
+                target: crate::logging::AUDIT_TARGET,
+                action = "api_key_deleted",
+                id = %retiring.id,
+                name = %retiring.name,
+                project = %self.plan.project,
+                "audit",
+            ),
+            Err(error) => {
+                tracing::warn!(error = %error, id = %retiring.id, "managed API key: deleting a replaced key failed; trying again");
+                self.retiring.push(Retiring { at: Instant::now() + DELETE_RETRY, ..retiring });
+            }
+        }
+    }
+
+    /// Deletes the current key and every replaced one (at shutdown).
+    async fn delete_all(&mut self) {
+        let current = self.source.shared.key.lock().take();
+        let mut all: Vec<Retiring> = std::mem::take(&mut self.retiring);
+        if let Some(key) = current {
+            all.push(Retiring { id: key.id.clone(), name: key.name.clone(), at: Instant::now() });
+        }
+        for retiring in all {
+            let id = retiring.id.clone();
+            self.delete_once(retiring).await;
+            // A failure was put back for later: at shutdown there is no later.
+            self.retiring.retain(|r| r.id != id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The keeper against in-memory keys, under paused tokio time: no sockets, no real waits.
+
+    use super::*;
+    use crate::secret::Secret;
+    use std::collections::VecDeque;
+
+    /// Keys made in memory: answers from a script (then successes), and what was made,
+    /// tried and deleted.
+    #[derive(Debug, Clone, Default)]
+    struct Scripted {
+        tried: Arc<Mutex<u32>>,
+        created: Arc<Mutex<Vec<String>>>,
+        deleted: Arc<Mutex<Vec<String>>>,
+        script: Arc<Mutex<VecDeque<KeyError>>>,
+    }
+
+    impl Scripted {
+        fn failing(self, errors: impl IntoIterator<Item = KeyError>) -> Self {
+            self.script.lock().extend(errors);
+            self
+        }
+        fn tried(&self) -> u32 {
+            *self.tried.lock()
+        }
+        fn deleted(&self) -> Vec<String> {
+            self.deleted.lock().clone()
+        }
+    }
+
+    impl Keys for Scripted {
+        async fn create(&self, _: &str, name: &str, _: &[String]) -> Result<Created, KeyError> {
+            *self.tried.lock() += 1;
+            if let Some(error) = self.script.lock().pop_front() {
+                return Err(error);
+            }
+            let mut created = self.created.lock();
+            created.push(name.to_owned());
+            let n = created.len();
+            Ok(Created { id: format!("k-{n}"), name: name.to_owned(), value: Secret::new(format!("pckey_{n}")) })
+        }
+        async fn delete(&self, id: &str) -> Result<(), KeyError> {
+            self.deleted.lock().push(id.to_owned());
+            Ok(())
+        }
+        async fn list(&self, _: &str) -> Result<Vec<Listed>, KeyError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn plan(max_creates_per_hour: u32, delete_on_shutdown: bool) -> KeyPlan {
+        KeyPlan {
+            project: "p-1".into(),
+            roles: vec!["ControlPlaneViewer".into()],
+            prefix: "app".into(),
+            lease: Lease { lifetime: Duration::from_secs(100), rotate_at: 0.5, grace: Duration::from_secs(10) },
+            max_creates_per_hour,
+            wait: Duration::from_secs(5),
+            delete_on_shutdown,
+        }
+    }
+
+    fn start(keys: Scripted, plan: KeyPlan) -> (KeySource, crate::shutdown::Trigger, tokio::task::JoinHandle<()>) {
+        let source = KeySource::new(plan.wait);
+        let stop = crate::shutdown::Trigger::default();
+        let keeper = Keeper::new(source.clone(), keys, plan).without_jitter();
+        let task = tokio::spawn(keeper.run(stop.wait()));
+        (source, stop, task)
+    }
+
+    fn rejected() -> KeyError {
+        KeyError::Rejected {
+            operation: "create_api_key",
+            status: 403,
+            message: "quota".into(),
+            request_id: String::new(),
+        }
+    }
+
+    fn transient() -> KeyError {
+        KeyError::Transient { operation: "create_api_key", reason: "503".into() }
+    }
+
+    async fn pass(secs: u64) {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_at_once_then_rotation_by_overlap_and_the_old_one_deleted_after_the_grace() {
+        let keys = Scripted::default();
+        let (source, _stop, _task) = start(keys.clone(), plan(10, true));
+        let first = source.get().await.unwrap();
+        assert_eq!((first.generation, first.name.starts_with("app-")), (1, true));
+        assert!(format!("{first:?}").contains("k-1") && !format!("{first:?}").contains("pckey_1"), "no value in Debug");
+        assert!(first.header().is_sensitive());
+        for _ in 0..49 {
+            pass(1).await;
+            assert_eq!(source.current().unwrap().generation, 1, "used until its rotation point");
+        }
+        pass(2).await;
+        assert_eq!(source.current().unwrap().generation, 2, "rotated at half the lease");
+        assert!(keys.deleted().is_empty(), "the old key outlives the rotation by the grace");
+        pass(8).await;
+        assert!(keys.deleted().is_empty());
+        pass(2).await;
+        assert_eq!(keys.deleted(), ["k-1"]);
+        assert_eq!(keys.tried(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_401_to_the_current_key_makes_one_new_key_for_all() {
+        let keys = Scripted::default();
+        let (source, _stop, _task) = start(keys.clone(), plan(10, true));
+        let first = source.get().await.unwrap();
+        for _ in 0..20 {
+            source.invalidate(first.generation);
+        }
+        let second = source.newer_than(first.generation).await.unwrap();
+        assert_eq!(second.generation, 2);
+        source.invalidate(first.generation);
+        pass(5).await;
+        assert_eq!(keys.tried(), 2, "a report about the old key changes nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_creation_is_tried_again_after_ten_minutes_and_requests_get_unavailable() {
+        let keys = Scripted::default().failing([rejected()]);
+        let (source, _stop, _task) = start(keys.clone(), plan(10, true));
+        let e = source.get().await.unwrap_err();
+        assert!(e.retry_after > Duration::from_secs(590), "{e:?}");
+        assert!(source.last_error().unwrap().contains("quota"));
+        pass(590).await;
+        assert_eq!(keys.tried(), 1, "not before ten minutes");
+        pass(15).await;
+        assert_eq!(keys.tried(), 2);
+        assert_eq!(source.get().await.unwrap().generation, 1);
+        assert_eq!(source.last_error(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_hourly_budget_holds_when_every_creation_fails() {
+        let keys = Scripted::default().failing(std::iter::repeat_with(transient).take(1000));
+        let (_source, _stop, _task) = start(keys.clone(), plan(5, true));
+        pass(3599).await;
+        assert_eq!(keys.tried(), 5, "max_creates_per_hour");
+        pass(3600).await;
+        assert_eq!(keys.tried(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_deletes_the_keys_held_unless_shared() {
+        for delete_on_shutdown in [true, false] {
+            let keys = Scripted::default();
+            let (source, stop, task) = start(keys.clone(), plan(10, delete_on_shutdown));
+            source.get().await.unwrap();
+            pass(51).await;
+            assert_eq!(source.current().unwrap().generation, 2);
+            stop.fire();
+            task.await.unwrap();
+            let mut deleted = keys.deleted();
+            deleted.sort();
+            let expected: &[&str] = if delete_on_shutdown { &["k-1", "k-2"] } else { &[] };
+            assert_eq!(deleted, expected, "delete_on_shutdown = {delete_on_shutdown}");
+        }
+    }
+
+    #[test]
+    fn the_next_key_is_due_at_once_without_one_after_a_401_or_at_its_rotation() {
+        let now = Instant::now();
+        let at = |s: u64| now + Duration::from_secs(s);
+        let p = CreatePlan { now, current: None, invalidated: 0, hold: None };
+        assert_eq!(next_create(&p), now);
+        let current = Some((3, at(50), at(100)));
+        assert_eq!(next_create(&CreatePlan { current, ..p }), at(50));
+        assert_eq!(next_create(&CreatePlan { current, invalidated: 3, ..p }), now);
+        assert_eq!(next_create(&CreatePlan { current, invalidated: 2, ..p }), at(50), "an older key's 401");
+        assert_eq!(next_create(&CreatePlan { current, hold: Some(at(70)), ..p }), at(70));
+        assert_eq!(next_create(&CreatePlan { current: None, hold: Some(at(600)), ..p }), at(600));
+        let ended = Some((3, at(50), now));
+        assert_eq!(next_create(&CreatePlan { current: ended, ..p }), now, "past its lease");
+    }
+}
