@@ -230,8 +230,15 @@ pub struct Keeper<K> {
     hold: Option<Instant>,
     budget: Budget,
     retiring: Vec<Retiring>,
+    /// When the janitor looks for orphans next: at start, then hourly.
+    janitor_at: Instant,
+    /// Orphans deleted since start (`api_key_orphans_deleted_total`).
+    orphans_deleted: Arc<std::sync::atomic::AtomicU64>,
     jitter: bool,
 }
+
+/// How often the janitor looks for orphaned keys (PRODUCT.md: at start and every hour).
+const JANITOR_EVERY: Duration = Duration::from_secs(3600);
 
 /// The window of `api_key.max_creates_per_hour`.
 const CREATE_WINDOW: Duration = Duration::from_secs(3600);
@@ -241,7 +248,24 @@ const DELETE_RETRY: Duration = Duration::from_secs(60);
 impl<K: Keys> Keeper<K> {
     pub fn new(source: KeySource, keys: K, plan: KeyPlan) -> Self {
         let budget = Budget::per_window(plan.max_creates_per_hour, CREATE_WINDOW);
-        Self { source, keys, plan, generation: 0, failures: 0, hold: None, budget, retiring: Vec::new(), jitter: true }
+        Self {
+            source,
+            keys,
+            plan,
+            generation: 0,
+            failures: 0,
+            hold: None,
+            budget,
+            retiring: Vec::new(),
+            janitor_at: Instant::now(),
+            orphans_deleted: Arc::default(),
+            jitter: true,
+        }
+    }
+
+    /// The count of orphans deleted, shared with whoever shows it.
+    pub fn orphans_deleted(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.orphans_deleted.clone()
     }
 
     /// Switches off the backoff's jitter, for tests.
@@ -264,7 +288,8 @@ impl<K: Keys> Keeper<K> {
         }
     }
 
-    /// One turn: create if due, else delete what is due, else wait for the earlier of both.
+    /// One turn: create if due, else delete what is due, else sweep for orphans if due, else
+    /// wait for the earliest of them.
     async fn turn(&mut self) {
         let now = Instant::now();
         let current = self.source.shared.key.lock().clone();
@@ -284,7 +309,11 @@ impl<K: Keys> Keeper<K> {
             let retiring = self.retiring.remove(i);
             return self.delete_once(retiring).await;
         }
-        let wake = self.retiring.iter().map(|r| r.at).fold(create_at, Instant::min);
+        if self.janitor_at <= now {
+            self.janitor_at = now + JANITOR_EVERY;
+            return self.sweep().await;
+        }
+        let wake = self.retiring.iter().map(|r| r.at).fold(create_at.min(self.janitor_at), Instant::min);
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             () = self.source.shared.wake.notified() => {}
@@ -379,6 +408,41 @@ impl<K: Keys> Keeper<K> {
         }
     }
 
+    /// The janitor: deletes the project's keys that are ours by name and past their lease
+    /// end plus `grace` (a proxy killed with SIGKILL leaves one). Keys with other names, and
+    /// the keys this proxy holds, are never touched.
+    async fn sweep(&mut self) {
+        let listed = match self.keys.list(&self.plan.project).await {
+            Ok(listed) => listed,
+            Err(error) => return tracing::warn!(error = %error, "managed API key: listing the project's keys failed"),
+        };
+        let held: Vec<String> = self.source.shared.key.lock().iter().map(|k| k.id.clone()).collect();
+        let now = SystemTime::now();
+        let orphans = listed.into_iter().filter(|k| {
+            lease::is_orphan(&self.plan.prefix, &k.name, self.plan.lease.grace, now)
+                && !held.contains(&k.id)
+                && !self.retiring.iter().any(|r| r.id == k.id)
+        });
+        for orphan in orphans.collect::<Vec<_>>() {
+            match self.keys.delete(&orphan.id).await {
+                Ok(()) => {
+                    self.orphans_deleted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(
+                        target: crate::logging::AUDIT_TARGET,
+                        action = "api_key_orphan_deleted",
+                        id = %orphan.id,
+                        name = %orphan.name,
+                        project = %self.plan.project,
+                        "audit",
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, id = %orphan.id, "managed API key: deleting an orphan failed")
+                }
+            }
+        }
+    }
+
     /// Deletes the current key and every replaced one (at shutdown).
     async fn delete_all(&mut self) {
         let current = self.source.shared.key.lock().take();
@@ -411,6 +475,9 @@ mod tests {
         created: Arc<Mutex<Vec<String>>>,
         deleted: Arc<Mutex<Vec<String>>>,
         script: Arc<Mutex<VecDeque<KeyError>>>,
+        /// What `list` answers (the keys made here are added).
+        others: Arc<Mutex<Vec<Listed>>>,
+        lists: Arc<Mutex<u32>>,
     }
 
     impl Scripted {
@@ -442,7 +509,12 @@ mod tests {
             Ok(())
         }
         async fn list(&self, _: &str) -> Result<Vec<Listed>, KeyError> {
-            Ok(Vec::new())
+            *self.lists.lock() += 1;
+            let deleted = self.deleted.lock().clone();
+            let mut all = self.others.lock().clone();
+            let made: Vec<String> = self.created.lock().clone();
+            all.extend(made.into_iter().enumerate().map(|(i, name)| Listed { id: format!("k-{}", i + 1), name }));
+            Ok(all.into_iter().filter(|k| !deleted.contains(&k.id)).collect())
         }
     }
 
@@ -560,6 +632,40 @@ mod tests {
             let expected: &[&str] = if delete_on_shutdown { &["k-1", "k-2"] } else { &[] };
             assert_eq!(deleted, expected, "delete_on_shutdown = {delete_on_shutdown}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_janitor_deletes_only_our_orphans_at_start_and_hourly() {
+        let keys = Scripted::default();
+        let wall = |secs: u64| SystemTime::now().checked_sub(Duration::from_secs(secs)).unwrap();
+        let named = |id: &str, name: String| Listed { id: id.into(), name };
+        keys.others.lock().extend([
+            // Ours, its lease over for longer than the grace: an orphan.
+            named("o-1", lease::name("app", wall(3600), [1; 6])),
+            // Ours, within the grace after its lease: maybe still in a request's hands.
+            named("o-2", lease::name("app", wall(5), [2; 6])),
+            // Ours, lease still running (another proxy's key in use).
+            named("o-3", lease::name("app", SystemTime::now() + Duration::from_secs(600), [3; 6])),
+            // Someone else's keys.
+            named("x-1", lease::name("app-staging", wall(3600), [4; 6])),
+            named("x-2", "ProjectEditor key".into()),
+        ]);
+        let (source, _stop, _task) = start(keys.clone(), plan(10, true));
+        source.get().await.unwrap();
+        pass(1).await;
+        assert_eq!(keys.deleted(), ["o-1"], "at start: the orphan only");
+        assert_eq!(*keys.lists.lock(), 1);
+        // Another proxy killed meanwhile leaves one more (the wall clock does not move under
+        // a paused tokio clock, so o-2 stays within its grace).
+        keys.others.lock().push(named("o-4", lease::name("app", wall(7200), [5; 6])));
+        pass(3600).await;
+        assert_eq!(*keys.lists.lock(), 2, "hourly");
+        let deleted = keys.deleted();
+        let orphans: Vec<&String> = deleted.iter().filter(|id| id.starts_with("o-")).collect();
+        assert_eq!(orphans, ["o-1", "o-4"], "{deleted:?}");
+        assert!(!deleted.iter().any(|id| id.starts_with("x-")), "never another name: {deleted:?}");
+        let held = source.current().unwrap().id.clone();
+        assert!(!deleted.contains(&held), "never the key in use");
     }
 
     #[test]
