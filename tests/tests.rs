@@ -8,6 +8,8 @@ mod support;
 mod binary;
 #[path = "tests/config_files.rs"]
 mod config_files;
+#[path = "tests/control_plane.rs"]
+mod control_plane;
 #[path = "tests/errors.rs"]
 mod errors;
 #[path = "tests/fake_api.rs"]

@@ -32,6 +32,11 @@ pub(crate) enum ProxyError {
     BodyTimeout(Duration),
     #[error("refused by policy: {0}")]
     Forbidden(String),
+    #[error(
+        "{operation} is a control-plane operation, which takes a project API key: set [api_key] \
+         (api_key.project_id) so that the proxy supplies a managed key, or send your own in Api-Key"
+    )]
+    ApiKeyNotConfigured { operation: &'static str },
 }
 
 impl ProxyError {
@@ -45,6 +50,7 @@ impl ProxyError {
             ProxyError::BadRequest { .. } => "bad_request",
             ProxyError::BodyTimeout(_) => "body_timeout",
             ProxyError::Forbidden(_) => "forbidden_by_policy",
+            ProxyError::ApiKeyNotConfigured { .. } => "api_key_not_configured",
         }
     }
 
@@ -55,7 +61,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest { status, .. } => *status,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::Forbidden(_) | ProxyError::ApiKeyNotConfigured { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -67,7 +73,7 @@ impl ProxyError {
             | ProxyError::UpstreamUnreachable(_) => "UNAVAILABLE",
             ProxyError::UpstreamTimeout(_) | ProxyError::BodyTimeout(_) => "DEADLINE_EXCEEDED",
             ProxyError::BadRequest { .. } => "INVALID_ARGUMENT",
-            ProxyError::Forbidden(_) => "PERMISSION_DENIED",
+            ProxyError::Forbidden(_) | ProxyError::ApiKeyNotConfigured { .. } => "PERMISSION_DENIED",
         }
     }
 
@@ -125,7 +131,14 @@ impl Proxy {
             ProxyError::BodyTimeout(_) => metrics.limit_hit(crate::limits::Limit::BodyReadTimeout.label()),
             _ => {}
         }
-        if !matches!(error, ProxyError::BadRequest { .. } | ProxyError::BodyTimeout(_) | ProxyError::Forbidden(_)) {
+        let clients_doing = matches!(
+            error,
+            ProxyError::BadRequest { .. }
+                | ProxyError::BodyTimeout(_)
+                | ProxyError::Forbidden(_)
+                | ProxyError::ApiKeyNotConfigured { .. }
+        );
+        if !clients_doing {
             tracing::warn!(method = %method, path = %path, reason = error.reason(), error = %error, "request failed");
         }
         let response = error_response(&error);
@@ -156,6 +169,12 @@ mod tests {
             (ProxyError::UpstreamTimeout(Duration::from_secs(60)), 504, "upstream_timeout", "DEADLINE_EXCEEDED"),
             (ProxyError::bad_request(StatusCode::METHOD_NOT_ALLOWED, "no"), 405, "bad_request", "INVALID_ARGUMENT"),
             (ProxyError::bad_request(StatusCode::BAD_REQUEST, "no"), 400, "bad_request", "INVALID_ARGUMENT"),
+            (
+                ProxyError::ApiKeyNotConfigured { operation: "list_indexes" },
+                403,
+                "api_key_not_configured",
+                "PERMISSION_DENIED",
+            ),
         ];
         for (error, status, reason, code) in cases {
             let r = error_response(&error);

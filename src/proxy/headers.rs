@@ -6,7 +6,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The request id Pinecone answers with, quoted in audit lines and lookup errors.
 pub(super) static X_PINECONE_REQUEST_ID: HeaderName = HeaderName::from_static("x-pinecone-request-id");
-static X_PINECONE_API_VERSION: HeaderName = HeaderName::from_static("x-pinecone-api-version");
+pub(super) static X_PINECONE_API_VERSION: HeaderName = HeaderName::from_static("x-pinecone-api-version");
 
 /// Removes the connection-specific headers (RFC 9110 §7.6.1) and those named in
 /// `Connection`, from a request or a response. `TE: trailers` is kept: it is end-to-end in

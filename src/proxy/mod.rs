@@ -20,7 +20,7 @@ mod lines;
 mod token_shim;
 
 use error::ProxyError;
-use headers::{rewrite_request_headers, strip_hop_by_hop};
+use headers::{X_PINECONE_API_VERSION, rewrite_request_headers, strip_hop_by_hop};
 
 use token_shim::token_shim;
 
@@ -32,7 +32,7 @@ use crate::net::is_loopback_host;
 use crate::outbound::{Pool, SendError};
 use crate::policy::{Decision, Policy};
 use crate::replay::{Buffered, NotKept, ReplayBudget, RequestBody};
-use crate::routes::Resolved;
+use crate::routes::{Plane, Resolved};
 use crate::token::TokenSource;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -187,6 +187,9 @@ impl Proxy {
             }
         }
 
+        if resolved.route().is_some_and(|r| r.plane == Plane::Control) {
+            return Box::pin(self.forward_own_key(parts, body, resolved)).await;
+        }
         let token = inner.tokens.get().await?;
         outcome.token = Some(token.clone());
         let admin_route = is_admin_path(parts.uri.path());
@@ -222,6 +225,45 @@ impl Proxy {
 
         // Rare, and as large as all the rest: boxed out of every request's future.
         Box::pin(self.replay(response, token.generation, replay, outcome)).await
+    }
+
+    /// A control-plane request, without a managed key: the client's own `Api-Key` goes
+    /// upstream unchanged, and no bearer token of ours with it (the control plane takes API
+    /// keys only); without one, `403 api_key_not_configured`, no token used, nothing sent. A
+    /// `401` is the client's key's and goes back as it came; the body streams.
+    async fn forward_own_key<B>(
+        &self,
+        mut parts: http::request::Parts,
+        body: B,
+        resolved: &Resolved<'_>,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let inner = &self.inner;
+        if parts.headers.get("api-key").is_none_or(|v| v.is_empty()) {
+            return Err(ProxyError::ApiKeyNotConfigured { operation: resolved.operation() });
+        }
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.entry(X_PINECONE_API_VERSION.clone()).or_insert_with(|| inner.api_version.clone());
+        let streaming = !body.is_end_stream();
+        // The flag tells a client's stall apart once hyper's client has wrapped it.
+        let stalled = Arc::new(AtomicBool::new(false));
+        let flag = stalled.clone();
+        let body = TimeoutBody::new(inner.body_read_timeout, body).map_err(move |e| {
+            if e.is::<TimeoutError>() {
+                flag.store(true, Ordering::Relaxed);
+            }
+            e
+        });
+        let request = Request::from_parts(parts, body.boxed_unsync());
+        let response = self.send_streaming(request, streaming).await.map_err(|e| {
+            if stalled.load(Ordering::Relaxed) { ProxyError::BodyTimeout(inner.body_read_timeout) } else { e }
+        })?;
+        Ok(finish(response))
     }
 
     /// Reads a request body for a possible replay, or as much of it as may be kept before it

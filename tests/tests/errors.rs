@@ -6,16 +6,6 @@ use http::StatusCode;
 use pinecone_admin_proxy::fake::TokenFault;
 use std::time::Duration;
 
-fn assert_proxy_error(status: StatusCode, headers: &http::HeaderMap, body: &[u8], want: StatusCode, reason: &str) {
-    assert_eq!(status, want, "{}", String::from_utf8_lossy(body));
-    assert_eq!(headers["x-pinecone-proxy-error"], reason);
-    assert_eq!(headers["content-type"], "application/json");
-    let v = json(body);
-    assert_eq!(v["status"], want.as_u16());
-    assert!(v["error"]["code"].is_string());
-    assert!(v["error"]["message"].as_str().unwrap().contains("pinecone-admin-proxy"));
-}
-
 #[tokio::test]
 async fn unreachable_upstream_is_502() {
     let fake = fake(3600).await;

@@ -213,3 +213,15 @@ pub async fn until(
 pub fn generation(tokens: &pinecone_admin_proxy::token::TokenSource) -> u64 {
     tokens.snapshot().generation.unwrap_or(0)
 }
+
+/// A response the proxy made itself: the status, its `x-pinecone-proxy-error` reason and
+/// Pinecone's error body.
+pub fn assert_proxy_error(status: StatusCode, headers: &HeaderMap, body: &[u8], want: StatusCode, reason: &str) {
+    assert_eq!(status, want, "{}", String::from_utf8_lossy(body));
+    assert_eq!(headers["x-pinecone-proxy-error"], reason);
+    assert_eq!(headers["content-type"], "application/json");
+    let v = json(body);
+    assert_eq!(v["status"], want.as_u16());
+    assert!(v["error"]["code"].is_string());
+    assert!(v["error"]["message"].as_str().unwrap().contains("pinecone-admin-proxy"));
+}
