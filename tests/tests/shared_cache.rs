@@ -604,7 +604,19 @@ async fn the_demo_uses_the_shared_cache() {
     ))
     .await;
     assert!(pinecone_admin_proxy::wait::wait_ready(proc.ops, Duration::from_secs(10)).await);
-    let status = json(&TestClient::default().get(&format!("http://{}/status", proc.ops)).await.2);
+    // Ready as soon as the token is in use; it is written to Redis just after. The demo's
+    // process tells no event, so its /status is asked until then.
+    let status_url = format!("http://{}/status", proc.ops);
+    let written = async {
+        loop {
+            let status = json(&TestClient::default().get(&status_url).await.2);
+            if status["token"]["shared_cache"]["tokens_written"] != 0 {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let status = tokio::time::timeout(Duration::from_secs(10), written).await.expect("the token is written to Redis");
     assert_eq!(status["token"]["shared_cache"]["tokens_written"], 1, "{status}");
     let (entry, _) = entry_names(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, AUDIENCE);
     assert_eq!(redis.keys().await, [entry]);
