@@ -48,12 +48,12 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         let mut inner = self.admission.inner.lock();
         inner.open.remove(&self.id);
-        if let Some(ip) = self.peer {
-            if let Some(n) = inner.peers.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    inner.peers.remove(&ip);
-                }
+        if let Some(ip) = self.peer
+            && let Some(n) = inner.peers.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                inner.peers.remove(&ip);
             }
         }
     }

@@ -62,10 +62,10 @@ impl Running {
 
     /// Waits until the shutdown sequence has finished.
     pub async fn wait(self) {
-        if let Err(e) = self.task.await {
-            if e.is_panic() {
-                std::panic::resume_unwind(e.into_panic());
-            }
+        if let Err(e) = self.task.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
         }
     }
 }

@@ -215,7 +215,12 @@ fn known_file_key(key: &str, keys: &[(String, Kind)]) -> Result<(), String> {
         ));
     }
     if !keys.iter().any(|(k, _)| k == key) {
-        return Err("unknown key".into());
+        // The closest key by edit distance, if it is close: a typo, not another key.
+        let closest = keys.iter().map(|(k, _)| (strsim::levenshtein(key, k), k)).min();
+        return Err(match closest {
+            Some((distance, k)) if distance <= 3.max(key.len() / 4) => format!("unknown key; did you mean {k}?"),
+            _ => "unknown key".into(),
+        });
     }
     Ok(())
 }

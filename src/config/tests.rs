@@ -351,3 +351,20 @@ fn describe_lists_every_key_and_redacts_the_secret() {
     assert_eq!(row("upstream.ca_file").1, "(none)");
     assert_eq!(rows.len(), keys().len() + 1);
 }
+
+#[test]
+fn a_misspelt_key_is_told_the_closest_known_one() {
+    for (file, says) in [
+        ("lisen = \"127.0.0.1:1\"", "lisen (file "),
+        ("[token]\nurll = \"x\"", "did you mean token.url?"),
+        ("[token]\ntimout = \"5s\"", "did you mean token.timeout?"),
+        ("[limits]\nmax_conections = 5", "did you mean limits.max_connections?"),
+        ("lisen = \"127.0.0.1:1\"", "did you mean listen?"),
+    ] {
+        let e = load_with(Some(file), &[], Flags::default()).unwrap_err();
+        assert!(e.to_string().contains(says), "{file}: {e}");
+    }
+    // Nothing close: no guess.
+    let e = load_with(Some("[token]\nwhatever_this_is = 1"), &[], Flags::default()).unwrap_err();
+    assert_eq!(e.problem, "unknown key");
+}

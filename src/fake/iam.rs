@@ -185,10 +185,10 @@ fn base64url_decode(text: &str) -> Option<Vec<u8>> {
 
 fn list_users(data: &Data, query: &[(String, String)]) -> Result<Response<Body>, Response<Body>> {
     let email = query.iter().find(|(k, _)| k == "email").map(|(_, v)| v.to_lowercase());
-    if let Some(e) = &email {
-        if !valid_email(e) {
-            return Err(invalid("email is not a valid email address."));
-        }
+    if let Some(e) = &email
+        && !valid_email(e)
+    {
+        return Err(invalid("email is not a valid email address."));
     }
     let users: Vec<Value> = data
         .iam

@@ -103,7 +103,7 @@ async fn scripted(state: &State, n: u64) -> Option<Result<Response<Body>, BoxErr
         None => {}
     }
     let every = state.fail_every();
-    (every > 0 && n % every == 0)
+    (every > 0 && n.is_multiple_of(every))
         .then(|| Ok(error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "scripted outage")))
 }
 

@@ -374,17 +374,15 @@ impl Proxy {
                 "TRACE is not forwarded: its echo would carry the proxy's access token",
             ));
         }
-        if version < Version::HTTP_2 {
-            if let Some(authority) = uri.authority() {
-                let host = authority.host();
-                if !host.eq_ignore_ascii_case(self.inner.authority.host()) && !is_loopback_host(host) {
-                    return Err(ProxyError::bad_request(
-                        StatusCode::BAD_REQUEST,
-                        format!(
-                            "request target names another host ({host}); this proxy only forwards to the Pinecone API"
-                        ),
-                    ));
-                }
+        if version < Version::HTTP_2
+            && let Some(authority) = uri.authority()
+        {
+            let host = authority.host();
+            if !host.eq_ignore_ascii_case(self.inner.authority.host()) && !is_loopback_host(host) {
+                return Err(ProxyError::bad_request(
+                    StatusCode::BAD_REQUEST,
+                    format!("request target names another host ({host}); this proxy only forwards to the Pinecone API"),
+                ));
             }
         }
         Ok(())

@@ -197,10 +197,10 @@ pub fn classify(status: StatusCode, body: &[u8], retry_after: Option<Duration>) 
         if HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
             return Err(malformed("access_token has characters not allowed in a header"));
         }
-        if let Some(t) = parsed.token_type {
-            if !t.eq_ignore_ascii_case("bearer") {
-                return Err(malformed("token_type is not Bearer"));
-            }
+        if let Some(t) = parsed.token_type
+            && !t.eq_ignore_ascii_case("bearer")
+        {
+            return Err(malformed("token_type is not Bearer"));
         }
         let secs = parsed.expires_in.and_then(|n| n.as_f64()).ok_or_else(|| malformed("no numeric expires_in"))?;
         if !(secs.is_finite() && secs >= 1.0) {

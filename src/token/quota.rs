@@ -70,10 +70,10 @@ pub fn parse(headers: &HeaderMap, now: SystemTime) -> Vec<Bucket> {
     for value in headers.get_all("auth0-client-quota-limit") {
         let Ok(text) = value.to_str() else { continue };
         for item in text.split(',') {
-            if let Some(bucket) = quota_item(item, now) {
-                if !out.iter().any(|b: &Bucket| b.name == bucket.name) {
-                    out.push(bucket);
-                }
+            if let Some(bucket) = quota_item(item, now)
+                && !out.iter().any(|b: &Bucket| b.name == bucket.name)
+            {
+                out.push(bucket);
             }
         }
     }

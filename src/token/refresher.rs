@@ -389,19 +389,20 @@ impl<F: Fetch> Refresher<F> {
                     if token.is_some_and(|t| t.usable(now)) { "; the current token stays in use" } else { "" },
                 );
             }
-        } else if let (Some((b, _)), Some(t)) = (low, token) {
-            if local.quota_warned != Some((b.name, b.reset)) && wanted > local.refresh_due.unwrap_or(now) {
-                local.quota_warned = Some((b.name, b.reset));
-                tracing::warn!(
-                    bucket = b.name,
-                    limit = b.limit,
-                    remaining = b.remaining,
-                    resets_at = %humantime::format_rfc3339_seconds(b.reset),
-                    refresh_in = %wait(wanted),
-                    usable_for = %wait(t.usable_until),
-                    "token quota low: the next refresh is put off to the latest safe point",
-                );
-            }
+        } else if let (Some((b, _)), Some(t)) = (low, token)
+            && local.quota_warned != Some((b.name, b.reset))
+            && wanted > local.refresh_due.unwrap_or(now)
+        {
+            local.quota_warned = Some((b.name, b.reset));
+            tracing::warn!(
+                bucket = b.name,
+                limit = b.limit,
+                remaining = b.remaining,
+                resets_at = %humantime::format_rfc3339_seconds(b.reset),
+                refresh_in = %wait(wanted),
+                usable_for = %wait(t.usable_until),
+                "token quota low: the next refresh is put off to the latest safe point",
+            );
         }
     }
 
