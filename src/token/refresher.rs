@@ -323,7 +323,7 @@ impl<F: Fetch> Refresher<F> {
         let mut status = shared.status.lock();
         status.rejected |= rejected;
         status.last_error = Some(LastError {
-            at: unix_secs(SystemTime::now()) as u64,
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             kind: error.result_label(),
             message: error.to_string(),
         });

@@ -165,8 +165,8 @@ pub struct CacheStatus {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CacheError {
-    /// UNIX seconds.
-    pub at: u64,
+    /// When, in RFC 3339 (UTC, seconds), as every time in `/status`.
+    pub at: String,
     pub reason: &'static str,
     pub message: String,
 }
@@ -325,7 +325,7 @@ impl SharedCache {
             if fallback { "; this proxy fetches for itself" } else { "" },
         );
         self.status.lock().last_error = Some(CacheError {
-            at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             reason: failure.label(),
             message,
         });

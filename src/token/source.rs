@@ -28,8 +28,8 @@ pub enum TokenUnavailable {
 /// The last failed token request, for `/status` and `/readyz`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LastError {
-    /// UNIX seconds.
-    pub at: u64,
+    /// When, in RFC 3339 (UTC, seconds), as every time in `/status`.
+    pub at: String,
     /// `transient_error` or `rejected`.
     pub kind: &'static str,
     pub message: String,

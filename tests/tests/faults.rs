@@ -66,6 +66,8 @@ async fn transient_faults_are_retried_after_a_backoff() {
         assert_eq!(fake.state().token_requests.load(SeqCst), 2, "{name}: one retry");
         let status = json(&TestClient::default().get(&ops_url(&proxy, "/status")).await.2);
         assert_eq!(status["token"]["last_error"]["kind"], "transient_error", "{name}");
+        let at = status["token"]["last_error"]["at"].as_str().expect("a time");
+        assert!(humantime::parse_rfc3339(at).is_ok(), "{name}: RFC 3339, as every time in /status: {at}");
         assert!(
             !status["token"]["last_error"]["message"].as_str().unwrap().contains("eyJx"),
             "{name}: no token quoted"
