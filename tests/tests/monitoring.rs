@@ -78,6 +78,20 @@ async fn the_rules_and_the_dashboard_name_only_exported_metrics() {
     assert!(exprs >= 20, "{exprs} dashboard queries");
     let missing: Vec<&String> = named.difference(&exported).collect();
     assert!(missing.is_empty(), "named by the kit but not exported: {missing:?}");
+
+    // The README's table of metrics names every family the proxy exports, and no other.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("Metrics, all prefixed `pinecone_proxy_`:").expect("the metrics table");
+    let table = readme[start..].split("\n\n").nth(1).expect("the table after its line");
+    let mut documented = BTreeSet::new();
+    for row in table.lines().filter(|l| l.starts_with("| `")) {
+        let names = row.split(" | ").next().unwrap();
+        for name in names.split('`').skip(1).step_by(2) {
+            documented.insert(format!("pinecone_proxy_{}", name.split('{').next().unwrap()));
+        }
+    }
+    let ours: BTreeSet<String> = exported.iter().filter(|n| n.starts_with("pinecone_proxy_")).cloned().collect();
+    assert_eq!(documented, ours, "the README's metrics table against /metrics");
     assert!(named.len() >= 15, "{named:?}");
 }
 
