@@ -181,7 +181,7 @@ impl Metrics {
             shared_cache_errors: r.counters(
                 "shared_cache_errors_total",
                 "Times the shared token cache failed and the proxy fetched for itself, by reason: \
-                 unreachable, timeout, error, unreadable, lock_wait.",
+                 unreachable, timeout, error, unreadable, lock_wait, stale, bad_lock, oversized.",
                 &["reason"],
             ),
             registry: r.0,
