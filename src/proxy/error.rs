@@ -19,9 +19,10 @@ pub(crate) enum ProxyError {
     #[error("no usable Pinecone access token; the next token request is due in {}s", retry_after.as_secs())]
     TokenUnavailable { retry_after: Duration },
     #[error(
-        "the Pinecone token endpoint rejects the proxy's credentials and no usable token is left; see the proxy's /status and logs"
+        "the Pinecone token endpoint rejects the proxy's {} and no usable token is left; see the proxy's /status and logs",
+        if *audience { "audience (token.audience: Pinecone's is https://api.pinecone.io/, with its trailing slash)" } else { "credentials" }
     )]
-    CredentialsRejected,
+    CredentialsRejected { audience: bool },
     #[error("cannot reach the Pinecone API: {0}")]
     UpstreamUnreachable(String),
     #[error("the Pinecone API sent no response headers within {}", humantime::format_duration(*.0))]
@@ -44,7 +45,7 @@ impl ProxyError {
     pub(crate) fn reason(&self) -> &'static str {
         match self {
             ProxyError::TokenUnavailable { .. } => "token_unavailable",
-            ProxyError::CredentialsRejected => "credentials_rejected",
+            ProxyError::CredentialsRejected { .. } => "credentials_rejected",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::BadRequest { .. } => "bad_request",
@@ -56,7 +57,9 @@ impl ProxyError {
 
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::TokenUnavailable { .. } | ProxyError::CredentialsRejected => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TokenUnavailable { .. } | ProxyError::CredentialsRejected { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest { status, .. } => *status,
@@ -69,7 +72,7 @@ impl ProxyError {
     fn code(&self) -> &'static str {
         match self {
             ProxyError::TokenUnavailable { .. }
-            | ProxyError::CredentialsRejected
+            | ProxyError::CredentialsRejected { .. }
             | ProxyError::UpstreamUnreachable(_) => "UNAVAILABLE",
             ProxyError::UpstreamTimeout(_) | ProxyError::BodyTimeout(_) => "DEADLINE_EXCEEDED",
             ProxyError::BadRequest { .. } => "INVALID_ARGUMENT",
@@ -86,7 +89,7 @@ impl From<TokenUnavailable> for ProxyError {
     fn from(e: TokenUnavailable) -> Self {
         match e {
             TokenUnavailable::Timeout { retry_after } => ProxyError::TokenUnavailable { retry_after },
-            TokenUnavailable::CredentialsRejected => ProxyError::CredentialsRejected,
+            TokenUnavailable::CredentialsRejected { audience } => ProxyError::CredentialsRejected { audience },
         }
     }
 }
@@ -164,7 +167,7 @@ mod tests {
                 "token_unavailable",
                 "UNAVAILABLE",
             ),
-            (ProxyError::CredentialsRejected, 503, "credentials_rejected", "UNAVAILABLE"),
+            (ProxyError::CredentialsRejected { audience: false }, 503, "credentials_rejected", "UNAVAILABLE"),
             (ProxyError::UpstreamUnreachable("refused".into()), 502, "upstream_unreachable", "UNAVAILABLE"),
             (ProxyError::UpstreamTimeout(Duration::from_secs(60)), 504, "upstream_timeout", "DEADLINE_EXCEEDED"),
             (ProxyError::bad_request(StatusCode::METHOD_NOT_ALLOWED, "no"), 405, "bad_request", "INVALID_ARGUMENT"),

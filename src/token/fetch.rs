@@ -44,6 +44,13 @@ impl FetchError {
         Self::Transient { reason: reason.into(), retry_after: None }
     }
 
+    /// Whether the endpoint refused the audience rather than the client id or secret: Auth0's
+    /// `access_denied` "Service not enabled within domain" (FACTS.md: a 403 for an audience
+    /// without its trailing slash, say).
+    pub fn is_audience(&self) -> bool {
+        matches!(self, Self::Rejected { description, .. } if description.starts_with("Service not enabled within domain"))
+    }
+
     /// The `result` label of `token_requests_total`.
     pub fn result_label(&self) -> &'static str {
         match self {

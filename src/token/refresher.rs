@@ -322,6 +322,7 @@ impl<F: Fetch> Refresher<F> {
         );
         let mut status = shared.status.lock();
         status.rejected |= rejected;
+        status.rejected_audience = error.is_audience();
         status.last_error = Some(LastError {
             at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             kind: error.result_label(),

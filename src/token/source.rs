@@ -21,8 +21,9 @@ use tokio::time::Instant;
 pub enum TokenUnavailable {
     /// None arrived within `token.timeout`; the next attempt is due in `retry_after`.
     Timeout { retry_after: Duration },
-    /// The token endpoint rejected the credentials and no usable token is left.
-    CredentialsRejected,
+    /// The token endpoint rejected the request and no usable token is left: the credentials,
+    /// or (`audience`) the audience asked for.
+    CredentialsRejected { audience: bool },
 }
 
 /// The last failed token request, for `/status` and `/readyz`.
@@ -38,6 +39,8 @@ pub struct LastError {
 #[derive(Debug, Default)]
 pub(super) struct Status {
     pub(super) rejected: bool,
+    /// The rejection was of the audience, not the credentials.
+    pub(super) rejected_audience: bool,
     pub(super) last_error: Option<LastError>,
     pub(super) next_fetch: Option<SystemTime>,
     pub(super) invalidated: u64,
@@ -172,8 +175,12 @@ impl TokenSource {
             if let Some(token) = self.current().filter(|t| t.generation > after) {
                 return Ok(token);
             }
-            if self.shared.status.lock().rejected {
-                return Err(TokenUnavailable::CredentialsRejected);
+            let (rejected, audience) = {
+                let status = self.shared.status.lock();
+                (status.rejected, status.rejected_audience)
+            };
+            if rejected {
+                return Err(TokenUnavailable::CredentialsRejected { audience });
             }
             if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
                 return Err(TokenUnavailable::Timeout { retry_after: self.retry_after() });

@@ -78,22 +78,31 @@ async fn transient_faults_are_retried_after_a_backoff() {
 
 #[tokio::test]
 async fn rejections_are_reported_with_pinecones_reason() {
+    // What the client is told is wrong: the credentials, or the audience.
     let cases = [
-        (401, r#"{"error":"access_denied","error_description":"Unauthorized"}"#, "Unauthorized"),
+        (401, r#"{"error":"access_denied","error_description":"Unauthorized"}"#, "Unauthorized", "credentials"),
         (
             403,
             r#"{"error":"access_denied","error_description":"Service not enabled within domain: https://api.pinecone.io"}"#,
             "Service not enabled",
+            "audience (token.audience",
         ),
-        (400, r#"{"error":"invalid_request","error_description":"Missing required parameter: audience"}"#, "Missing"),
+        (
+            400,
+            r#"{"error":"invalid_request","error_description":"Missing required parameter: audience"}"#,
+            "Missing",
+            "credentials",
+        ),
     ];
-    for (code, body, reason) in cases {
+    for (code, body, reason, told) in cases {
         let fake = fake(3600).await;
         fake.state().push_token_faults([status(code, body, None)]);
         let proxy = proxy_for(&fake, &[]).await;
-        let (status_code, headers, _) = TestClient::default().get(&url(&proxy, "/admin/projects")).await;
+        let (status_code, headers, body) = TestClient::default().get(&url(&proxy, "/admin/projects")).await;
         assert_eq!(status_code, StatusCode::SERVICE_UNAVAILABLE, "{code}");
         assert_eq!(headers["x-pinecone-proxy-error"], "credentials_rejected");
+        let said = json(&body)["error"]["message"].as_str().unwrap().to_owned();
+        assert!(said.contains(&format!("rejects the proxy's {told}")), "{code}: {said}");
         assert_eq!(proxy.metrics.token_rejected.get(), 1);
         let status = json(&TestClient::default().get(&ops_url(&proxy, "/status")).await.2);
         let message = status["token"]["last_error"]["message"].as_str().unwrap().to_owned();

@@ -160,7 +160,7 @@ async fn rejected_credentials_fail_waiters_at_once_and_retry_after_a_minute() {
     let fetcher = Scripted::new(S(100)).then(Err(rejected));
     let (source, _task) = start(fetcher.clone(), 6);
     let t0 = Instant::now();
-    assert_eq!(source.get().await.unwrap_err(), TokenUnavailable::CredentialsRejected);
+    assert_eq!(source.get().await.unwrap_err(), TokenUnavailable::CredentialsRejected { audience: false });
     assert!(Instant::now() - t0 < S(1), "not held for token.timeout");
     tokio::time::sleep(S(59)).await;
     assert_eq!(fetcher.calls(), 1, "no retry within a minute");
