@@ -192,7 +192,10 @@ async fn probes_answer_while_hundreds_of_idle_and_slow_connections_crowd_the_ops
         }
     }
     // Let the crowd fill the listener (500 connections, 20 a peer, against its 256 and 16
-    // a peer) before probing.
+    // a peer) and settle before probing: the slow heads of the first wave have reached the
+    // 2 s head timeout by then, and the idle ones can be evicted. (A wait on an event was
+    // tried: all 500 connected is reached at once, while every slot still holds a head in
+    // progress that no probe may evict, and the probe then waited out that timeout.)
     tokio::time::sleep(Duration::from_secs(2)).await;
     let client = TestClient::default();
     for round in 0..10 {
