@@ -31,25 +31,6 @@ pub struct Lease {
     pub grace: Duration,
 }
 
-impl Lease {
-    /// When a key created at `created` stops being used.
-    pub fn end(&self, created: SystemTime) -> SystemTime {
-        created + self.lifetime
-    }
-
-    /// When the key after one created at `created` is minted.
-    pub fn rotation(&self, created: SystemTime) -> SystemTime {
-        created + self.lifetime.mul_f64(self.rotate_at)
-    }
-
-    /// When a key replaced at `replaced` (and whose lease ends at `end`) is deleted: `grace`
-    /// after it was replaced, and never after its lease end plus `grace`, which is when the
-    /// janitor of any proxy would delete it.
-    pub fn deletion(&self, replaced: SystemTime, end: SystemTime) -> SystemTime {
-        (replaced + self.grace).min(end + self.grace)
-    }
-}
-
 /// A key's name: `<prefix>-<lease end, UNIX seconds>-<random>`. `random` supplies the six
 /// characters (each byte taken modulo 36 into `[a-z0-9]`).
 pub fn name(prefix: &str, lease_end: SystemTime, random: [u8; RANDOM_LEN]) -> String {
@@ -97,20 +78,6 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    const LEASE: Lease =
-        Lease { lifetime: Duration::from_secs(86_400), rotate_at: 0.5, grace: Duration::from_secs(300) };
-
-    #[test]
-    fn a_lease_rotates_at_its_fraction_and_deletes_after_the_grace() {
-        let created = at(1_800_000_000);
-        assert_eq!(LEASE.end(created), at(1_800_086_400));
-        assert_eq!(LEASE.rotation(created), at(1_800_043_200));
-        // Replaced at its rotation: deleted five minutes later.
-        assert_eq!(LEASE.deletion(at(1_800_043_200), LEASE.end(created)), at(1_800_043_500));
-        // Replaced after its lease (a rotation that kept failing): no later than a janitor would.
-        assert_eq!(LEASE.deletion(at(1_800_090_000), LEASE.end(created)), at(1_800_086_700));
     }
 
     #[test]

@@ -6,11 +6,12 @@
 //!   their failures told apart: refused or passing.
 //! - [`engine`]: [`engine::KeySource`], what requests read, and [`engine::Keeper`], the loop
 //!   that creates, rotates and deletes keys.
-//! - [`lease`]: the pure decisions of a key's life: its name (which carries its lease end),
-//!   when it is rotated, when an old one is deleted, which keys the janitor may delete, and
-//!   how soon a refused creation is tried again.
+//! - [`lease`]: the pure rules of a key's name (which carries its lease end), which keys the
+//!   janitor may delete, the `name_prefix` rule and how soon a refused creation is tried again.
+//!   (When a key is rotated and when a replaced one is deleted are [`engine::next_create`]'s and
+//!   the keeper's, on the monotonic clock.)
 //!
-//! Still to come (issue 24, under way): the janitor, fleets through Redis, `[api_key]`, and
+//! Still to come (issue 24, under way): fleets through Redis, `[api_key]`, and
 //! the wiring into the request path, `/status` and the metrics.
 
 pub mod admin;
