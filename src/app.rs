@@ -5,6 +5,10 @@
 //! with port 0); [`run`] is `start` plus waiting for the caller's shutdown future. The
 //! library never listens for OS signals: `main` passes them in (STYLE.md habit 7).
 
+use crate::api_key::admin::AdminKeys;
+use crate::api_key::engine::{Keeper, KeyPlan};
+use crate::api_key::lease::Lease;
+use crate::api_key::source::KeySource;
 use crate::config::Config;
 use crate::config::Limits;
 use crate::credentials::Credentials;
@@ -43,6 +47,8 @@ pub struct Running {
     /// Where the ops endpoints answer.
     pub ops: BoundAddr,
     pub tokens: TokenSource,
+    /// The managed key, with `[api_key]`.
+    pub keys: Option<KeySource>,
     pub metrics: Arc<Metrics>,
     pub credentials: Credentials,
     quit: Trigger,
@@ -158,6 +164,8 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let outbound = Outbound::new(Settings::new(&config.upstream)?);
     let tokens = TokenSource::new(metrics.clone(), config.token.timeout);
     let refresher = refresher(config, &outbound, &tokens, &credentials, &metrics)?;
+    let keeper = keeper(config, &outbound, &tokens, &metrics);
+    let keys = keeper.as_ref().map(|(keys, _)| keys.clone());
     let proxy = Proxy::new(
         outbound.pool(&config.upstream.scheme, &config.upstream.authority)?,
         tokens.clone(),
@@ -165,14 +173,23 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
         &config.upstream,
         &config.limits,
         config.policy.clone(),
+        keys.clone(),
     );
     let quit = Trigger::default();
-    let ops =
-        Ops::new(tokens.clone(), metrics.clone(), credentials.clone(), config.upstream.url.to_string(), quit.clone());
+    let ops = Ops::new(
+        tokens.clone(),
+        keys.clone(),
+        metrics.clone(),
+        credentials.clone(),
+        config.upstream.url.to_string(),
+        quit.clone(),
+    );
 
     let background = Trigger::default();
     let refresher_task = tokio::spawn(refresher.run(background.wait()));
     let watcher_task = tokio::spawn(credentials.clone().watch(CREDENTIAL_POLL, background.wait()));
+    let stop_keeper = Trigger::default();
+    let keeper_task = keeper.map(|(_, keeper)| tokio::spawn(keeper.run(stop_keeper.wait(), config.shutdown.grace)));
 
     let (stop_proxy, stop_ops) = (Trigger::default(), Trigger::default());
     let limits = fit_to_open_files(config.limits.clone(), config.upstream.max_connections);
@@ -194,13 +211,15 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
         delay: config.shutdown.delay,
         stop_proxy,
         proxy: proxy_task,
+        stop_keeper,
+        keeper: keeper_task,
         stop_ops,
         background,
         rest: [ops_task, refresher_task, watcher_task],
     };
     let task = tokio::spawn(sequence.run(quit.wait()));
 
-    Ok(Running { listen, ops: ops_addr, tokens, metrics, credentials, quit, task })
+    Ok(Running { listen, ops: ops_addr, tokens, keys, metrics, credentials, quit, task })
 }
 
 /// The line that says the proxy started, with the addresses it bound (tests read them
@@ -225,6 +244,9 @@ struct Shutdown {
     delay: Duration,
     stop_proxy: Trigger,
     proxy: JoinHandle<()>,
+    /// The managed key's keeper, which deletes its keys when stopped.
+    stop_keeper: Trigger,
+    keeper: Option<JoinHandle<()>>,
     stop_ops: Trigger,
     /// The refresher and the credential watcher.
     background: Trigger,
@@ -234,7 +256,8 @@ struct Shutdown {
 
 impl Shutdown {
     /// Once `quit` resolves: still accepting for `shutdown.delay`, then the proxy drains,
-    /// then the ops listener and the background tasks stop.
+    /// then the managed key is deleted (no request carries it any more; the token it takes
+    /// is still held), then the ops listener and the background tasks stop.
     async fn run(self, quit: impl Future<Output = ()>) {
         quit.await;
         if !self.delay.is_zero() {
@@ -245,6 +268,10 @@ impl Shutdown {
         tracing::info!("shutting down: no longer accepting; letting requests in flight finish");
         self.stop_proxy.fire();
         let _ = self.proxy.await;
+        self.stop_keeper.fire();
+        if let Some(keeper) = self.keeper {
+            let _ = keeper.await;
+        }
         self.stop_ops.fire();
         self.background.fire();
         let [ops, refresher, watcher] = self.rest;
@@ -274,6 +301,30 @@ fn refresher(
     }
     tracing::info!(shared_cache = %cache.shown, "tokens are shared with the fleet through Redis");
     Ok(refresher.with_shared_cache(shared))
+}
+
+/// The managed key's source and keeper, with `[api_key]`.
+fn keeper(
+    config: &Config,
+    outbound: &Outbound,
+    tokens: &TokenSource,
+    metrics: &Metrics,
+) -> Option<(KeySource, Keeper<AdminKeys>)> {
+    let c = config.api_key.as_ref()?;
+    let wait = config.token.timeout;
+    let source = KeySource::new(&c.project_id, &c.roles, wait, metrics.register_api_key());
+    let plan = KeyPlan {
+        project: c.project_id.clone(),
+        roles: c.roles.clone(),
+        prefix: c.name_prefix.clone(),
+        lease: Lease { lifetime: c.lifetime, rotate_at: c.rotate_at, grace: c.grace },
+        max_creates_per_hour: c.max_creates_per_hour,
+        wait,
+        delete_on_shutdown: c.delete_on_shutdown,
+    };
+    let admin = AdminKeys::new(outbound.clone(), tokens.clone(), &config.upstream);
+    tracing::info!(project = %c.project_id, roles = %c.roles.join(","), "a managed API key is kept for the control plane");
+    Some((source.clone(), Keeper::new(source, admin, plan)))
 }
 
 /// Starts the proxy and runs it until `shutdown` resolves (or `/quitquitquit`), then shuts

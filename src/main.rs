@@ -280,7 +280,13 @@ async fn demo(flags: &Flags, quota: Option<Quota>, env: &Env) -> ExitCode {
     // The demo honours the caller's whole configuration (file, environment, flags: limits,
     // policy, shared cache, logging …) except what must name the fake: its endpoints and
     // its credentials. What it sets aside of the caller's, it names at start.
-    let fixed = [("token.url", fake.token_url()), ("upstream.url", fake.api_url())];
+    // The demo keeps a managed API key for the demo project, so that the control plane works
+    // through the proxy with no key in the application.
+    let fixed = [
+        ("token.url", fake.token_url()),
+        ("upstream.url", fake.api_url()),
+        ("api_key.project_id", fake.state().project_id()),
+    ];
     let fixed: Vec<(&str, &str)> =
         fixed.iter().map(|(k, v)| (*k, v.as_str())).chain([("credentials.client_id", DEMO_CLIENT_ID)]).collect();
     let (config, set_aside) = match config::load_demo(flags, env, &fixed, DEMO_CLIENT_SECRET) {
@@ -310,6 +316,9 @@ async fn demo(flags: &Flags, quota: Option<Quota>, env: &Env) -> ExitCode {
         }
     };
     let _ = running.tokens.get().await;
+    if let Some(keys) = &running.keys {
+        let _ = keys.get().await;
+    }
     let proxy = running.listen.to_string();
     let ops = running.ops.to_string();
     println!(
@@ -319,6 +328,7 @@ async fn demo(flags: &Flags, quota: Option<Quota>, env: &Env) -> ExitCode {
          Try:\n  \
          curl -s http://{proxy}/admin/projects\n  \
          curl -s -X POST http://{proxy}/admin/projects -H 'Content-Type: application/json' -d '{{\"name\":\"my-project\"}}'\n  \
+         curl -s http://{proxy}/indexes        # the control plane, with the proxy's managed API key\n  \
          curl -s http://{ops}/status\n\n\
          Ctrl-C to stop.\n",
         version = pinecone_admin_proxy::VERSION,

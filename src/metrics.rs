@@ -23,6 +23,64 @@ pub enum ReplayResult {
     NoBudget,
 }
 
+/// `api_key_operations_total{operation}`: an Admin API call of the managed key's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOperation {
+    Create,
+    Delete,
+}
+
+/// The managed key's series, registered only when `[api_key]` is set (so that a proxy
+/// without one never shows, or alerts on, a key it was not asked to keep).
+#[derive(Debug, Clone)]
+pub struct KeyMetrics {
+    /// 1 while a usable key is held.
+    pub usable: IntGauge,
+    /// When the current key's lease ends (UNIX time).
+    pub lease_end: Gauge,
+    /// By operation (create, delete), then result (success, transient_error, rejected).
+    operations: [[IntCounter; 3]; 2],
+    pub orphans_deleted: IntCounter,
+}
+
+impl KeyMetrics {
+    /// The results of `api_key_operations_total`, in the order of its counters.
+    pub const RESULTS: [&'static str; 3] = ["success", "transient_error", "rejected"];
+
+    /// Counts a call; `result` is one of [`KeyMetrics::RESULTS`].
+    pub fn operation(&self, operation: KeyOperation, result: &str) {
+        let i = Self::RESULTS.iter().position(|r| *r == result).expect("a result label");
+        self.operations[operation as usize][i].inc();
+    }
+
+    /// Made without a registry, for tests of the engine.
+    pub fn unregistered() -> Self {
+        Self::make(&Registering(Registry::new()))
+    }
+
+    fn make(r: &Registering) -> Self {
+        let operations = r.counters(
+            "api_key_operations_total",
+            "Admin API calls of the managed API key's life, by operation (create, delete) and result \
+             (success, transient_error, rejected).",
+            &["operation", "result"],
+        );
+        Self {
+            usable: r.int_gauge("api_key_usable", "1 while a usable managed API key is held."),
+            lease_end: r.gauge(
+                "api_key_lease_end_timestamp_seconds",
+                "When the current managed API key's lease ends (UNIX time); it is never used after.",
+            ),
+            operations: ["create", "delete"]
+                .map(|op| Self::RESULTS.map(|result| operations.with_label_values(&[op, result]))),
+            orphans_deleted: r.counter(
+                "api_key_orphans_deleted_total",
+                "Keys of ours past their lease and grace that the janitor deleted (left by a proxy that was killed).",
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -268,6 +326,11 @@ impl Metrics {
         self.replays[result as usize].inc();
     }
 
+    /// Registers the managed key's series (once, when `[api_key]` is set).
+    pub fn register_api_key(&self) -> KeyMetrics {
+        KeyMetrics::make(&Registering(self.registry.clone()))
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 * 1024);
@@ -321,6 +384,19 @@ mod tests {
             "pinecone_proxy_token_quota_remaining{bucket=\"per_hour\"} 7",
             "pinecone_proxy_token_quota_reset_timestamp_seconds{bucket=\"per_hour\"} 1800000000",
             "pinecone_proxy_shared_cache_errors_total{reason=\"timeout\"} 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+        assert!(!text.contains("api_key"), "no key series without [api_key]");
+        let keys = m.register_api_key();
+        keys.operation(KeyOperation::Delete, "rejected");
+        let text = String::from_utf8(m.render()).unwrap();
+        for name in [
+            "pinecone_proxy_api_key_usable 0",
+            "pinecone_proxy_api_key_lease_end_timestamp_seconds 0",
+            "pinecone_proxy_api_key_operations_total{operation=\"create\",result=\"success\"} 0",
+            "pinecone_proxy_api_key_operations_total{operation=\"delete\",result=\"rejected\"} 1",
+            "pinecone_proxy_api_key_orphans_deleted_total 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

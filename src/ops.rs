@@ -7,6 +7,7 @@
 //! application shares the network namespace, while anything else in the cluster that can
 //! reach a non-loopback `ops_listen` (needed for kubelet probes) must not stop the proxy.
 
+use crate::api_key::source::KeySource;
 use crate::body::{Body, full};
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
@@ -29,6 +30,7 @@ pub(crate) struct Ops {
 #[derive(Debug)]
 struct Inner {
     tokens: TokenSource,
+    keys: Option<KeySource>,
     metrics: Arc<Metrics>,
     credentials: Credentials,
     upstream: String,
@@ -38,12 +40,13 @@ struct Inner {
 impl Ops {
     pub(crate) fn new(
         tokens: TokenSource,
+        keys: Option<KeySource>,
         metrics: Arc<Metrics>,
         credentials: Credentials,
         upstream: String,
         quit: Trigger,
     ) -> Self {
-        Self { inner: Arc::new(Inner { tokens, metrics, credentials, upstream, quit }), peer: None }
+        Self { inner: Arc::new(Inner { tokens, keys, metrics, credentials, upstream, quit }), peer: None }
     }
 
     /// The same service, for a connection from `peer`.
@@ -58,7 +61,7 @@ impl Ops {
         let get = method == Method::GET || method == Method::HEAD;
         match path {
             "/healthz" if get => text(StatusCode::OK, "ok\n"),
-            "/readyz" if get => match inner.tokens.not_ready_reason() {
+            "/readyz" if get => match self.not_ready_reason() {
                 None => json(StatusCode::OK, &serde_json::json!({ "ready": true })),
                 Some(reason) => {
                     json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "ready": false, "reason": reason }))
@@ -85,6 +88,13 @@ impl Ops {
         }
     }
 
+    /// Why the proxy is not ready, if it is not: no usable token, or (with `[api_key]`) no
+    /// usable managed key.
+    fn not_ready_reason(&self) -> Option<String> {
+        let inner = &self.inner;
+        inner.tokens.not_ready_reason().or_else(|| inner.keys.as_ref()?.not_ready_reason())
+    }
+
     fn startup(&self) -> Response<Body> {
         let tokens = &self.inner.tokens;
         if tokens.ever_had_token() {
@@ -96,6 +106,9 @@ impl Ops {
 
     fn metrics(&self) -> Response<Body> {
         self.inner.tokens.update_gauges();
+        if let Some(keys) = &self.inner.keys {
+            keys.update_gauges();
+        }
         let mut r = Response::new(full(self.inner.metrics.render()));
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
@@ -117,6 +130,7 @@ impl Ops {
                 "version": crate::VERSION,
                 "upstream": inner.upstream,
                 "token": inner.tokens.snapshot(),
+                "api_key": inner.keys.as_ref().map(KeySource::snapshot),
                 "credentials": {
                     "source": inner.credentials.describe(),
                     "generation": credentials.generation,

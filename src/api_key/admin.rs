@@ -71,10 +71,6 @@ pub struct AdminKeys {
 }
 
 impl AdminKeys {
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the key engine (issue 24, under way) will make it; until then tests do")
-    )]
     pub(crate) fn new(outbound: Outbound, tokens: TokenSource, cfg: &crate::config::UpstreamConfig) -> Self {
         Self {
             outbound,
@@ -82,6 +78,17 @@ impl AdminKeys {
             base: format!("{}://{}{}", cfg.scheme, cfg.authority, cfg.base_path),
             api_version: cfg.api_version.clone(),
             timeout: cfg.timeout,
+        }
+    }
+
+    /// Resolves once a usable access token is held.
+    pub async fn token_ready(&self) {
+        let mut changed = self.tokens.subscribe();
+        while self.tokens.current().is_none() {
+            if changed.changed().await.is_err() {
+                // The token engine is gone (shutting down): nothing will come.
+                return std::future::pending().await;
+            }
         }
     }
 

@@ -11,12 +11,11 @@
 
 use super::admin::{Created, KeyError, Listed};
 use super::lease::{self, Lease};
+use super::source::{ApiKey, KeySource};
+use crate::metrics::KeyOperation;
 use crate::token::schedule::{self, Budget};
 use http::HeaderValue;
-use parking_lot::Mutex;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 /// The Admin API calls the keeper makes ([`super::admin::AdminKeys`], or a test's).
@@ -29,6 +28,9 @@ pub trait Keys: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Created, KeyError>> + Send;
     fn delete(&self, id: &str) -> impl Future<Output = Result<(), KeyError>> + Send;
     fn list(&self, project: &str) -> impl Future<Output = Result<Vec<Listed>, KeyError>> + Send;
+    /// Resolves once the calls can be made (a usable access token is held), so that waiting
+    /// for the token spends none of the creation budget.
+    fn ready(&self) -> impl Future<Output = ()> + Send;
 }
 
 impl Keys for super::admin::AdminKeys {
@@ -46,6 +48,9 @@ impl Keys for super::admin::AdminKeys {
     fn list(&self, project: &str) -> impl Future<Output = Result<Vec<Listed>, KeyError>> + Send {
         super::admin::AdminKeys::list(self, project)
     }
+    fn ready(&self) -> impl Future<Output = ()> + Send {
+        super::admin::AdminKeys::token_ready(self)
+    }
 }
 
 /// What `[api_key]` says of the keys to keep.
@@ -59,133 +64,6 @@ pub struct KeyPlan {
     /// How long a request waits for a key when none is usable (`token.timeout`).
     pub wait: Duration,
     pub delete_on_shutdown: bool,
-}
-
-/// A key in use: its `Api-Key` header value built once (marked sensitive), and its dates.
-pub struct ApiKey {
-    header: HeaderValue,
-    pub id: String,
-    pub name: String,
-    /// Counts keys since start: 1 for the first.
-    pub generation: u64,
-    pub fingerprint: String,
-    pub rotate_at: Instant,
-    /// The lease end: never used after it.
-    pub usable_until: Instant,
-    pub lease_end_wall: SystemTime,
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiKey")
-            .field("id", &self.id)
-            .field("name", &self.name)
-            .field("generation", &self.generation)
-            .field("fingerprint", &self.fingerprint)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ApiKey {
-    /// The `Api-Key` value.
-    pub fn header(&self) -> &HeaderValue {
-        &self.header
-    }
-
-    pub fn usable(&self, now: Instant) -> bool {
-        now < self.usable_until
-    }
-}
-
-/// Why a request got no key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyUnavailable {
-    /// When the next creation is due.
-    pub retry_after: Duration,
-}
-
-#[derive(Debug, Default)]
-struct Status {
-    invalidated: u64,
-    next_create: Option<Instant>,
-    last_error: Option<String>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    key: Mutex<Option<Arc<ApiKey>>>,
-    status: Mutex<Status>,
-    wake: Notify,
-    changed: watch::Sender<u64>,
-    wait: Duration,
-}
-
-/// The handle requests use. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct KeySource {
-    shared: Arc<Shared>,
-}
-
-impl KeySource {
-    pub fn new(wait: Duration) -> Self {
-        let (changed, _) = watch::channel(0);
-        let shared = Shared { key: Mutex::default(), status: Mutex::default(), wake: Notify::new(), changed, wait };
-        Self { shared: Arc::new(shared) }
-    }
-
-    /// The current key, if usable now.
-    pub fn current(&self) -> Option<Arc<ApiKey>> {
-        self.shared.key.lock().clone().filter(|k| k.usable(Instant::now()))
-    }
-
-    /// A usable key: the current one, or the next the keeper makes, within the wait.
-    pub async fn get(&self) -> Result<Arc<ApiKey>, KeyUnavailable> {
-        if let Some(key) = self.current() {
-            return Ok(key);
-        }
-        self.newer_than(0).await
-    }
-
-    /// A usable key newer than `generation`, waiting up to the wait.
-    pub async fn newer_than(&self, generation: u64) -> Result<Arc<ApiKey>, KeyUnavailable> {
-        let mut changed = self.shared.changed.subscribe();
-        let deadline = Instant::now() + self.shared.wait;
-        loop {
-            if let Some(key) = self.current().filter(|k| k.generation > generation) {
-                return Ok(key);
-            }
-            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
-                let next = self.shared.status.lock().next_create;
-                let wait = next.map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
-                return Err(KeyUnavailable { retry_after: Duration::from_secs(wait.as_secs() + 1) });
-            }
-        }
-    }
-
-    /// Reports that the control or data plane answered 401 to a request that carried key
-    /// `generation`: one new key for all such reports; reports about an older key are ignored.
-    pub fn invalidate(&self, generation: u64) {
-        let current = self.shared.key.lock().as_ref().map(|k| k.generation);
-        if current != Some(generation) {
-            return;
-        }
-        let mut status = self.shared.status.lock();
-        if generation > status.invalidated {
-            status.invalidated = generation;
-            drop(status);
-            self.shared.wake.notify_one();
-        }
-    }
-
-    /// Told after every creation attempt, whatever its outcome.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.shared.changed.subscribe()
-    }
-
-    /// The last failure, for `/status`.
-    pub fn last_error(&self) -> Option<String> {
-        self.shared.status.lock().last_error.clone()
-    }
 }
 
 /// What the keeper knows when it decides when to create the next key.
@@ -232,8 +110,6 @@ pub struct Keeper<K> {
     retiring: Vec<Retiring>,
     /// When the janitor looks for orphans next: at start, then hourly.
     janitor_at: Instant,
-    /// Orphans deleted since start (`api_key_orphans_deleted_total`).
-    orphans_deleted: Arc<std::sync::atomic::AtomicU64>,
     jitter: bool,
 }
 
@@ -258,14 +134,8 @@ impl<K: Keys> Keeper<K> {
             budget,
             retiring: Vec::new(),
             janitor_at: Instant::now(),
-            orphans_deleted: Arc::default(),
             jitter: true,
         }
-    }
-
-    /// The count of orphans deleted, shared with whoever shows it.
-    pub fn orphans_deleted(&self) -> Arc<std::sync::atomic::AtomicU64> {
-        self.orphans_deleted.clone()
     }
 
     /// Switches off the backoff's jitter, for tests.
@@ -274,8 +144,9 @@ impl<K: Keys> Keeper<K> {
         self
     }
 
-    /// Runs until `shutdown` resolves, then deletes the keys it holds (unless shared).
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+    /// Runs until `shutdown` resolves, then deletes the keys it holds (unless shared),
+    /// taking at most `delete_within` for that.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>, delete_within: Duration) {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
@@ -283,8 +154,15 @@ impl<K: Keys> Keeper<K> {
                 () = &mut shutdown => break,
             }
         }
-        if self.plan.delete_on_shutdown {
-            self.delete_all().await;
+        if !self.plan.delete_on_shutdown {
+            return;
+        }
+        if tokio::time::timeout(delete_within, self.delete_all()).await.is_err() {
+            tracing::warn!(
+                within = %humantime::format_duration(delete_within),
+                "managed API key: not all keys were deleted within shutdown.grace; the janitor of the next proxy \
+                 of the project deletes them once their lease and grace have passed",
+            );
         }
     }
 
@@ -303,7 +181,8 @@ impl<K: Keys> Keeper<K> {
         let create_at = self.budget.earliest(next_create(&plan));
         self.source.shared.status.lock().next_create = Some(create_at);
         if create_at <= now {
-            return self.create_once(now).await;
+            self.keys.ready().await;
+            return self.create_once(Instant::now()).await;
         }
         if let Some(i) = self.retiring.iter().position(|r| r.at <= now) {
             let retiring = self.retiring.remove(i);
@@ -322,56 +201,60 @@ impl<K: Keys> Keeper<K> {
 
     async fn create_once(&mut self, now: Instant) {
         self.budget.record(now);
-        let lease_end = SystemTime::now() + self.plan.lease.lifetime;
-        let name = lease::name(&self.plan.prefix, lease_end, rand::random());
+        let from = (now, SystemTime::now());
+        let name = lease::name(&self.plan.prefix, from.1 + self.plan.lease.lifetime, rand::random());
         let result = self.keys.create(&self.plan.project, &name, &self.plan.roles).await;
-        match result.and_then(|created| self.install(created, lease_end)) {
+        let metrics = self.source.shared.metrics.clone();
+        match result.and_then(|created| self.install(created, from)) {
             Ok(()) => {
+                metrics.operation(KeyOperation::Create, "success");
                 self.failures = 0;
                 self.hold = None;
                 self.source.shared.status.lock().last_error = None;
             }
-            Err(error) => self.failed(&error),
+            Err(error) => {
+                metrics.operation(KeyOperation::Create, error.result_label());
+                self.failed(&error);
+            }
         }
         self.source.shared.changed.send_modify(|n| *n += 1);
     }
 
     /// Makes a created key the current one; the one it replaces is deleted `grace` later.
-    fn install(&mut self, created: Created, lease_end: SystemTime) -> Result<(), KeyError> {
-        let mut header = HeaderValue::from_str(created.value.expose()).map_err(|_| KeyError::Transient {
+    fn install(&mut self, created: Created, from: (Instant, SystemTime)) -> Result<(), KeyError> {
+        let header = HeaderValue::from_str(created.value.expose()).map_err(|_| KeyError::Transient {
             operation: "create_api_key",
             reason: "the value is not allowed in a header".into(),
         })?;
-        header.set_sensitive(true);
-        let now = Instant::now();
         let lease = self.plan.lease;
         self.generation += 1;
-        let key = ApiKey {
-            header,
-            id: created.id,
-            name: created.name,
-            generation: self.generation,
-            fingerprint: created.value.fingerprint(),
-            rotate_at: now + lease.lifetime.mul_f64(lease.rotate_at),
-            usable_until: now + lease.lifetime,
-            lease_end_wall: lease_end,
-        };
+        let fingerprint = created.value.fingerprint();
+        let key = ApiKey::new(header, created.id, created.name, self.generation, fingerprint).leased(
+            from,
+            lease.lifetime.mul_f64(lease.rotate_at),
+            lease.lifetime,
+        );
+        let previous = self.source.shared.key.lock().as_ref().map(|k| k.generation);
+        let invalidated = self.source.shared.status.lock().invalidated;
         tracing::info!(
             target: crate::logging::AUDIT_TARGET,
-            action = "api_key_created",
+            action = match previous {
+                None => "api_key_created",
+                Some(g) if g <= invalidated => "api_key_replaced",
+                Some(_) => "api_key_rotated",
+            },
             id = %key.id,
             name = %key.name,
             project = %self.plan.project,
             roles = %self.plan.roles.join(","),
-            lease_end = %humantime::format_rfc3339_seconds(lease_end),
+            lease_end = %humantime::format_rfc3339_seconds(key.lease_end_wall),
             fingerprint = %key.fingerprint,
             generation = key.generation,
             "audit",
         );
-        let replaced = self.source.shared.key.lock().replace(Arc::new(key));
-        if let Some(old) = replaced {
+        if let Some(old) = self.source.install(key) {
             // Requests that carried it finish within the grace.
-            let at = now + lease.grace;
+            let at = Instant::now() + lease.grace;
             self.retiring.push(Retiring { id: old.id.clone(), name: old.name.clone(), at });
         }
         Ok(())
@@ -388,11 +271,14 @@ impl<K: Keys> Keeper<K> {
         };
         self.hold = Some(Instant::now() + delay);
         tracing::warn!(error = %error, retry_in = %humantime::format_duration(delay), "managed API key: creation failed");
-        self.source.shared.status.lock().last_error = Some(error.to_string());
+        self.source.shared.status.lock().last_error = Some((error.to_string(), SystemTime::now()));
     }
 
     async fn delete_once(&mut self, retiring: Retiring) {
-        match self.keys.delete(&retiring.id).await {
+        let result = self.keys.delete(&retiring.id).await;
+        let label = result.as_ref().map_or_else(KeyError::result_label, |()| "success");
+        self.source.shared.metrics.operation(KeyOperation::Delete, label);
+        match result {
             Ok(()) => tracing::info!(
                 target: crate::logging::AUDIT_TARGET,
                 action = "api_key_deleted",
@@ -424,9 +310,12 @@ impl<K: Keys> Keeper<K> {
                 && !self.retiring.iter().any(|r| r.id == k.id)
         });
         for orphan in orphans.collect::<Vec<_>>() {
-            match self.keys.delete(&orphan.id).await {
+            let result = self.keys.delete(&orphan.id).await;
+            let label = result.as_ref().map_or_else(KeyError::result_label, |()| "success");
+            self.source.shared.metrics.operation(KeyOperation::Delete, label);
+            match result {
                 Ok(()) => {
-                    self.orphans_deleted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.source.shared.metrics.orphans_deleted.inc();
                     tracing::info!(
                         target: crate::logging::AUDIT_TARGET,
                         action = "api_key_orphan_deleted",
@@ -445,7 +334,7 @@ impl<K: Keys> Keeper<K> {
 
     /// Deletes the current key and every replaced one (at shutdown).
     async fn delete_all(&mut self) {
-        let current = self.source.shared.key.lock().take();
+        let current = self.source.take();
         let mut all: Vec<Retiring> = std::mem::take(&mut self.retiring);
         if let Some(key) = current {
             all.push(Retiring { id: key.id.clone(), name: key.name.clone(), at: Instant::now() });
@@ -465,7 +354,9 @@ mod tests {
 
     use super::*;
     use crate::secret::Secret;
+    use parking_lot::Mutex;
     use std::collections::VecDeque;
+    use std::sync::Arc;
 
     /// Keys made in memory: answers from a script (then successes), and what was made,
     /// tried and deleted.
@@ -516,6 +407,7 @@ mod tests {
             all.extend(made.into_iter().enumerate().map(|(i, name)| Listed { id: format!("k-{}", i + 1), name }));
             Ok(all.into_iter().filter(|k| !deleted.contains(&k.id)).collect())
         }
+        async fn ready(&self) {}
     }
 
     fn plan(max_creates_per_hour: u32, delete_on_shutdown: bool) -> KeyPlan {
@@ -531,10 +423,10 @@ mod tests {
     }
 
     fn start(keys: Scripted, plan: KeyPlan) -> (KeySource, crate::shutdown::Trigger, tokio::task::JoinHandle<()>) {
-        let source = KeySource::new(plan.wait);
+        let source = KeySource::new(&plan.project, &plan.roles, plan.wait, crate::metrics::KeyMetrics::unregistered());
         let stop = crate::shutdown::Trigger::default();
         let keeper = Keeper::new(source.clone(), keys, plan).without_jitter();
-        let task = tokio::spawn(keeper.run(stop.wait()));
+        let task = tokio::spawn(keeper.run(stop.wait(), Duration::from_secs(25)));
         (source, stop, task)
     }
 
@@ -582,12 +474,11 @@ mod tests {
         let keys = Scripted::default();
         let (source, _stop, _task) = start(keys.clone(), plan(10, true));
         let first = source.get().await.unwrap();
-        for _ in 0..20 {
-            source.invalidate(first.generation);
-        }
+        let asked: Vec<bool> = (0..20).map(|_| source.invalidate(first.generation)).collect();
+        assert_eq!(asked.iter().filter(|a| **a).count(), 1, "one report asks; the others join it");
         let second = source.newer_than(first.generation).await.unwrap();
         assert_eq!(second.generation, 2);
-        source.invalidate(first.generation);
+        assert!(!source.invalidate(first.generation));
         pass(5).await;
         assert_eq!(keys.tried(), 2, "a report about the old key changes nothing");
     }

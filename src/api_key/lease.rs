@@ -12,10 +12,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// is an Admin API call and a log line (PRODUCT.md: "no more than once every 10 minutes").
 pub const REFUSED_RETRY: Duration = Duration::from_secs(600);
 
-/// The longest `api_key.name_prefix`: with the lease end (10 digits until 2286), the random
-/// part and two dashes, a name stays within Pinecone's 80 characters.
-pub const MAX_PREFIX: usize = 48;
-
 /// The random part of a name: 6 characters of `[a-z0-9]`.
 const RANDOM_LEN: usize = 6;
 
@@ -58,18 +54,6 @@ pub fn lease_end(prefix: &str, name: &str) -> Option<SystemTime> {
 /// end plus `grace` has passed at `now`. A key with any other name is never deleted.
 pub fn is_orphan(prefix: &str, name: &str, grace: Duration, now: SystemTime) -> bool {
     lease_end(prefix, name).is_some_and(|end| end + grace <= now)
-}
-
-/// Why an `api_key.name_prefix` cannot be used, if it cannot: at most [`MAX_PREFIX`]
-/// characters of `a-z 0-9 -`, not empty.
-pub fn check_prefix(prefix: &str) -> Result<(), String> {
-    if prefix.is_empty() || prefix.len() > MAX_PREFIX {
-        return Err(format!("must be 1 to {MAX_PREFIX} characters, got {}", prefix.len()));
-    }
-    match prefix.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
-        Some(c) => Err(format!("may hold only a-z, 0-9 and -, got {c:?}")),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]
@@ -117,15 +101,5 @@ mod tests {
         assert!(!is_orphan(prefix, &name(prefix, at(5_000), [7; 6]), grace, at(1_300)), "in use");
         assert!(!is_orphan(prefix, "ProjectEditor key", grace, at(u32::MAX.into())), "never another name");
         assert!(!is_orphan("other", &ended, grace, at(1_300)), "never another prefix's");
-    }
-
-    #[test]
-    fn a_prefix_is_short_and_plain() {
-        assert_eq!(check_prefix("pinecone-admin-proxy"), Ok(()));
-        assert_eq!(check_prefix(&"a".repeat(MAX_PREFIX)), Ok(()));
-        assert!(check_prefix(&"a".repeat(MAX_PREFIX + 1)).unwrap_err().contains("1 to 48"));
-        assert!(check_prefix("").is_err());
-        assert!(check_prefix("My_Proxy").unwrap_err().contains("'M'"));
-        assert!(check_prefix("proxy.prod").unwrap_err().contains("'.'"));
     }
 }

@@ -4,10 +4,11 @@
 //!
 //! - [`admin`]: the Admin API calls of a key's life (create, list, delete), bounded, and
 //!   their failures told apart: refused or passing.
-//! - [`engine`]: [`engine::KeySource`], what requests read, and [`engine::Keeper`], the loop
-//!   that creates, rotates and deletes keys.
+//! - [`source`]: [`source::KeySource`], what requests, `/readyz`, `/status` and `/metrics`
+//!   read.
+//! - [`engine`]: [`engine::Keeper`], the loop that creates, rotates and deletes keys.
 //! - [`lease`]: the pure rules of a key's name (which carries its lease end), which keys the
-//!   janitor may delete, the `name_prefix` rule and how soon a refused creation is tried again.
+//!   janitor may delete and how soon a refused creation is tried again.
 //!   (When a key is rotated and when a replaced one is deleted are [`engine::next_create`]'s and
 //!   the keeper's, on the monotonic clock.)
 //!
@@ -17,3 +18,4 @@
 pub mod admin;
 pub mod engine;
 pub mod lease;
+pub mod source;

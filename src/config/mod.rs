@@ -11,11 +11,13 @@
 //!   definition of each key and its default, and the names derived from them.
 //! - `sources`: defaults, file, environment and flags, layered.
 //! - `files`: the only file reads (the file, and the files its keys name).
-//! - `rules`: pure validation into the typed values below, with one error type.
+//! - `rules`: pure validation into the typed values below, with one error type (and
+//!   `api_key`, the rules of `[api_key]`).
 //!
 //! This file holds the typed values the rest of the crate reads, and [`load`], which runs
 //! the four in order.
 
+mod api_key;
 mod files;
 mod raw;
 mod rules;
@@ -23,6 +25,7 @@ mod sources;
 #[cfg(test)]
 mod tests;
 
+pub use api_key::{API_KEY_ROLES, ApiKeyConfig, MAX_PREFIX, check_prefix};
 pub use raw::{
     CONFIG_ENV, ENV_ALIASES, LogFormat, RawConfig, RawCredentials, RawLimits, RawLog, RawPolicy, RawShutdown, RawToken,
     RawUpstream, RedisUrl, RequestFormat, SECRET_ENV, env_name, redact_url,
@@ -243,6 +246,8 @@ pub struct Config {
     pub limits: Limits,
     /// `None` without a `[policy]`: everything is forwarded.
     pub policy: Option<crate::policy::Policy>,
+    /// `None` without `api_key.project_id`: no managed key.
+    pub api_key: Option<ApiKeyConfig>,
     /// Where each key that was set came from; keys not here have their default.
     pub origins: BTreeMap<String, Origin>,
     /// `PINECONE_PROXY_…` variables that matched no key: reported as warnings, not errors,

@@ -44,6 +44,7 @@ pub struct RawConfig {
     pub log: RawLog,
     pub limits: RawLimits,
     pub policy: RawPolicy,
+    pub api_key: RawApiKey,
 }
 
 impl Default for RawConfig {
@@ -60,6 +61,7 @@ impl Default for RawConfig {
             log: RawLog::default(),
             limits: RawLimits::default(),
             policy: RawPolicy::default(),
+            api_key: RawApiKey::default(),
         }
     }
 }
@@ -224,6 +226,39 @@ pub struct RawPolicy {
     pub deny: Vec<String>,
     /// Project ids: project-scoped operations only in these.
     pub projects: Vec<String>,
+}
+
+/// The managed API key (PRODUCT.md, "The control plane and the data plane: a managed API
+/// key"). Without `project_id` there is none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawApiKey {
+    pub project_id: Option<String>,
+    pub roles: Vec<String>,
+    pub name_prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub lifetime: Duration,
+    pub rotate_at: f64,
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    pub max_creates_per_hour: u32,
+    pub delete_on_shutdown: bool,
+}
+
+impl Default for RawApiKey {
+    fn default() -> Self {
+        Self {
+            project_id: None,
+            // Enough to find an index and use its data; not enough to create or delete one.
+            roles: vec!["ControlPlaneViewer".into(), "DataPlaneEditor".into()],
+            name_prefix: "pinecone-admin-proxy".into(),
+            lifetime: Duration::from_secs(24 * 3600),
+            rotate_at: 0.5,
+            grace: Duration::from_secs(300),
+            max_creates_per_hour: 10,
+            delete_on_shutdown: true,
+        }
+    }
 }
 
 /// What a client of `listen` may take (PRODUCT.md, "Limits on the request path").

@@ -39,8 +39,11 @@ pub(super) fn validate(
     let credentials = credentials(&raw.credentials, env, origins)?;
     // The policy is in force once any of its keys is set, even to an empty list.
     let policy = origins.keys().any(|k| k.starts_with("policy."));
+    let api_key_set = origins.keys().find(|k| k.starts_with("api_key.")).cloned();
+    let api_key = super::api_key::api_key(&raw.api_key, api_key_set.as_deref()).map_err(|e| e.located(origins))?;
     typed(raw, credentials, policy, files).map_err(|e| e.located(origins)).map(|mut config| {
         config.origins = origins.clone();
+        config.api_key = api_key;
         config
     })
 }
@@ -65,6 +68,7 @@ fn typed(raw: RawConfig, credentials: CredentialsConfig, policy: bool, files: &F
         log: LogConfig { format: raw.log.format, level: log_filter("log.level", &raw.log.level)? },
         limits: limits(&raw.limits)?,
         policy,
+        api_key: None,
         origins: BTreeMap::new(),
         unknown_env: Vec::new(),
         raw,

@@ -174,13 +174,15 @@ fn the_proxy_specific_env_name_wins_over_the_sdk_alias() {
 #[test]
 fn env_names_are_derived_from_the_keys() {
     let names: Vec<(String, Vec<String>)> = keys().into_iter().map(|(k, _)| (k.clone(), env_names(&k))).collect();
-    assert_eq!(names.len(), 41, "{names:?}");
+    assert_eq!(names.len(), 49, "{names:?}");
     let find = |key: &str| names.iter().find(|(k, _)| k == key).map(|(_, n)| n.clone()).unwrap();
     assert_eq!(find("listen"), ["PINECONE_PROXY_LISTEN"]);
     assert_eq!(find("token.max_requests_per_minute"), ["PINECONE_PROXY_TOKEN_MAX_REQUESTS_PER_MINUTE"]);
     assert_eq!(find("credentials.client_id"), ["PINECONE_PROXY_CREDENTIALS_CLIENT_ID", "PINECONE_CLIENT_ID"]);
     assert_eq!(find("log.level"), ["PINECONE_PROXY_LOG_LEVEL", "RUST_LOG"]);
     assert_eq!(find("limits.max_head_bytes"), ["PINECONE_PROXY_LIMITS_MAX_HEAD_BYTES"]);
+    assert_eq!(find("api_key.project_id"), ["PINECONE_PROXY_API_KEY_PROJECT_ID"]);
+    assert_eq!(find("api_key.roles"), ["PINECONE_PROXY_API_KEY_ROLES"]);
     for (key, _) in ENV_ALIASES {
         assert!(names.iter().any(|(k, _)| k == key), "alias for unknown key {key}");
     }

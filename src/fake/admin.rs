@@ -268,6 +268,7 @@ fn create_api_key(data: &mut Data, project_id: &str, body: &[u8]) -> Response<Bo
         let roles = roles(&map)?.unwrap_or_else(|| json!(["ProjectEditor"]));
         let key = json!({ "id": uuid(), "name": name, "project_id": project_id, "roles": roles });
         data.api_keys.push(key.clone());
+        data.api_keys_created += 1;
         let secret: [u8; 24] = rand::random();
         let label: [u8; 4] = rand::random();
         let value = format!("pckey_{}_{}", hex(&label), super::base64url(&secret));

@@ -197,6 +197,41 @@ impl State {
         self.data.lock().refuse_api_key_creation = message.map(str::to_owned);
     }
 
+    /// The seeded project's id.
+    pub fn project_id(&self) -> String {
+        self.data.lock().projects[0]["id"].as_str().expect("a seeded project").to_owned()
+    }
+
+    /// Every live API key (id, name, project_id, roles), of every project.
+    pub fn api_keys(&self) -> Vec<Value> {
+        self.data.lock().api_keys.clone()
+    }
+
+    /// How many keys `create_api_key` has made.
+    pub fn api_keys_created(&self) -> u64 {
+        self.data.lock().api_keys_created
+    }
+
+    /// Deletes an API key behind the proxy's back (a revocation in the console): it stops
+    /// working at once. Answers whether it existed.
+    pub fn revoke_api_key(&self, id: &str) -> bool {
+        let mut data = self.data.lock();
+        let before = data.api_keys.len();
+        data.api_keys.retain(|k| k["id"] != id);
+        before != data.api_keys.len()
+    }
+
+    /// Adds a key named `name` to the seeded project (one another proxy, or a person, made);
+    /// answers its id.
+    pub fn add_api_key(&self, name: &str) -> String {
+        let mut data = self.data.lock();
+        let id = uuid();
+        let project = data.projects[0]["id"].clone();
+        data.api_keys
+            .push(serde_json::json!({ "id": id, "name": name, "project_id": project, "roles": ["ProjectViewer"] }));
+        id
+    }
+
     /// Revokes every token issued so far: the Admin API answers 401 to them.
     pub fn revoke_all(&self) {
         for t in self.issued.lock().values_mut() {
@@ -368,6 +403,8 @@ pub struct Data {
     /// When set, `create_api_key` answers 403 with this message (a quota, or a role the
     /// service account may not grant).
     pub(crate) refuse_api_key_creation: Option<String>,
+    /// Keys `create_api_key` has made.
+    pub(crate) api_keys_created: u64,
 }
 
 impl Data {
@@ -392,6 +429,7 @@ impl Data {
             iam: iam::Iam::seeded(org_id),
             indexes: Vec::new(),
             refuse_api_key_creation: None,
+            api_keys_created: 0,
         }
     }
 

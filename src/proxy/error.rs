@@ -38,6 +38,11 @@ pub(crate) enum ProxyError {
          (api_key.project_id) so that the proxy supplies a managed key, or send your own in Api-Key"
     )]
     ApiKeyNotConfigured { operation: &'static str },
+    #[error(
+        "no usable managed API key (api_key.project_id); the next creation is due in {}s; see the proxy's /status",
+        retry_after.as_secs()
+    )]
+    ApiKeyUnavailable { retry_after: Duration },
 }
 
 impl ProxyError {
@@ -52,14 +57,15 @@ impl ProxyError {
             ProxyError::BodyTimeout(_) => "body_timeout",
             ProxyError::Forbidden(_) => "forbidden_by_policy",
             ProxyError::ApiKeyNotConfigured { .. } => "api_key_not_configured",
+            ProxyError::ApiKeyUnavailable { .. } => "api_key_unavailable",
         }
     }
 
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::TokenUnavailable { .. } | ProxyError::CredentialsRejected { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::TokenUnavailable { .. }
+            | ProxyError::CredentialsRejected { .. }
+            | ProxyError::ApiKeyUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest { status, .. } => *status,
@@ -73,7 +79,8 @@ impl ProxyError {
         match self {
             ProxyError::TokenUnavailable { .. }
             | ProxyError::CredentialsRejected { .. }
-            | ProxyError::UpstreamUnreachable(_) => "UNAVAILABLE",
+            | ProxyError::UpstreamUnreachable(_)
+            | ProxyError::ApiKeyUnavailable { .. } => "UNAVAILABLE",
             ProxyError::UpstreamTimeout(_) | ProxyError::BodyTimeout(_) => "DEADLINE_EXCEEDED",
             ProxyError::BadRequest { .. } => "INVALID_ARGUMENT",
             ProxyError::Forbidden(_) | ProxyError::ApiKeyNotConfigured { .. } => "PERMISSION_DENIED",
@@ -107,7 +114,7 @@ pub(crate) fn error_response(error: &ProxyError) -> Response<Body> {
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(ERROR_HEADER, HeaderValue::from_static(error.reason()));
-    if let ProxyError::TokenUnavailable { retry_after } = error {
+    if let ProxyError::TokenUnavailable { retry_after } | ProxyError::ApiKeyUnavailable { retry_after } = error {
         h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
     }
     if status == StatusCode::METHOD_NOT_ALLOWED {
@@ -178,13 +185,20 @@ mod tests {
                 "api_key_not_configured",
                 "PERMISSION_DENIED",
             ),
+            (
+                ProxyError::ApiKeyUnavailable { retry_after: Duration::from_secs(600) },
+                503,
+                "api_key_unavailable",
+                "UNAVAILABLE",
+            ),
         ];
         for (error, status, reason, code) in cases {
             let r = error_response(&error);
             assert_eq!(r.status().as_u16(), status);
             assert_eq!(r.headers()[ERROR_HEADER], reason);
             assert_eq!(r.headers()["content-type"], "application/json");
-            assert_eq!(r.headers().contains_key("retry-after"), reason == "token_unavailable");
+            let retry = ["token_unavailable", "api_key_unavailable"].contains(&reason);
+            assert_eq!(r.headers().contains_key("retry-after"), retry, "{reason}");
             let body = futures_body(r);
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(v["status"], status);

@@ -7,6 +7,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// The request id Pinecone answers with, quoted in audit lines and lookup errors.
 pub(super) static X_PINECONE_REQUEST_ID: HeaderName = HeaderName::from_static("x-pinecone-request-id");
 pub(super) static X_PINECONE_API_VERSION: HeaderName = HeaderName::from_static("x-pinecone-api-version");
+/// The control and data planes' credential.
+pub(super) static API_KEY: HeaderName = HeaderName::from_static("api-key");
 
 /// Removes the connection-specific headers (RFC 9110 §7.6.1) and those named in
 /// `Connection`, from a request or a response. `TE: trailers` is kept: it is end-to-end in
@@ -90,6 +92,27 @@ pub(crate) fn rewrite_request_headers(
 ) {
     strip_hop_by_hop(headers);
     headers.insert(header::AUTHORIZATION, authorization.clone());
+    set_api_version(headers, api_version, override_api_version);
+}
+
+/// The same for a control-plane request with the managed key: hop-by-hop headers out, the
+/// client's `Authorization` and every `Api-Key` of its out, the managed key in, the API
+/// version as above.
+pub(crate) fn rewrite_key_headers(
+    headers: &mut HeaderMap,
+    api_key: &HeaderValue,
+    api_version: &HeaderValue,
+    override_api_version: bool,
+) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::AUTHORIZATION);
+    // `insert` replaces every value the name had.
+    headers.insert(API_KEY.clone(), api_key.clone());
+    set_api_version(headers, api_version, override_api_version);
+}
+
+/// Ours when the client sent none (or always, with `override_api_version`).
+fn set_api_version(headers: &mut HeaderMap, api_version: &HeaderValue, override_api_version: bool) {
     if override_api_version {
         headers.insert(X_PINECONE_API_VERSION.clone(), api_version.clone());
     } else {
@@ -165,6 +188,23 @@ mod tests {
         rewrite_request_headers(&mut h, &auth, &version, true);
         assert_eq!(h.get("x-pinecone-api-version").unwrap(), "2025-10");
         assert_eq!(h.get_all("x-pinecone-api-version").iter().count(), 1);
+    }
+
+    #[test]
+    fn the_managed_key_replaces_the_clients_credentials() {
+        let key = HeaderValue::from_static("pckey_managed");
+        let version = HeaderValue::from_static("2025-10");
+        let mut h = headers(&[
+            ("api-key", "client-one"),
+            ("Api-Key", "client-two"),
+            ("authorization", "Bearer client"),
+            ("connection", "close"),
+            ("x-pinecone-api-version", "2026-07"),
+        ]);
+        rewrite_key_headers(&mut h, &key, &version, false);
+        assert_eq!(h.get_all("api-key").iter().collect::<Vec<_>>(), ["pckey_managed"]);
+        assert!(!h.contains_key("authorization") && !h.contains_key("connection"));
+        assert_eq!(h.get("x-pinecone-api-version").unwrap(), "2026-07");
     }
 
     #[test]

@@ -29,6 +29,7 @@ impl Proxy {
             upstream_status = outcome.upstream_status,
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
             token = outcome.token.as_ref().map(|t| t.fingerprint.as_str()),
+            api_key = outcome.key.as_ref().map(|k| k.fingerprint.as_str()),
             error = outcome.error,
             replayed = outcome.replayed,
             "request",
@@ -68,6 +69,7 @@ impl Proxy {
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
             request_id,
             token = outcome.token.as_ref().map(|t| t.fingerprint.as_str()),
+            api_key = outcome.key.as_ref().map(|k| k.fingerprint.as_str()),
             error = outcome.error,
             "audit",
         );

@@ -5,6 +5,7 @@
 //! - [`headers`]: the header policy, both ways.
 //! - [`key_project`]: an API key's project, looked up for the `[policy]`.
 //! - [`lines`]: the access and audit lines.
+//! - [`managed_key`]: control-plane requests with the managed API key.
 //! - [`mod@token_shim`]: `POST /oauth/token`, answered with a placeholder.
 //!
 //! Everything that can be computed once (the upstream scheme and authority, the version
@@ -17,6 +18,7 @@ mod error;
 mod headers;
 mod key_project;
 mod lines;
+mod managed_key;
 mod token_shim;
 
 use error::ProxyError;
@@ -24,6 +26,7 @@ use headers::{X_PINECONE_API_VERSION, rewrite_request_headers, strip_hop_by_hop}
 
 use token_shim::token_shim;
 
+use crate::api_key::source::{ApiKey, KeySource};
 use crate::body::{Body, BoxError};
 use crate::config::Limits;
 use crate::config::UpstreamConfig;
@@ -69,6 +72,8 @@ struct Inner {
     body_read_timeout: Duration,
     /// `None`: everything is forwarded.
     policy: Option<Policy>,
+    /// The managed key for control-plane routes; `None` without `[api_key]`.
+    keys: Option<KeySource>,
     /// API key id → its project, as `fetch_api_key` said (a key never changes project), or
     /// why it could not be had, or the lookup under way.
     key_projects: key_project::KeyProjects,
@@ -81,10 +86,22 @@ pub(super) struct Outcome<'p> {
     pub(super) allowed: Option<crate::policy::Allowed<'p>>,
     pub(super) upstream_status: Option<u16>,
     pub(super) token: Option<Arc<crate::token::Token>>,
+    /// The managed key the request was sent with (control-plane routes).
+    pub(super) key: Option<Arc<ApiKey>>,
     pub(super) error: Option<&'static str>,
     /// Why the policy refused it.
     pub(super) refusal: Option<String>,
     pub(super) replayed: bool,
+}
+
+/// What a replay needs of a request: its method, target, headers and body, or why its
+/// body was not kept.
+type Kept = Result<(Method, Uri, HeaderMap, Buffered), NotKept>;
+
+/// What a replay is sent with.
+pub(super) enum Renewed {
+    Token(Arc<crate::token::Token>),
+    Key(Arc<ApiKey>),
 }
 
 /// Counts a request as in flight until dropped, so a cancelled request is not leaked.
@@ -104,6 +121,7 @@ impl Proxy {
         cfg: &UpstreamConfig,
         limits: &Limits,
         policy: Option<Policy>,
+        keys: Option<KeySource>,
     ) -> Self {
         let replay_budget = ReplayBudget::shown_in(limits.replay_memory, metrics.replay_memory.clone());
         Self {
@@ -120,6 +138,7 @@ impl Proxy {
                 replay_budget,
                 body_read_timeout: limits.body_read_timeout,
                 policy,
+                keys,
                 key_projects: key_project::KeyProjects::default(),
             }),
         }
@@ -188,7 +207,10 @@ impl Proxy {
         }
 
         if resolved.route().is_some_and(|r| r.plane == Plane::Control) {
-            return Box::pin(self.forward_own_key(parts, body, resolved)).await;
+            return match &inner.keys {
+                Some(keys) => Box::pin(self.forward_managed_key(parts, body, keys, outcome)).await,
+                None => Box::pin(self.forward_own_key(parts, body, resolved)).await,
+            };
         }
         let token = inner.tokens.get().await?;
         outcome.token = Some(token.clone());
@@ -201,6 +223,35 @@ impl Proxy {
             &inner.api_version,
             inner.override_api_version,
         );
+        let (response, replay) = self.send_replayable(parts, body).await?;
+        outcome.upstream_status = Some(response.status().as_u16());
+        if response.status() != StatusCode::UNAUTHORIZED || !admin_route {
+            // A 401 outside the Admin API (the control plane's `Invalid API key` for a
+            // bearer token) is not the token's fault: a new one would cure nothing and
+            // only spend the token quota. It goes back as it came.
+            return Ok(finish(response));
+        }
+
+        // Rare, and as large as all the rest: boxed out of every request's future.
+        inner.metrics.upstream_unauthorized.inc();
+        inner.tokens.invalidate(token.generation);
+        let renew = async { inner.tokens.newer_than(token.generation).await.ok().map(Renewed::Token) };
+        Box::pin(self.replay(response, replay, outcome, renew)).await
+    }
+
+    /// Sends a request whose body is kept for a replay if it may be (within
+    /// `upstream.replay_limit` and `limits.replay_memory`), or streams otherwise; answers
+    /// the response and what a replay needs.
+    async fn send_replayable<B>(
+        &self,
+        parts: http::request::Parts,
+        body: B,
+    ) -> Result<(Response<Body>, Kept), ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let inner = &self.inner;
         // Most Admin API requests have no body; reading one is boxed out of their future.
         let stalled = Arc::new(AtomicBool::new(false));
         let body = match body.is_end_stream() {
@@ -215,16 +266,7 @@ impl Proxy {
         let response = self.send_streaming(Request::from_parts(parts, body), streaming).await.map_err(|e| {
             if stalled.load(Ordering::Relaxed) { ProxyError::BodyTimeout(inner.body_read_timeout) } else { e }
         })?;
-        outcome.upstream_status = Some(response.status().as_u16());
-        if response.status() != StatusCode::UNAUTHORIZED || !admin_route {
-            // A 401 outside the Admin API (the control plane's `Invalid API key` for a
-            // bearer token) is not the token's fault: a new one would cure nothing and
-            // only spend the token quota. It goes back as it came.
-            return Ok(finish(response));
-        }
-
-        // Rare, and as large as all the rest: boxed out of every request's future.
-        Box::pin(self.replay(response, token.generation, replay, outcome)).await
+        Ok((response, replay))
     }
 
     /// A control-plane request, without a managed key: the client's own `Api-Key` goes
@@ -294,18 +336,18 @@ impl Proxy {
         })
     }
 
-    /// After an upstream 401: one new token is fetched for every request that saw this
-    /// generation rejected, and the request is sent once more with it.
+    /// After an upstream 401 (the caller has reported the credential stale): the request is
+    /// sent once more with what `renew` gives (one new token, or one new key, for every
+    /// request that saw the old one rejected), if its body was kept. A second 401 goes back
+    /// to the client: the credential was just made, and another would only spend a quota.
     async fn replay(
         &self,
         response: Response<Body>,
-        rejected: u64,
-        replay: Result<(Method, Uri, HeaderMap, Buffered), NotKept>,
+        replay: Kept,
         outcome: &mut Outcome<'_>,
+        renew: impl Future<Output = Option<Renewed>>,
     ) -> Result<Response<Body>, ProxyError> {
         let inner = &self.inner;
-        inner.metrics.upstream_unauthorized.inc();
-        inner.tokens.invalidate(rejected);
         let (method, uri, mut headers, kept) = match replay {
             Ok(replay) => replay,
             Err(why) => {
@@ -316,24 +358,34 @@ impl Proxy {
                 return Ok(finish(response));
             }
         };
-        let Ok(fresh) = inner.tokens.newer_than(rejected).await else {
+        let Some(fresh) = renew.await else {
             inner.metrics.replay(ReplayResult::NoToken);
             return Ok(finish(response));
         };
         drop(response);
-        headers.insert(header::AUTHORIZATION, fresh.authorization().clone());
+        let token = match fresh {
+            Renewed::Token(token) => {
+                headers.insert(header::AUTHORIZATION, token.authorization().clone());
+                outcome.token = Some(token);
+                true
+            }
+            Renewed::Key(key) => {
+                headers.insert(headers::API_KEY.clone(), key.header().clone());
+                outcome.key = Some(key);
+                false
+            }
+        };
         let mut request = Request::new(kept.to_body());
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        outcome.token = Some(fresh.clone());
         outcome.replayed = true;
         let response = self.send(request).await?;
         outcome.upstream_status = Some(response.status().as_u16());
         if response.status() == StatusCode::UNAUTHORIZED {
-            // Not invalidated again: the token was just issued, and a second fetch would
-            // only burn the token quota. The 401 goes back to the client.
-            inner.metrics.upstream_unauthorized.inc();
+            if token {
+                inner.metrics.upstream_unauthorized.inc();
+            }
             inner.metrics.replay(ReplayResult::Unauthorized);
         } else {
             inner.metrics.replay(ReplayResult::Success);
