@@ -22,6 +22,8 @@ mod forwarding;
 mod lifecycle;
 #[path = "tests/limits.rs"]
 mod limits;
+#[path = "tests/managed_key.rs"]
+mod managed_key;
 #[path = "tests/monitoring.rs"]
 mod monitoring;
 #[path = "tests/ops.rs"]

@@ -9,7 +9,7 @@
 // large `Err` costs nothing that matters.
 #![allow(clippy::result_large_err)]
 
-use super::{Data, Recorded, State, accepted, error, find, invalid, json, not_found, object, uuid};
+use super::{Data, State, accepted, error, find, invalid, json, not_found, object, uuid};
 use crate::body::Body;
 use bytes::Bytes;
 use http::request::Parts;
@@ -35,14 +35,7 @@ const ROLES: &[&str] = &[
 
 pub(crate) fn handle(state: &State, parts: &Parts, body: &Bytes) -> Response<Body> {
     state.admin_requests.fetch_add(1, Ordering::Relaxed);
-    if state.recording() {
-        state.recorded.lock().push(Recorded {
-            method: parts.method.clone(),
-            target: parts.uri.path_and_query().map_or_else(|| parts.uri.to_string(), |pq| pq.as_str().to_owned()),
-            headers: parts.headers.clone(),
-            body: body.clone(),
-        });
-    }
+    state.record(parts, body);
     let mut response = route(state, parts, body);
     response.headers_mut().insert("x-pinecone-request-id", HeaderValue::from_str(&uuid()).expect("ascii"));
     response

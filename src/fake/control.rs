@@ -22,6 +22,7 @@ const WRITERS: [&str; 2] = ["ProjectEditor", "ControlPlaneEditor"];
 
 pub(crate) fn handle(state: &State, parts: &Parts, body: &[u8]) -> Response<Body> {
     state.control_requests.fetch_add(1, Ordering::Relaxed);
+    state.record(parts, body);
     let mut data = state.data.lock();
     let presented = parts.headers.get("api-key").and_then(|v| v.to_str().ok());
     let Some((project, roles)) = presented.and_then(|value| data.key_of_value(value)) else {

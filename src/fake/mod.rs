@@ -51,7 +51,7 @@ pub enum TokenFault {
     Reset,
 }
 
-/// One request the Admin API received, kept while recording is on.
+/// One request the Admin API or the control plane received, kept while recording is on.
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub method: Method,
@@ -71,6 +71,11 @@ pub(crate) struct Issued {
 /// The fake's state: knobs, counters and data. Shared by its handlers and the tests.
 #[derive(Debug)]
 pub struct State {
+    /// Requests received, on any path, counted as they arrive (before any delay).
+    pub arrived: AtomicU64,
+    /// Bumped when a request arrives and when one has been answered, so that a test can
+    /// wait for what the proxy did to the fake.
+    activity: tokio::sync::watch::Sender<u64>,
     pub(crate) clients: Mutex<HashMap<String, String>>,
     expires_in: AtomicU64,
     token_delay: Mutex<Duration>,
@@ -115,6 +120,8 @@ impl State {
             faults: Mutex::new(VecDeque::new()),
             fail_every: AtomicU64::new(0),
             issued: Mutex::new(HashMap::new()),
+            arrived: AtomicU64::new(0),
+            activity: tokio::sync::watch::Sender::new(0),
             token_requests: AtomicU64::new(0),
             tokens_issued: AtomicU64::new(0),
             admin_requests: AtomicU64::new(0),
@@ -131,6 +138,11 @@ impl State {
             quota: Mutex::new(None),
             quota_refused: AtomicU64::new(0),
         }
+    }
+
+    /// Told when a request arrives and when one has been answered.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.activity.subscribe()
     }
 
     /// Meters token requests from now on (`None`: no quota, no quota headers).
@@ -202,9 +214,19 @@ impl State {
         self.data.lock().projects[0]["id"].as_str().expect("a seeded project").to_owned()
     }
 
+    /// Every index, of every project.
+    pub fn indexes(&self) -> Vec<Value> {
+        self.data.lock().indexes.iter().map(|(_, index)| index.clone()).collect()
+    }
+
     /// Every live API key (id, name, project_id, roles), of every project.
     pub fn api_keys(&self) -> Vec<Value> {
         self.data.lock().api_keys.clone()
+    }
+
+    /// The value of every API key ever created (the secrets), deleted ones included.
+    pub fn api_key_values(&self) -> Vec<String> {
+        self.data.lock().api_key_values.keys().cloned().collect()
     }
 
     /// How many keys `create_api_key` has made.
@@ -261,6 +283,18 @@ impl State {
         self.recording.store(on, Ordering::SeqCst);
     }
 
+    /// Keeps a request while recording is on.
+    pub(crate) fn record(&self, parts: &http::request::Parts, body: &[u8]) {
+        if self.recording() {
+            self.recorded.lock().push(Recorded {
+                method: parts.method.clone(),
+                target: parts.uri.path_and_query().map_or_else(|| parts.uri.to_string(), |pq| pq.as_str().to_owned()),
+                headers: parts.headers.clone(),
+                body: Bytes::copy_from_slice(body),
+            });
+        }
+    }
+
     pub(crate) fn recording(&self) -> bool {
         self.recording.load(Ordering::Relaxed)
     }
@@ -292,6 +326,14 @@ impl Service {
     }
 
     async fn handle(self, request: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+        self.state.arrived.fetch_add(1, Ordering::SeqCst);
+        self.state.activity.send_modify(|n| *n += 1);
+        let response = self.answer(request).await;
+        self.state.activity.send_modify(|n| *n += 1);
+        response
+    }
+
+    async fn answer(&self, request: Request<Incoming>) -> Result<Response<Body>, BoxError> {
         let (parts, body) = request.into_parts();
         // A fake reads whole bodies: requests to it are small, and tests want them.
         let body = body.collect().await?.to_bytes();

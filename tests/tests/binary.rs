@@ -90,6 +90,30 @@ async fn bad_configuration_exits_64_with_one_line_naming_the_key() {
 }
 
 #[tokio::test]
+async fn a_bad_api_key_section_exits_64_from_run_and_check_config_naming_the_key() {
+    const PROJECT: (&str, &str) = ("PINECONE_PROXY_API_KEY_PROJECT_ID", "3fa85f64-5717-4562-b3fc-2c963f66afa6");
+    let cases: [(&[(&str, &str)], &str, &str); 4] = [
+        (
+            &[PROJECT, ("PINECONE_PROXY_API_KEY_ROLES", "ControlPlaneViewer,DataPlaneEditr")],
+            "api_key.roles",
+            "did you mean DataPlaneEditor?",
+        ),
+        (&[PROJECT, ("PINECONE_PROXY_API_KEY_NAME_PREFIX", "My_Proxy")], "api_key.name_prefix", "a-z, 0-9 and -"),
+        (&[("PINECONE_PROXY_API_KEY_PROJECT_ID", "demo-project")], "api_key.project_id", "UUID"),
+        (&[("PINECONE_PROXY_API_KEY_ROLES", "ProjectViewer")], "api_key.project_id", "is required"),
+    ];
+    for (envs, key, says) in cases {
+        let envs = [&CREDS[..], envs].concat();
+        for command in [&["run"][..], &["check-config"]] {
+            let (code, _, stderr) = output(command, &envs).await;
+            assert_eq!(code, 64, "{command:?} {key}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{key}: one line: {stderr}");
+            assert!(stderr.contains(key) && stderr.contains(says), "{key}, {says}: {stderr}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn usage_errors_exit_64_and_help_exits_0() {
     assert_eq!(output(&["--no-such-flag"], &CREDS).await.0, 64);
     assert_eq!(output(&["no-such-command"], &CREDS).await.0, 64);
@@ -337,7 +361,12 @@ async fn sighup_rereads_the_secret_file() {
 async fn the_secret_and_tokens_never_appear_in_output_at_trace_level() {
     for format in ["text", "json"] {
         let fake = fake(3600).await;
-        let extra = [("RUST_LOG", "trace"), ("PINECONE_PROXY_LOG_FORMAT", format)];
+        let project = fake.state().project_id();
+        let extra = [
+            ("RUST_LOG", "trace"),
+            ("PINECONE_PROXY_LOG_FORMAT", format),
+            ("PINECONE_PROXY_API_KEY_PROJECT_ID", &project),
+        ];
         let mut proc = spawn_demo(&fake.token_url(), &fake.api_url(), &extra).await;
         let client = TestClient::default();
         let base = format!("http://{}", proc.listen);
@@ -357,6 +386,15 @@ async fn the_secret_and_tokens_never_appear_in_output_at_trace_level() {
         let second = proc.line_with("token fetched").await;
         assert!(second.contains("generation") && second.contains('2'), "{second}");
         assert_eq!(client.get(&format!("{base}/admin/projects")).await.0, StatusCode::OK);
+        // The managed key: used, revoked behind the proxy's back, replaced, replayed.
+        assert_eq!(client.get(&format!("{base}/indexes")).await.0, StatusCode::OK);
+        let ours = fake
+            .state()
+            .api_keys()
+            .into_iter()
+            .find(|k| k["name"].as_str().unwrap().starts_with("pinecone-admin-proxy-"));
+        assert!(fake.state().revoke_api_key(ours.unwrap()["id"].as_str().unwrap()));
+        assert_eq!(client.get(&format!("{base}/indexes")).await.0, StatusCode::OK);
         client.get(&format!("http://{}/status", proc.ops)).await;
         client.get(&format!("http://{}/metrics", proc.ops)).await;
         proc.signal("TERM");
@@ -366,6 +404,12 @@ async fn the_secret_and_tokens_never_appear_in_output_at_trace_level() {
         let debug = if format == "json" { "\"level\":\"DEBUG\"" } else { " DEBUG " };
         assert!(all.contains(debug), "output below info was produced ({format}):\n{all}");
         assert!(!all.contains(DEMO_CLIENT_SECRET), "the client secret leaked ({format})");
+        let values = fake.state().api_key_values();
+        assert_eq!(values.len(), 2, "the first key and its replacement");
+        for value in values {
+            assert!(!all.contains(&value), "an API key leaked ({format})");
+            assert!(!all.contains(value.rsplit('_').next().unwrap()), "part of an API key leaked ({format})");
+        }
         let tokens = fake.state().issued_tokens();
         assert_eq!(tokens.len(), 2);
         for token in tokens {
