@@ -92,7 +92,8 @@ async fn bad_configuration_exits_64_with_one_line_naming_the_key() {
 #[tokio::test]
 async fn a_bad_api_key_section_exits_64_from_run_and_check_config_naming_the_key() {
     const PROJECT: (&str, &str) = ("PINECONE_PROXY_API_KEY_PROJECT_ID", "3fa85f64-5717-4562-b3fc-2c963f66afa6");
-    let cases: [(&[(&str, &str)], &str, &str); 4] = [
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 4] = [
         (
             &[PROJECT, ("PINECONE_PROXY_API_KEY_ROLES", "ControlPlaneViewer,DataPlaneEditr")],
             "api_key.roles",
