@@ -46,7 +46,12 @@ async fn the_rules_and_the_dashboard_name_only_exported_metrics() {
     fake.state().set_quota(Some(pinecone_admin_proxy::fake::quota::Quota::parse("per_hour=10,per_day=50").unwrap()));
     let refusing = closed_port();
     let redis = format!("redis://127.0.0.1:{}/0", refusing.port);
-    let proxy = proxy_for(&fake, &[("PINECONE_PROXY_TOKEN_SHARED_CACHE", &redis)]).await;
+    let project = fake.state().project_id();
+    let proxy = proxy_for(
+        &fake,
+        &[("PINECONE_PROXY_TOKEN_SHARED_CACHE", &redis), ("PINECONE_PROXY_API_KEY_PROJECT_ID", &project)],
+    )
+    .await;
     proxy.tokens.get().await.unwrap();
     let client = TestClient::default();
     client.get(&url(&proxy, "/admin/projects")).await;
