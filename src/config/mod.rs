@@ -80,8 +80,17 @@ pub fn load_demo(
     for (key, value) in fixed {
         layered.set(key, toml::Value::String((*value).to_owned()));
     }
+    // The demo's managed key may create and delete indexes (so that every control-plane
+    // example works), unless the caller chose its roles.
+    if !layered.origins.contains_key("api_key.roles") && fixed.iter().any(|(key, _)| *key == "api_key.project_id") {
+        let roles = DEMO_ROLES.iter().map(|r| toml::Value::String((*r).to_owned())).collect();
+        layered.set("api_key.roles", toml::Value::Array(roles));
+    }
     Ok((finish(&layered, &env)?, set_aside))
 }
+
+/// The roles of the demo's managed key.
+const DEMO_ROLES: [&str; 2] = ["ControlPlaneEditor", "DataPlaneEditor"];
 
 /// The layered keys, with the files they name, as a validated [`Config`].
 fn finish(layered: &Layered, env: &Env) -> Result<Config, ConfigError> {

@@ -7,7 +7,12 @@
 //!
 //! Indexes live in memory, per project: `list_indexes`, `create_index` (serverless, with a
 //! `host` as the real one names it), `describe_index`, `delete_index`. Other control-plane
-//! paths are a 404.
+//! paths are a 404. An index is kept in the 2025-10 shape (`dimension`, `metric`,
+//! `spec.serverless`); a request with `X-Pinecone-Api-Version` 2026-07 or later (the Python
+//! SDK 10.2's) is answered in that version's shape instead, and may create one in it
+//! (`schema.fields` with the reserved `_values` or `_sparse_values` vector field,
+//! `deployment` managed), as the SDK's models describe it (there is no 2026-07 `db_control`
+//! specification beside FACTS.md).
 
 use super::{Data, State, accepted, error, invalid, json, not_found};
 use crate::body::{Body, full};
@@ -36,14 +41,16 @@ pub(crate) fn handle(state: &State, parts: &Parts, body: &[u8]) -> Response<Body
     }
     let segments: Vec<&str> = parts.uri.path().trim_start_matches('/').split('/').collect();
     let m = &parts.method;
+    let shaped = Shape::of(parts);
     match segments.as_slice() {
         ["indexes"] if m == Method::GET => {
-            let indexes: Vec<&Value> = data.indexes.iter().filter(|(p, _)| *p == project).map(|(_, i)| i).collect();
+            let indexes: Vec<Value> =
+                data.indexes.iter().filter(|(p, _)| *p == project).map(|(_, i)| shaped.render(i)).collect();
             json(StatusCode::OK, &json!({ "indexes": indexes }))
         }
-        ["indexes"] if m == Method::POST => create_index(&mut data, &project, body),
+        ["indexes"] if m == Method::POST => create_index(&mut data, &project, body, shaped),
         ["indexes", name] if m == Method::GET => match position(&data, &project, name) {
-            Some(i) => json(StatusCode::OK, &data.indexes[i].1),
+            Some(i) => json(StatusCode::OK, &shaped.render(&data.indexes[i].1)),
             None => not_found("Index", name),
         },
         ["indexes", name] if m == Method::DELETE => match position(&data, &project, name) {
@@ -61,11 +68,88 @@ fn position(data: &Data, project: &str, name: &str) -> Option<usize> {
     data.indexes.iter().position(|(p, i)| p == project && i["name"] == name)
 }
 
+/// Which API version's index shape a request speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// 2025-10 and 2026-04: `dimension`, `metric`, `spec.serverless`.
+    Spec,
+    /// 2026-07: `schema.fields`, `deployment`.
+    Schema,
+}
+
+impl Shape {
+    fn of(parts: &Parts) -> Self {
+        let version = parts.headers.get("x-pinecone-api-version").and_then(|v| v.to_str().ok()).unwrap_or("");
+        // Versions are YYYY-MM, so they compare as text.
+        if version >= "2026-07" { Shape::Schema } else { Shape::Spec }
+    }
+
+    /// A stored (2025-10) index as this version shows it.
+    fn render(self, index: &Value) -> Value {
+        if self == Shape::Spec {
+            return index.clone();
+        }
+        let serverless = &index["spec"]["serverless"];
+        let field = match index["vector_type"].as_str() {
+            Some("sparse") => ("_sparse_values", json!({ "type": "sparse_vector", "metric": "dotproduct" })),
+            _ => (
+                "_values",
+                json!({ "type": "dense_vector", "dimension": index["dimension"], "metric": index["metric"] }),
+            ),
+        };
+        json!({
+            "name": index["name"],
+            "host": index["host"],
+            "status": index["status"],
+            "schema": { "fields": { field.0: field.1 } },
+            "deployment": { "deployment_type": "managed", "cloud": serverless["cloud"], "region": serverless["region"] },
+            "deletion_protection": index["deletion_protection"],
+            "tags": index["tags"],
+        })
+    }
+
+    /// A 2026-07 create request in the stored (2025-10) shape: a managed deployment and one
+    /// reserved vector field.
+    fn stored_request(self, request: serde_json::Map<String, Value>) -> Result<serde_json::Map<String, Value>, String> {
+        if self == Shape::Spec {
+            return Ok(request);
+        }
+        let deployment = &request["deployment"];
+        if deployment["deployment_type"] != "managed" {
+            return Err("deployment.deployment_type must be managed (the fake serves serverless indexes only).".into());
+        }
+        let fields = request.get("schema").and_then(|s| s.get("fields")).and_then(Value::as_object);
+        let (vector_type, field) = match fields.map(|f| (f.get("_values"), f.get("_sparse_values"), f.len())) {
+            Some((Some(dense), None, 1)) => ("dense", dense),
+            Some((None, Some(sparse), 1)) => ("sparse", sparse),
+            _ => return Err("schema.fields must hold one vector field, _values or _sparse_values.".into()),
+        };
+        let mut stored = serde_json::Map::new();
+        for key in ["name", "deletion_protection", "tags"] {
+            if let Some(v) = request.get(key) {
+                stored.insert(key.into(), v.clone());
+            }
+        }
+        stored.insert("dimension".into(), field["dimension"].clone());
+        stored.insert("metric".into(), field.get("metric").cloned().unwrap_or(json!("cosine")));
+        stored.insert("vector_type".into(), json!(vector_type));
+        stored.insert(
+            "spec".into(),
+            json!({ "serverless": { "cloud": deployment["cloud"], "region": deployment["region"] } }),
+        );
+        Ok(stored)
+    }
+}
+
 /// `create_index` (serverless): the name rules of the spec, 409 for a name taken in the
 /// project, 201 with the index, ready at once.
-fn create_index(data: &mut Data, project: &str, body: &[u8]) -> Response<Body> {
+fn create_index(data: &mut Data, project: &str, body: &[u8], shaped: Shape) -> Response<Body> {
     let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
         return invalid("The request body must be a JSON object.");
+    };
+    let request = match shaped.stored_request(request) {
+        Ok(request) => request,
+        Err(problem) => return invalid(&problem),
     };
     let name = request.get("name").and_then(Value::as_str).unwrap_or_default();
     if let Err(problem) = index_name(name) {
@@ -104,7 +188,7 @@ fn create_index(data: &mut Data, project: &str, body: &[u8]) -> Response<Body> {
         "vector_type": request.get("vector_type").cloned().unwrap_or(json!("dense")),
     });
     data.indexes.push((project.to_owned(), index.clone()));
-    json(StatusCode::CREATED, &index)
+    json(StatusCode::CREATED, &shaped.render(&index))
 }
 
 /// The spec's rule: 1-45 characters of lower-case alphanumerics and `-`, starting and

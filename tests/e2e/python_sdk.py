@@ -1,6 +1,6 @@
 """The unmodified Pinecone Python SDK (pinecone==10.2.0) through the proxy.
 
-Run against `pinecone-admin-proxy demo`: PROXY is the proxy's URL. The SDK gets
+Run against `pinecone-admin-proxy demo`: PROXY is the proxy's URL. The Admin API client gets
 placeholder credentials and exchanges them at the proxy's /oauth/token; the fake Pinecone
 behind the proxy answers 401 to any token it did not issue, so every call below that
 succeeds proves the upstream saw the proxy's token, never the SDK's placeholder.
@@ -10,7 +10,7 @@ import itertools
 import os
 import sys
 
-from pinecone import Admin
+from pinecone import Admin, Pinecone, ServerlessSpec
 
 proxy = os.environ["PROXY"]
 admin = Admin(client_id="unused", client_secret="unused", host=proxy, oauth_url=proxy + "/oauth/token")
@@ -60,5 +60,16 @@ for c in created:
 
 bindings = list(itertools.islice(admin.role_bindings.list(), 10))
 check(any(b.role == "OrgOwner" for b in bindings), "role_bindings.list")
+
+# The control plane, with the proxy's managed API key: the SDK's key is a placeholder, which
+# the fake would answer 401; every success proves the proxy put its own key in Api-Key.
+pc = Pinecone(api_key="unused", host=proxy)
+before = [i.name for i in pc.list_indexes()]
+pc.create_index(name="sdk-index", dimension=8, metric="cosine", spec=ServerlessSpec(cloud="aws", region="us-east-1"), timeout=-1)
+check("sdk-index" in [i.name for i in pc.list_indexes()], f"list_indexes sees the new index (before: {before})")
+described = pc.describe_index(name="sdk-index")
+check(described.schema.fields["_values"].dimension == 8 and described.host.startswith("https://sdk-index-"), "describe_index, with its host")
+pc.delete_index(name="sdk-index", timeout=-1)
+check("sdk-index" not in [i.name for i in pc.list_indexes()], "delete_index")
 
 print("python SDK through the proxy: all checks passed")

@@ -324,3 +324,30 @@ async fn until_fake(fake: &FakePinecone, cond: impl Fn(&FakePinecone) -> bool) {
     .await
     .expect("the fake reached the state awaited");
 }
+
+#[tokio::test]
+async fn the_fake_speaks_each_versions_index_shape_as_the_sdks_do() {
+    let fake = fake(3600).await;
+    let proxy = managed(&fake, &[]).await;
+    let client = TestClient::default();
+    let versioned = |method: Method, path: &str, version: &str, body: &str| {
+        let mut r = request(method, &proxy, path, body);
+        r.headers_mut().insert("x-pinecone-api-version", version.parse().unwrap());
+        r
+    };
+    // The Python SDK 10.2's request: 2026-07, a schema and a deployment.
+    let create = r#"{"name":"shaped","schema":{"fields":{"_values":{"type":"dense_vector","dimension":8,"metric":"dotproduct"}}},"deployment":{"deployment_type":"managed","cloud":"aws","region":"us-east-1"}}"#;
+    let (status, _, body) = collect(client.send(versioned(Method::POST, "/indexes", "2026-07", create)).await).await;
+    assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+    let created = json(&body);
+    assert_eq!(created["schema"]["fields"]["_values"]["dimension"], 8);
+    assert_eq!(created["deployment"]["region"], "us-east-1");
+    // The same index in 2025-10's shape.
+    let (_, _, body) = collect(client.send(versioned(Method::GET, "/indexes/shaped", "2025-10", "")).await).await;
+    let old = json(&body);
+    assert_eq!((old["dimension"].as_u64(), old["metric"].as_str()), (Some(8), Some("dotproduct")));
+    assert_eq!(old["spec"]["serverless"]["cloud"], "aws");
+    let bad = r#"{"name":"bad","schema":{"fields":{"title":{"type":"string"}}},"deployment":{"deployment_type":"managed","cloud":"aws","region":"us-east-1"}}"#;
+    let (status, _, _) = collect(client.send(versioned(Method::POST, "/indexes", "2026-07", bad)).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

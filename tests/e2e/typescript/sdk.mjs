@@ -5,7 +5,7 @@
 // answers the exchange with a placeholder and replaces it on every call; the fake
 // Pinecone behind `pinecone-admin-proxy demo` answers 401 to tokens it did not issue, so
 // each success proves the upstream saw the proxy's token.
-import { AdminClient } from '@pinecone-database/pinecone';
+import { AdminClient, Pinecone } from '@pinecone-database/pinecone';
 
 const proxy = process.env.PROXY;
 const toProxy = (input, init) => {
@@ -34,4 +34,14 @@ await admin.projects.delete(project.id);
 check(!(await admin.projects.list()).data.some((p) => p.name === 'ts-project'), 'projects.delete');
 const accounts = await admin.serviceAccounts.list();
 check(accounts.data.length >= 1, 'serviceAccounts.list');
+
+// The control plane, with the proxy's managed API key (the SDK's is a placeholder, which the
+// fake would answer 401): no fetchApi needed, controllerHostUrl is enough.
+const pc = new Pinecone({ apiKey: 'unused', controllerHostUrl: proxy });
+await pc.createIndex({ name: 'ts-index', dimension: 8, metric: 'cosine', spec: { serverless: { cloud: 'aws', region: 'us-east-1' } }, waitUntilReady: true });
+check((await pc.listIndexes()).indexes.some((i) => i.name === 'ts-index'), 'listIndexes sees the new index');
+const described = await pc.describeIndex('ts-index');
+check(described.dimension === 8 && described.host.startsWith('ts-index-'), 'describeIndex, with its host');
+await pc.deleteIndex('ts-index');
+check(!(await pc.listIndexes()).indexes?.some((i) => i.name === 'ts-index'), 'deleteIndex');
 console.log('typescript SDK through the proxy: all checks passed');
