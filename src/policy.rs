@@ -273,7 +273,7 @@ pub fn explain(policy: Option<&Policy>, method: &Method, path: &str) -> Explaine
         None => format!("operation: {UNKNOWN} (no documented route is {method} {path})"),
     }];
     if resolved.route().is_some_and(|r| r.plane == Plane::Control) {
-        lines.push("plane: control plane (takes a project API key in Api-Key, not the bearer token)".into());
+        lines.push("plane: control plane (a project API key in Api-Key: the proxy's managed key with [api_key], else the client's own; never the bearer token)".into());
     }
     if resolved.params().next().is_some() {
         lines.push(format!("path parameters: {}", resolved.params_text()));
