@@ -132,13 +132,12 @@ pub struct Cached {
     pub expires: Instant,
 }
 
-/// What [`SharedCache::obtain`] found.
+/// What [`SharedCache::obtain`] (or [`SharedCache::obtain_entry`]) found.
 #[derive(Debug)]
-pub enum Look {
-    /// A usable token newer than ours: take it, send no token request.
-    Hit(Cached),
-    /// We hold the fleet's lock: fetch, then [`SharedCache::store`] and
-    /// [`SharedCache::release`].
+pub enum Look<T = Cached> {
+    /// A usable entry newer than ours (a token, a key): take it, ask for none.
+    Hit(T),
+    /// We hold the fleet's lock: fetch (or create), then store and [`SharedCache::release`].
     Lock(Held),
     /// The cache cannot help now (counted and logged): fetch for ourselves.
     Fallback,
@@ -309,7 +308,7 @@ impl SharedCache {
         (failure, message)
     }
 
-    fn fail(&mut self, failure: Failure, message: String, fallback: bool) {
+    pub fn fail(&mut self, failure: Failure, message: String, fallback: bool) {
         // A Redis that cannot be reached, is slow, refuses us (a wrong password) or floods
         // us is not asked again for a while; an unreadable entry or a stuck lock is Redis
         // working.
@@ -334,39 +333,60 @@ impl SharedCache {
     /// Looks for a usable token newer than the one that expires at `current_expires`, or
     /// takes the lock to fetch one, or waits for the proxy that holds it.
     pub async fn obtain(&mut self, c: &CredentialSet, current_expires: Option<Instant>) -> Look {
-        if self.skip_until.is_some_and(|t| Instant::now() < t) {
-            return Look::Fallback;
-        }
         let (entry, lock) = {
             let k = self.keys(c);
             (k.entry.clone(), k.lock.clone())
         };
+        let judge = |cache: &mut Self, bytes: &[u8], pttl: i64, counted: &mut bool| {
+            cache.judge_token(c, &entry, bytes, pttl, current_expires, counted)
+        };
+        self.obtain_entry(&entry, &lock, judge).await
+    }
+
+    /// The fleet's way to one value (a token, a managed key): reads `entry` and takes what
+    /// `accept` makes of it (given the bytes, Redis's PTTL, and a flag to count a bad entry
+    /// once); else takes `lock`; else, while another proxy holds it, reads again every
+    /// [`POLL`], up to the lock's TTL and a second. Redis failing, a lock that is not a
+    /// proxy's, or one held too long: [`Look::Fallback`] (counted and logged).
+    pub async fn obtain_entry<T>(
+        &mut self,
+        entry: &str,
+        lock: &str,
+        mut accept: impl FnMut(&mut Self, &[u8], i64, &mut bool) -> Option<T>,
+    ) -> Look<T> {
+        if self.skipping() {
+            return Look::Fallback;
+        }
         let value: String = {
             let bytes: [u8; 16] = rand::random();
             bytes.iter().map(|b| format!("{b:02x}")).collect()
         };
         let ttl_ms = u64::try_from(self.lock_ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let deadline = Instant::now() + self.lock_ttl + Duration::from_secs(1);
-        let mut unreadable_counted = false;
+        let mut counted = false;
         loop {
-            match self.read(c, &entry, current_expires, &mut unreadable_counted).await {
+            match self.read_entry(entry).await {
                 Err(()) => return Look::Fallback,
-                Ok(Some(cached)) => return Look::Hit(cached),
+                Ok(Some((bytes, pttl))) => {
+                    if let Some(hit) = accept(self, &bytes, pttl, &mut counted) {
+                        return Look::Hit(hit);
+                    }
+                }
                 Ok(None) => {}
             }
             let take =
-                redis::pipe().cmd("SET").arg(&lock).arg(&value).arg("NX").arg("PX").arg(ttl_ms).pttl(&lock).to_owned();
+                redis::pipe().cmd("SET").arg(lock).arg(&value).arg("NX").arg("PX").arg(ttl_ms).pttl(lock).to_owned();
             match self.run::<(Option<String>, i64)>("taking the lock", &take).await {
                 Err((failure, message)) => {
                     self.fail(failure, message, true);
                     return Look::Fallback;
                 }
-                Ok((Some(_), _)) => return Look::Lock(Held { name: lock, value }),
+                Ok((Some(_), _)) => return Look::Lock(Held { name: lock.to_owned(), value }),
                 // No TTL, or longer than a proxy ever sets: not a fetch in progress. Waiting
                 // for it would delay readiness and requests for nothing.
                 Ok((None, pttl)) if pttl == -1 || pttl > ttl_ms as i64 => {
                     let message = format!(
-                        "the lock {lock} has {}, which no proxy sets (token.timeout is {:?}); not waiting for it",
+                        "the lock {lock} has {}, which no proxy sets (its TTL is {:?}); not waiting for it",
                         if pttl == -1 { "no TTL".to_owned() } else { format!("a TTL of {pttl} ms") },
                         self.lock_ttl
                     );
@@ -376,8 +396,7 @@ impl SharedCache {
                 Ok((None, _)) => {}
             }
             if Instant::now() >= deadline {
-                let message =
-                    format!("the lock {lock} stayed held for over {:?} and no token was written", self.lock_ttl);
+                let message = format!("the lock {lock} stayed held for over {:?} and nothing was written", self.lock_ttl);
                 self.fail(Failure::LockWait, message, true);
                 return Look::Fallback;
             }
@@ -385,27 +404,27 @@ impl SharedCache {
         }
     }
 
+    /// Whether the cache is skipped for now, after a failure.
+    pub fn skipping(&self) -> bool {
+        self.skip_until.is_some_and(|t| Instant::now() < t)
+    }
+
     /// Reads the entry only: a usable token newer than ours, if there is one. For a proxy
     /// that may not send a token request now (a spent quota bucket, the budget), but may
     /// still take the fleet's token.
     pub async fn peek(&mut self, c: &CredentialSet, current_expires: Option<Instant>) -> Option<Cached> {
-        if self.skip_until.is_some_and(|t| Instant::now() < t) {
+        if self.skipping() {
             return None;
         }
         let entry = self.keys(c).entry.clone();
-        self.read(c, &entry, current_expires, &mut false).await.ok().flatten()
+        let (bytes, pttl) = self.read_entry(&entry).await.ok().flatten()?;
+        self.judge_token(c, &entry, &bytes, pttl, current_expires, &mut false)
     }
 
-    /// One read of the entry: `Ok(Some)` for a usable token newer than ours, `Ok(None)` for
-    /// none (or an older one, or one that does not open: counted once per `counted`),
-    /// `Err` when Redis failed (counted and logged).
-    async fn read(
-        &mut self,
-        c: &CredentialSet,
-        entry: &str,
-        current_expires: Option<Instant>,
-        counted: &mut bool,
-    ) -> Result<Option<Cached>, ()> {
+    /// One read of an entry: its bytes (at most [`MAX_VALUE`]; none of a larger one, which
+    /// then does not open) and Redis's PTTL; `Ok(None)` for no entry; `Err` when Redis
+    /// failed (counted and logged).
+    pub async fn read_entry(&mut self, entry: &str) -> Result<Option<(Vec<u8>, i64)>, ()> {
         // At most MAX_VALUE bytes are read, whatever the entry holds: a Redis that holds
         // something huge must not make the proxy hold it too.
         let pipe = redis::pipe()
@@ -417,67 +436,95 @@ impl SharedCache {
             .arg(entry)
             .pttl(entry)
             .to_owned();
-        let read = self.run::<(Vec<u8>, usize, i64)>("reading the entry", &pipe).await;
-        let now = Instant::now();
-        let (bytes, pttl) = match read {
+        match self.run::<(Vec<u8>, usize, i64)>("reading the entry", &pipe).await {
             Err((failure, message)) => {
                 self.fail(failure, message, true);
-                return Err(());
+                Err(())
             }
-            Ok((_, 0, _)) => return Ok(None),
-            Ok((bytes, len, pttl)) if len <= MAX_VALUE => (bytes, pttl),
-            Ok(_) => (Vec::new(), 0),
+            // -2: gone since the read.
+            Ok((_, 0, _) | (_, _, -2)) => Ok(None),
+            Ok((bytes, len, pttl)) if len <= MAX_VALUE => Ok(Some((bytes, pttl))),
+            Ok(_) => Ok(Some((Vec::new(), 0))),
+        }
+    }
+
+    /// Counts and logs an entry that does not open (garbage, or sealed under another key),
+    /// once per `counted`: it is treated as no entry, so that one proxy still writes one for
+    /// all and overwrites it.
+    pub fn unreadable(&mut self, entry: &str, counted: &mut bool) {
+        if !*counted {
+            *counted = true;
+            self.fail(Failure::Unreadable, format!("the entry {entry} could not be opened"), false);
+        }
+    }
+
+    /// Counts and logs an entry that opens but whose sealed end has passed while Redis still
+    /// holds it (written back), once per `counted`.
+    pub fn stale(&mut self, entry: &str, counted: &mut bool) {
+        if !*counted {
+            *counted = true;
+            let message = format!("the entry {entry} has expired by its sealed expiry but Redis still holds it");
+            self.fail(Failure::Stale, message, false);
+        }
+    }
+
+    /// What a token entry is worth: a usable token newer than ours, or none (an older one,
+    /// a stale one or one that does not open: counted once per `counted`).
+    fn judge_token(
+        &mut self,
+        c: &CredentialSet,
+        entry: &str,
+        bytes: &[u8],
+        pttl: i64,
+        current_expires: Option<Instant>,
+        counted: &mut bool,
+    ) -> Option<Cached> {
+        let now = Instant::now();
+        let Some((fetched, expires_at)) = open(&self.keys(c).key, entry, bytes) else {
+            self.unreadable(entry, counted);
+            return None;
         };
-        match open(&self.keys(c).key, entry, &bytes) {
-            // pttl -2: gone since the read.
-            Some(_) if pttl == -2 => Ok(None),
-            Some((fetched, expires_at)) => {
-                let sealed_left = expires_at.duration_since(SystemTime::now()).unwrap_or_default();
-                let (expires, usable, stale) = judge(fetched.lifetime, sealed_left, pttl, now);
-                if stale && !*counted {
-                    // Treated as no entry: this proxy (or the lock holder) fetches and
-                    // overwrites it.
-                    *counted = true;
-                    let message =
-                        format!("the entry {entry} has expired by its sealed expiry but Redis still holds it");
-                    self.fail(Failure::Stale, message, false);
-                }
-                let newer = current_expires.is_none_or(|e| expires > e + Duration::from_secs(1));
-                if usable && newer {
-                    self.status.lock().tokens_read += 1;
-                    return Ok(Some(Cached { fetched, expires }));
-                }
-                Ok(None)
-            }
-            None => {
-                if !*counted {
-                    // Garbage, or sealed under another key: treated as no entry, so that one
-                    // proxy still fetches for all and overwrites it.
-                    *counted = true;
-                    self.fail(Failure::Unreadable, format!("the entry {entry} could not be opened"), false);
-                }
-                Ok(None)
+        let sealed_left = expires_at.duration_since(SystemTime::now()).unwrap_or_default();
+        let (expires, usable, stale) = judge(fetched.lifetime, sealed_left, pttl, now);
+        if stale {
+            // Treated as no entry: this proxy (or the lock holder) fetches and overwrites it.
+            self.stale(entry, counted);
+        }
+        let newer = current_expires.is_none_or(|e| expires > e + Duration::from_secs(1));
+        if usable && newer {
+            self.status.lock().tokens_read += 1;
+            return Some(Cached { fetched, expires });
+        }
+        None
+    }
+
+    /// Writes `value` to `entry`, to expire after `ttl`.
+    pub async fn write_entry(&mut self, entry: &str, value: Vec<u8>, ttl: Duration) -> bool {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if self.skipping() || ms == 0 {
+            return false;
+        }
+        let set = redis::cmd("SET").arg(entry).arg(value).arg("PX").arg(ms).to_owned();
+        match self.run::<()>("writing the entry", set).await {
+            Ok(()) => true,
+            Err((failure, message)) => {
+                self.fail(failure, message, false);
+                false
             }
         }
     }
 
     /// Writes a token this proxy fetched, to expire with it (`expires_in` from now).
     pub async fn store(&mut self, c: &CredentialSet, token: &Fetched, expires_in: Duration) {
-        if self.skip_until.is_some_and(|t| Instant::now() < t) {
-            return;
-        }
-        let ms = u64::try_from(expires_in.as_millis()).unwrap_or(u64::MAX);
-        if ms == 0 {
+        if self.skipping() || expires_in.is_zero() {
             return;
         }
         let (entry, sealed) = {
             let k = self.keys(c);
             (k.entry.clone(), seal(&k.key, &k.entry, token, SystemTime::now() + expires_in))
         };
-        let set = redis::cmd("SET").arg(&entry).arg(sealed).arg("PX").arg(ms).to_owned();
-        match self.run::<()>("writing the entry", set).await {
-            Ok(()) => self.status.lock().tokens_written += 1,
-            Err((failure, message)) => self.fail(failure, message, false),
+        if self.write_entry(&entry, sealed, expires_in).await {
+            self.status.lock().tokens_written += 1;
         }
     }
 
