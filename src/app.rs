@@ -7,6 +7,7 @@
 
 use crate::api_key::admin::AdminKeys;
 use crate::api_key::engine::{Keeper, KeyPlan};
+use crate::api_key::fleet::KeyCache;
 use crate::api_key::lease::Lease;
 use crate::api_key::source::KeySource;
 use crate::config::Config;
@@ -124,6 +125,14 @@ fn fit_to_open_files(mut limits: Limits, upstream_connections: usize) -> Limits 
     limits
 }
 
+/// How `listen` serves: `[limits]`, with `max_connections` fitted to the open-file limit
+/// (and shown in the `max_connections` gauge).
+fn proxy_options(config: &Config, metrics: &Arc<Metrics>) -> ServeOptions {
+    let limits = fit_to_open_files(config.limits.clone(), config.upstream.max_connections);
+    metrics.max_connections.set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
+    ServeOptions { metrics: Some(metrics.clone()), limits, ..ServeOptions::new(config.shutdown.grace) }
+}
+
 /// How the ops listener serves: its own connections (a client that fills `listen` never
 /// blinds the probes), at most [`OPS_PER_PEER`] from one address, the longest idle one
 /// closed when it is full, and short time limits ([`crate::admission`]).
@@ -164,7 +173,7 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let outbound = Outbound::new(Settings::new(&config.upstream)?);
     let tokens = TokenSource::new(metrics.clone(), config.token.timeout);
     let refresher = refresher(config, &outbound, &tokens, &credentials, &metrics)?;
-    let keeper = keeper(config, &outbound, &tokens, &metrics);
+    let keeper = keeper(config, &outbound, &tokens, &credentials, &metrics)?;
     let keys = keeper.as_ref().map(|(keys, _)| keys.clone());
     let proxy = Proxy::new(
         outbound.pool(&config.upstream.scheme, &config.upstream.authority)?,
@@ -192,16 +201,10 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let keeper_task = keeper.map(|(_, keeper)| tokio::spawn(keeper.run(stop_keeper.wait(), config.shutdown.grace)));
 
     let (stop_proxy, stop_ops) = (Trigger::default(), Trigger::default());
-    let limits = fit_to_open_files(config.limits.clone(), config.upstream.max_connections);
-    metrics.max_connections.set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
-    let proxy_options = ServeOptions {
-        metrics: Some(metrics.clone()),
-        limits: limits.clone(),
-        ..ServeOptions::new(config.shutdown.grace)
-    };
+    let proxy_options = proxy_options(config, &metrics);
+    let ops_options = ops_options(&proxy_options.limits);
     let proxy_task =
         tokio::spawn(serve::serve("proxy", proxy_listener, move |_| proxy.clone(), stop_proxy.wait(), proxy_options));
-    let ops_options = ops_options(&limits);
     let ops_task =
         tokio::spawn(serve::serve("ops", ops_listener, move |peer| ops.for_peer(peer), stop_ops.wait(), ops_options));
 
@@ -303,28 +306,45 @@ fn refresher(
     Ok(refresher.with_shared_cache(shared))
 }
 
-/// The managed key's source and keeper, with `[api_key]`.
+/// The managed key's source and keeper, with `[api_key]`; shared with the fleet through
+/// `token.shared_cache` when it is set.
 fn keeper(
     config: &Config,
     outbound: &Outbound,
     tokens: &TokenSource,
-    metrics: &Metrics,
-) -> Option<(KeySource, Keeper<AdminKeys>)> {
-    let c = config.api_key.as_ref()?;
+    credentials: &Credentials,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<(KeySource, Keeper<AdminKeys>)>, StartError> {
+    let Some(c) = config.api_key.as_ref() else { return Ok(None) };
     let wait = config.token.timeout;
     let source = KeySource::new(&c.project_id, &c.roles, wait, metrics.register_api_key());
+    let lease = Lease { lifetime: c.lifetime, rotate_at: c.rotate_at, grace: c.grace };
+    let shared = config.token.shared_cache.as_ref();
+    if shared.is_some() && c.delete_on_shutdown {
+        tracing::info!(
+            "api_key.delete_on_shutdown is ignored with token.shared_cache: the fleet's key outlives one proxy"
+        );
+    }
     let plan = KeyPlan {
         project: c.project_id.clone(),
         roles: c.roles.clone(),
         prefix: c.name_prefix.clone(),
-        lease: Lease { lifetime: c.lifetime, rotate_at: c.rotate_at, grace: c.grace },
+        lease,
         max_creates_per_hour: c.max_creates_per_hour,
         wait,
-        delete_on_shutdown: c.delete_on_shutdown,
+        delete_on_shutdown: c.delete_on_shutdown && shared.is_none(),
     };
     let admin = AdminKeys::new(outbound.clone(), tokens.clone(), &config.upstream);
     tracing::info!(project = %c.project_id, roles = %c.roles.join(","), "a managed API key is kept for the control plane");
-    Some((source.clone(), Keeper::new(source, admin, plan)))
+    let keeper = Keeper::new(source.clone(), admin, plan);
+    let Some(cache) = shared else { return Ok(Some((source, keeper))) };
+    // The lock is held while one proxy creates the key: an Admin API call.
+    let lock_ttl = config.upstream.timeout + config.token.timeout;
+    let redis =
+        SharedCache::new(cache, &config.token.audience, lock_ttl, metrics.clone()).map_err(StartError::SharedCache)?;
+    let fleet = KeyCache::new(redis, credentials.clone(), &c.project_id, &c.roles, &c.name_prefix, lease);
+    tracing::info!(shared_cache = %cache.shown, "the managed API key is shared with the fleet through Redis");
+    Ok(Some((source, keeper.with_fleet(fleet))))
 }
 
 /// Starts the proxy and runs it until `shutdown` resolves (or `/quitquitquit`), then shuts

@@ -319,6 +319,19 @@ async fn demo(flags: &Flags, quota: Option<Quota>, env: &Env) -> ExitCode {
     if let Some(keys) = &running.keys {
         let _ = keys.get().await;
     }
+    print_demo(&running, &fake);
+    let quit = running.quit_trigger();
+    tokio::select! {
+        () = shutdown_signal(signals.term, signals.int) => quit.fire(),
+        () = quit.wait() => {}
+    }
+    running.wait().await;
+    fake.stop().await;
+    ExitCode::SUCCESS
+}
+
+/// What the demo prints once the proxy is ready: its addresses and lines to try.
+fn print_demo(running: &app::Running, fake: &FakePinecone) {
     let proxy = running.listen.to_string();
     let ops = running.ops.to_string();
     println!(
@@ -334,14 +347,6 @@ async fn demo(flags: &Flags, quota: Option<Quota>, env: &Env) -> ExitCode {
         version = pinecone_admin_proxy::VERSION,
         fake = fake.api_url(),
     );
-    let quit = running.quit_trigger();
-    tokio::select! {
-        () = shutdown_signal(signals.term, signals.int) => quit.fire(),
-        () = quit.wait() => {}
-    }
-    running.wait().await;
-    fake.stop().await;
-    ExitCode::SUCCESS
 }
 
 async fn fake_pinecone(listen: SocketAddr, expires_in: u64, quota: Option<Quota>) -> ExitCode {

@@ -18,6 +18,8 @@ mod fake_api;
 mod faults;
 #[path = "tests/forwarding.rs"]
 mod forwarding;
+#[path = "tests/key_fleet.rs"]
+mod key_fleet;
 #[path = "tests/lifecycle.rs"]
 mod lifecycle;
 #[path = "tests/limits.rs"]

@@ -10,6 +10,7 @@
 //! `grace` later. On shutdown the keys still held are deleted unless they are shared.
 
 use super::admin::{Created, KeyError, Listed};
+use super::fleet::{Found, KeyCache, Named, SharedKey};
 use super::lease::{self, Lease};
 use super::source::{ApiKey, KeySource};
 use crate::metrics::KeyOperation;
@@ -111,7 +112,14 @@ pub struct Keeper<K> {
     /// When the janitor looks for orphans next: at start, then hourly.
     janitor_at: Instant,
     jitter: bool,
+    /// The fleet's entry, with `token.shared_cache`.
+    cache: Option<KeyCache>,
+    /// When the fleet's entry may next be read while this proxy's creations are held back.
+    peek_at: Instant,
 }
+
+/// How often the fleet's entry is read while this proxy's own creations are held back.
+const PEEK_EVERY: Duration = Duration::from_secs(5);
 
 /// How often the janitor looks for orphaned keys (PRODUCT.md: at start and every hour).
 const JANITOR_EVERY: Duration = Duration::from_secs(3600);
@@ -135,7 +143,15 @@ impl<K: Keys> Keeper<K> {
             retiring: Vec::new(),
             janitor_at: Instant::now(),
             jitter: true,
+            cache: None,
+            peek_at: Instant::now(),
         }
+    }
+
+    /// Shares the key with the fleet through `cache`.
+    pub fn with_fleet(mut self, cache: KeyCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Switches off the backoff's jitter, for tests.
@@ -144,8 +160,9 @@ impl<K: Keys> Keeper<K> {
         self
     }
 
-    /// Runs until `shutdown` resolves, then deletes the keys it holds (unless shared),
-    /// taking at most `delete_within` for that.
+    /// Runs until `shutdown` resolves, then deletes the keys it replaced and the one it holds
+    /// (unless `delete_on_shutdown` is off: a fleet's key outlives one proxy), taking at most
+    /// `delete_within` for that.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>, delete_within: Duration) {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
@@ -154,10 +171,9 @@ impl<K: Keys> Keeper<K> {
                 () = &mut shutdown => break,
             }
         }
-        if !self.plan.delete_on_shutdown {
-            return;
-        }
-        if tokio::time::timeout(delete_within, self.delete_all()).await.is_err() {
+        // Replaced keys go in any case; the current one unless the fleet shares it.
+        let current = self.plan.delete_on_shutdown;
+        if tokio::time::timeout(delete_within, self.delete_all(current)).await.is_err() {
             tracing::warn!(
                 within = %humantime::format_duration(delete_within),
                 "managed API key: not all keys were deleted within shutdown.grace; the janitor of the next proxy \
@@ -166,8 +182,9 @@ impl<K: Keys> Keeper<K> {
         }
     }
 
-    /// One turn: create if due, else delete what is due, else sweep for orphans if due, else
-    /// wait for the earliest of them.
+    /// One turn: a new key if due (the fleet's, or one created), else the fleet's entry read
+    /// if a new key is wanted but held back, else delete what is due, else sweep for orphans
+    /// if due, else wait for the earliest of them.
     async fn turn(&mut self) {
         let now = Instant::now();
         let current = self.source.shared.key.lock().clone();
@@ -176,13 +193,21 @@ impl<K: Keys> Keeper<K> {
             now,
             current: current.as_ref().map(|k| (k.generation, k.rotate_at, k.usable_until)),
             invalidated,
-            hold: self.hold,
+            hold: None,
         };
-        let create_at = self.budget.earliest(next_create(&plan));
+        let wanted = next_create(&plan);
+        let create_at = self.budget.earliest(next_create(&CreatePlan { hold: self.hold, ..plan }));
         self.source.shared.status.lock().next_create = Some(create_at);
+        // The key held, when a new one is wanted: the fleet's entry must bring another.
+        let unwanted: Vec<String> = current.iter().map(|k| k.id.clone()).collect();
         if create_at <= now {
             self.keys.ready().await;
-            return self.create_once(Instant::now()).await;
+            return self.renew(&unwanted).await;
+        }
+        let peek = self.cache.is_some() && wanted <= now;
+        if peek && self.peek_at <= now {
+            self.peek_at = now + PEEK_EVERY;
+            return self.peek(&unwanted).await;
         }
         if let Some(i) = self.retiring.iter().position(|r| r.at <= now) {
             let retiring = self.retiring.remove(i);
@@ -192,21 +217,72 @@ impl<K: Keys> Keeper<K> {
             self.janitor_at = now + JANITOR_EVERY;
             return self.sweep().await;
         }
-        let wake = self.retiring.iter().map(|r| r.at).fold(create_at.min(self.janitor_at), Instant::min);
+        let first = if peek { create_at.min(self.peek_at) } else { create_at };
+        let wake = self.retiring.iter().map(|r| r.at).fold(first.min(self.janitor_at), Instant::min);
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             () = self.source.shared.wake.notified() => {}
         }
     }
 
-    async fn create_once(&mut self, now: Instant) {
+    /// The next key: the fleet's if it has one worth taking, else one created (under the
+    /// fleet's lock, then shared), else, without a fleet or when Redis fails, one of ours.
+    async fn renew(&mut self, unwanted: &[String]) {
+        let Some(cache) = self.cache.as_mut() else { return self.create_once(Instant::now(), None, false).await };
+        match cache.find(unwanted).await {
+            Found::Adopt(shared) => self.adopt(shared),
+            Found::Create { held, previous } => {
+                self.create_once(Instant::now(), previous, true).await;
+                let created = self.source.shared.key.lock().clone().filter(|k| k.own && !unwanted.contains(&k.id));
+                let cache = self.cache.as_mut().expect("checked above");
+                if let Some(key) = created {
+                    cache.store(&key).await;
+                }
+                cache.release(held).await;
+            }
+            Found::Alone => self.create_once(Instant::now(), None, false).await,
+        }
+    }
+
+    /// Reads the fleet's entry while this proxy may not create: another proxy's new key is
+    /// taken without spending this one's budget.
+    async fn peek(&mut self, unwanted: &[String]) {
+        let Some(cache) = self.cache.as_mut() else { return };
+        if let Some(shared) = cache.peek(unwanted).await {
+            self.adopt(shared);
+        }
+    }
+
+    /// Takes the fleet's key: its lease is the one sealed with it.
+    fn adopt(&mut self, shared: SharedKey) {
+        let lease = self.plan.lease;
+        let start = shared.lease_end.checked_sub(lease.lifetime).unwrap_or(shared.lease_end);
+        let elapsed = SystemTime::now().duration_since(start).unwrap_or_default();
+        let from = (Instant::now().checked_sub(elapsed).unwrap_or_else(Instant::now), start);
+        match self.install(shared.created, from, (false, true)) {
+            Ok(()) => {
+                self.failures = 0;
+                self.hold = None;
+                self.source.shared.status.lock().last_error = None;
+            }
+            Err(error) => tracing::warn!(error = %error, "managed API key: the fleet's key could not be used"),
+        }
+        self.source.shared.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Creates a key and makes it the current one (`shared`: for the fleet's entry);
+    /// `previous` (the fleet's key it replaces) is deleted `grace` later.
+    async fn create_once(&mut self, now: Instant, previous: Option<Named>, shared: bool) {
         self.budget.record(now);
         let from = (now, SystemTime::now());
         let name = lease::name(&self.plan.prefix, from.1 + self.plan.lease.lifetime, rand::random());
         let result = self.keys.create(&self.plan.project, &name, &self.plan.roles).await;
         let metrics = self.source.shared.metrics.clone();
-        match result.and_then(|created| self.install(created, from)) {
+        match result.and_then(|created| self.install(created, from, (true, shared))) {
             Ok(()) => {
+                if let Some(Named { id, name }) = previous.filter(|p| !self.retiring.iter().any(|r| r.id == p.id)) {
+                    self.retiring.push(Retiring { id, name, at: Instant::now() + self.plan.lease.grace });
+                }
                 metrics.operation(KeyOperation::Create, "success");
                 self.failures = 0;
                 self.hold = None;
@@ -220,8 +296,15 @@ impl<K: Keys> Keeper<K> {
         self.source.shared.changed.send_modify(|n| *n += 1);
     }
 
-    /// Makes a created key the current one; the one it replaces is deleted `grace` later.
-    fn install(&mut self, created: Created, from: (Instant, SystemTime)) -> Result<(), KeyError> {
+    /// Makes a key the current one (`own`: created by this proxy; `shared`: the fleet's);
+    /// the one it replaces is deleted `grace` later if it was this proxy's alone (a fleet's
+    /// key is deleted by the creator of the next, once).
+    fn install(
+        &mut self,
+        created: Created,
+        from: (Instant, SystemTime),
+        (own, shared): (bool, bool),
+    ) -> Result<(), KeyError> {
         let header = HeaderValue::from_str(created.value.expose()).map_err(|_| KeyError::Transient {
             operation: "create_api_key",
             reason: "the value is not allowed in a header".into(),
@@ -229,19 +312,21 @@ impl<K: Keys> Keeper<K> {
         let lease = self.plan.lease;
         self.generation += 1;
         let fingerprint = created.value.fingerprint();
-        let key = ApiKey::new(header, created.id, created.name, self.generation, fingerprint).leased(
+        let mut key = ApiKey::new(header, created.id, created.name, self.generation, fingerprint).leased(
             from,
             lease.lifetime.mul_f64(lease.rotate_at),
             lease.lifetime,
         );
+        (key.own, key.shared) = (own, shared);
         let previous = self.source.shared.key.lock().as_ref().map(|k| k.generation);
         let invalidated = self.source.shared.status.lock().invalidated;
         tracing::info!(
             target: crate::logging::AUDIT_TARGET,
-            action = match previous {
-                None => "api_key_created",
-                Some(g) if g <= invalidated => "api_key_replaced",
-                Some(_) => "api_key_rotated",
+            action = match (own, previous) {
+                (false, _) => "api_key_adopted",
+                (true, None) => "api_key_created",
+                (true, Some(g)) if g <= invalidated => "api_key_replaced",
+                (true, Some(_)) => "api_key_rotated",
             },
             id = %key.id,
             name = %key.name,
@@ -252,7 +337,7 @@ impl<K: Keys> Keeper<K> {
             generation = key.generation,
             "audit",
         );
-        if let Some(old) = self.source.install(key) {
+        if let Some(old) = self.source.install(key).filter(|old| old.own && !old.shared) {
             // Requests that carried it finish within the grace.
             let at = Instant::now() + lease.grace;
             self.retiring.push(Retiring { id: old.id.clone(), name: old.name.clone(), at });
@@ -332,9 +417,9 @@ impl<K: Keys> Keeper<K> {
         }
     }
 
-    /// Deletes the current key and every replaced one (at shutdown).
-    async fn delete_all(&mut self) {
-        let current = self.source.take();
+    /// Deletes every replaced key, and the current one if `current` (at shutdown).
+    async fn delete_all(&mut self, current: bool) {
+        let current = if current { self.source.take() } else { None };
         let mut all: Vec<Retiring> = std::mem::take(&mut self.retiring);
         if let Some(key) = current {
             all.push(Retiring { id: key.id.clone(), name: key.name.clone(), at: Instant::now() });
@@ -509,7 +594,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn shutdown_deletes_the_keys_held_unless_shared() {
+    async fn shutdown_deletes_the_replaced_keys_and_the_current_one_unless_shared() {
         for delete_on_shutdown in [true, false] {
             let keys = Scripted::default();
             let (source, stop, task) = start(keys.clone(), plan(10, delete_on_shutdown));
@@ -520,7 +605,8 @@ mod tests {
             task.await.unwrap();
             let mut deleted = keys.deleted();
             deleted.sort();
-            let expected: &[&str] = if delete_on_shutdown { &["k-1", "k-2"] } else { &[] };
+            // k-1 was replaced 1 s ago, within its grace: nobody needs it past the grace.
+            let expected: &[&str] = if delete_on_shutdown { &["k-1", "k-2"] } else { &["k-1"] };
             assert_eq!(deleted, expected, "delete_on_shutdown = {delete_on_shutdown}");
         }
     }

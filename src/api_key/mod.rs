@@ -11,11 +11,13 @@
 //!   janitor may delete and how soon a refused creation is tried again.
 //!   (When a key is rotated and when a replaced one is deleted are [`engine::next_create`]'s and
 //!   the keeper's, on the monotonic clock.)
+//! - [`fleet`]: one key for a fleet through the shared cache (`token.shared_cache`).
 //!
-//! Still to come (issue 24, under way): fleets through Redis, `[api_key]`, and
-//! the wiring into the request path, `/status` and the metrics.
+//! The request path reads [`source::KeySource`] (`crate::proxy`); `crate::app` wires the
+//! keeper from `[api_key]`.
 
 pub mod admin;
 pub mod engine;
+pub mod fleet;
 pub mod lease;
 pub mod source;

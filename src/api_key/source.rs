@@ -25,6 +25,10 @@ pub struct ApiKey {
     pub created_wall: SystemTime,
     pub rotate_wall: SystemTime,
     pub lease_end_wall: SystemTime,
+    /// Created by this proxy (not taken from the fleet's entry).
+    pub own: bool,
+    /// The fleet's key (in the shared entry): whoever creates the next one deletes it.
+    pub shared: bool,
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -54,6 +58,8 @@ impl ApiKey {
             created_wall: wall,
             rotate_wall: wall,
             lease_end_wall: wall,
+            own: true,
+            shared: false,
         }
     }
 
@@ -126,6 +132,8 @@ pub struct KeySnapshot {
     pub next_rotation: Option<String>,
     /// SHA-256 of the value, first 12 hex digits.
     pub fingerprint: Option<String>,
+    /// Whether this proxy created it (with a fleet, one proxy creates and the others take it).
+    pub created_here: Option<bool>,
     pub last_error: Option<LastKeyError>,
 }
 
@@ -245,6 +253,7 @@ impl KeySource {
             lease_end: key.as_ref().map(|k| rfc3339(k.lease_end_wall)),
             next_rotation: key.as_ref().map(|k| rfc3339(k.rotate_wall)),
             fingerprint: key.as_ref().map(|k| k.fingerprint.clone()),
+            created_here: key.as_ref().map(|k| k.own),
             last_error: last_error.map(|(message, at)| LastKeyError { message, at: rfc3339(at) }),
         }
     }

@@ -15,12 +15,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// which trusted Redis's TTL, use entries of their own during a rolling upgrade).
 pub const PREFIX: &str = "pinecone-admin-proxy:v2:";
 
-/// The entry name, the lock name and the key of one set of credentials and audience.
-pub(super) struct Keys {
-    pub(super) generation: u64,
-    pub(super) entry: String,
-    pub(super) lock: String,
-    pub(super) key: aead::LessSafeKey,
+/// The entry name, the lock name and the key of one set of credentials and audience (or,
+/// for the managed API key, of one key plan).
+pub(crate) struct Keys {
+    pub(crate) generation: u64,
+    pub(crate) entry: String,
+    pub(crate) lock: String,
+    pub(crate) key: aead::LessSafeKey,
 }
 
 /// A length for HKDF output that is not a ring key type.
@@ -52,6 +53,57 @@ pub(super) fn derive(c: &CredentialSet, audience: &str) -> Keys {
     Keys { generation: c.generation, entry, lock, key: aead::LessSafeKey::new(aead::UnboundKey::from(okm)) }
 }
 
+/// The entry, lock and key of the fleet's managed API key: derived like the token's, from
+/// the client secret (salt: the client id), with `context` (the project, the roles and the
+/// name prefix) in the info, so that another plan or another secret is another entry and
+/// another key. Named `pinecone-admin-proxy:v2:<32 hex>:api-key` and `…:api-key-lock`.
+pub(crate) fn derive_api_key(c: &CredentialSet, context: &str) -> Keys {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, c.client_id.expose().as_bytes())
+        .extract(c.client_secret.expose().as_bytes());
+    let info = [b"pinecone-admin-proxy v1 api-key entry name\0".as_slice(), context.as_bytes()];
+    let mut id = [0u8; 16];
+    prk.expand(&info, Len(16)).and_then(|okm| okm.fill(&mut id)).expect("16 bytes is a valid HKDF length");
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let info = [b"pinecone-admin-proxy v1 api-key aes-256-gcm key\0".as_slice(), context.as_bytes()];
+    let okm = prk.expand(&info, &aead::AES_256_GCM).expect("32 bytes is a valid HKDF length");
+    Keys {
+        generation: c.generation,
+        entry: format!("{PREFIX}{hex}:api-key"),
+        lock: format!("{PREFIX}{hex}:api-key-lock"),
+        key: aead::LessSafeKey::new(aead::UnboundKey::from(okm)),
+    }
+}
+
+/// Seals `plain` for the entry `entry`: version, nonce, ciphertext and tag.
+pub(crate) fn seal_bytes(key: &aead::LessSafeKey, entry: &str, mut data: Vec<u8>) -> Vec<u8> {
+    let nonce: [u8; aead::NONCE_LEN] = rand::random();
+    key.seal_in_place_append_tag(
+        aead::Nonce::assume_unique_for_key(nonce),
+        aead::Aad::from(entry.as_bytes()),
+        &mut data,
+    )
+    .expect("in-memory sealing does not fail");
+    let mut out = Vec::with_capacity(1 + nonce.len() + data.len());
+    out.push(VERSION);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&data);
+    out
+}
+
+/// Opens a value of the entry `entry`, or says it cannot be read.
+pub(crate) fn open_bytes(key: &aead::LessSafeKey, entry: &str, value: &[u8]) -> Option<Vec<u8>> {
+    let (&version, rest) = value.split_first()?;
+    if version != VERSION || rest.len() < aead::NONCE_LEN + aead::AES_256_GCM.tag_len() {
+        return None;
+    }
+    let (nonce, sealed) = rest.split_at(aead::NONCE_LEN);
+    let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut sealed = sealed.to_vec();
+    let len = key.open_in_place(nonce, aead::Aad::from(entry.as_bytes()), &mut sealed).ok()?.len();
+    sealed.truncate(len);
+    Some(sealed)
+}
+
 /// The version byte that starts every value.
 const VERSION: u8 = 2;
 
@@ -72,34 +124,15 @@ pub(super) fn seal(key: &aead::LessSafeKey, entry: &str, token: &Fetched, expire
         lifetime: token.lifetime.as_secs_f64(),
         expires_at_ms,
     };
-    let mut data = serde_json::to_vec(&plain).expect("serialises");
-    let nonce: [u8; aead::NONCE_LEN] = rand::random();
-    key.seal_in_place_append_tag(
-        aead::Nonce::assume_unique_for_key(nonce),
-        aead::Aad::from(entry.as_bytes()),
-        &mut data,
-    )
-    .expect("in-memory sealing does not fail");
-    let mut out = Vec::with_capacity(1 + nonce.len() + data.len());
-    out.push(VERSION);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&data);
+    let data = serde_json::to_vec(&plain).expect("serialises");
     // The plain copy of the token is gone with `plain`; the sealed bytes are all that leave.
-    out
+    seal_bytes(key, entry, data)
 }
 
 /// Opens a value of the entry `entry`: the token and its sealed expiry; or says it cannot
 /// be read.
 pub(super) fn open(key: &aead::LessSafeKey, entry: &str, value: &[u8]) -> Option<(Fetched, SystemTime)> {
-    let (&version, rest) = value.split_first()?;
-    if version != VERSION || rest.len() < aead::NONCE_LEN + aead::AES_256_GCM.tag_len() {
-        return None;
-    }
-    let (nonce, sealed) = rest.split_at(aead::NONCE_LEN);
-    let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
-    let mut sealed = sealed.to_vec();
-    let plain = key.open_in_place(nonce, aead::Aad::from(entry.as_bytes()), &mut sealed).ok()?;
-    let plain: Plain = serde_json::from_slice(plain).ok()?;
+    let plain: Plain = serde_json::from_slice(&open_bytes(key, entry, value)?).ok()?;
     // The same checks as a token endpoint's answer: a sealed value is ours, but be strict.
     let valid = http::HeaderValue::from_str(&format!("Bearer {}", plain.access_token)).is_ok()
         && !plain.access_token.is_empty()

@@ -396,7 +396,8 @@ impl SharedCache {
                 Ok((None, _)) => {}
             }
             if Instant::now() >= deadline {
-                let message = format!("the lock {lock} stayed held for over {:?} and nothing was written", self.lock_ttl);
+                let message =
+                    format!("the lock {lock} stayed held for over {:?} and nothing was written", self.lock_ttl);
                 self.fail(Failure::LockWait, message, true);
                 return Look::Fallback;
             }
