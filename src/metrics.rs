@@ -53,6 +53,12 @@ impl KeyMetrics {
         self.operations[operation as usize][i].inc();
     }
 
+    /// What a counter of `api_key_operations_total` says.
+    pub fn operation_count(&self, operation: KeyOperation, result: &str) -> u64 {
+        let i = Self::RESULTS.iter().position(|r| *r == result).expect("a result label");
+        self.operations[operation as usize][i].get()
+    }
+
     /// Made without a registry, for tests of the engine.
     pub fn unregistered() -> Self {
         Self::make(&Registering(Registry::new()))

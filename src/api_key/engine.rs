@@ -454,6 +454,10 @@ mod tests {
         /// What `list` answers (the keys made here are added).
         others: Arc<Mutex<Vec<Listed>>>,
         lists: Arc<Mutex<u32>>,
+        /// How many deletions fail (transiently) before they succeed.
+        failing_deletes: Arc<Mutex<u32>>,
+        /// Whether `list` answers with an error.
+        failing_list: Arc<Mutex<bool>>,
     }
 
     impl Scripted {
@@ -481,11 +485,22 @@ mod tests {
             Ok(Created { id: format!("k-{n}"), name: name.to_owned(), value: Secret::new(format!("pckey_{n}")) })
         }
         async fn delete(&self, id: &str) -> Result<(), KeyError> {
+            let mut failing = self.failing_deletes.lock();
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(KeyError::Transient { operation: "delete_api_key", reason: "HTTP 503".into() });
+            }
             self.deleted.lock().push(id.to_owned());
             Ok(())
         }
         async fn list(&self, _: &str) -> Result<Vec<Listed>, KeyError> {
             *self.lists.lock() += 1;
+            if *self.failing_list.lock() {
+                return Err(KeyError::Transient {
+                    operation: "list_project_api_keys",
+                    reason: "the answer does not parse".into(),
+                });
+            }
             let deleted = self.deleted.lock().clone();
             let mut all = self.others.lock().clone();
             let made: Vec<String> = self.created.lock().clone();
@@ -643,6 +658,32 @@ mod tests {
         assert!(!deleted.iter().any(|id| id.starts_with("x-")), "never another name: {deleted:?}");
         let held = source.current().unwrap().id.clone();
         assert!(!deleted.contains(&held), "never the key in use");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_deletion_is_counted_and_tried_again_and_a_failed_list_changes_nothing() {
+        let keys = Scripted::default();
+        *keys.failing_deletes.lock() = 2;
+        *keys.failing_list.lock() = true;
+        let mut long = plan(10, true);
+        long.lease.lifetime = Duration::from_secs(1000);
+        let (source, _stop, _task) = start(keys.clone(), long);
+        source.get().await.unwrap();
+        pass(1).await;
+        assert_eq!(*keys.lists.lock(), 1, "the janitor tried, and the key serves regardless");
+        pass(510).await;
+        assert_eq!(source.current().unwrap().generation, 2, "rotated at 500 s");
+        assert!(keys.deleted().is_empty(), "k-1's deletion at 510 s failed");
+        pass(60).await;
+        assert!(keys.deleted().is_empty(), "tried again a minute later, failed again");
+        pass(60).await;
+        assert_eq!(keys.deleted(), ["k-1"], "and once more: deleted");
+        let metrics = &source.shared.metrics;
+        let text = format!("{:?}", metrics);
+        assert!(!text.contains("pckey_"), "no key value in what the metrics hold");
+        let counts: Vec<u64> =
+            ["success", "transient_error"].map(|r| metrics.operation_count(KeyOperation::Delete, r)).to_vec();
+        assert_eq!(counts, [keys.deleted().len() as u64, 2]);
     }
 
     #[test]

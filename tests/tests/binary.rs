@@ -405,6 +405,17 @@ async fn the_secret_and_tokens_never_appear_in_output_at_trace_level() {
         let debug = if format == "json" { "\"level\":\"DEBUG\"" } else { " DEBUG " };
         assert!(all.contains(debug), "output below info was produced ({format}):\n{all}");
         assert!(!all.contains(DEMO_CLIENT_SECRET), "the client secret leaked ({format})");
+        // Each step of the key's life wrote its audit line; SIGTERM deleted the key in use
+        // (and the revoked one: a 404 counts as deleted) before exit 0.
+        for action in ["api_key_created", "api_key_replaced", "api_key_deleted"] {
+            assert!(all.contains(action), "an audit line {action} ({format})");
+        }
+        let ours = fake
+            .state()
+            .api_keys()
+            .into_iter()
+            .filter(|k| k["name"].as_str().unwrap().starts_with("pinecone-admin-proxy-"));
+        assert_eq!(ours.count(), 0, "deleted on SIGTERM ({format})");
         let values = fake.state().api_key_values();
         assert_eq!(values.len(), 2, "the first key and its replacement");
         for value in values {
