@@ -212,6 +212,7 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
 
     let sequence = Shutdown {
         delay: config.shutdown.delay,
+        grace: config.shutdown.grace,
         stop_proxy,
         proxy: proxy_task,
         stop_keeper,
@@ -242,9 +243,16 @@ fn announce(config: &Config, listen: &BoundAddr, ops_addr: &BoundAddr, credentia
     }
 }
 
+/// The least time the managed key's deletion gets at shutdown, even when the drain took all
+/// of `shutdown.grace`: one Admin API call, usually a few hundred milliseconds.
+const KEY_DELETE_AT_LEAST: Duration = Duration::from_secs(2);
+
 /// The shutdown sequence: what it stops, in its order.
 struct Shutdown {
     delay: Duration,
+    /// `shutdown.grace`: the drain and the key's deletion together, at least
+    /// [`KEY_DELETE_AT_LEAST`] for the deletion.
+    grace: Duration,
     stop_proxy: Trigger,
     proxy: JoinHandle<()>,
     /// The managed key's keeper, which deletes its keys when stopped.
@@ -269,11 +277,19 @@ impl Shutdown {
             tokio::time::sleep(self.delay).await;
         }
         tracing::info!("shutting down: no longer accepting; letting requests in flight finish");
+        let draining = tokio::time::Instant::now();
         self.stop_proxy.fire();
         let _ = self.proxy.await;
         self.stop_keeper.fire();
         if let Some(keeper) = self.keeper {
-            let _ = keeper.await;
+            let left = self.grace.saturating_sub(draining.elapsed()).max(KEY_DELETE_AT_LEAST);
+            let abort = keeper.abort_handle();
+            if tokio::time::timeout(left, keeper).await.is_err() {
+                abort.abort();
+                tracing::warn!(
+                    "managed API key: not deleted within shutdown.grace; the janitor deletes it once its lease and grace have passed"
+                );
+            }
         }
         self.stop_ops.fire();
         self.background.fire();
