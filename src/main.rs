@@ -392,11 +392,15 @@ async fn wait_command(ops: Option<String>, timeout: Duration, env: &Env) -> Exit
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if wait::wait_ready(addr, timeout).await {
-        println!("proxy at {addr} is ready");
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("pinecone-admin-proxy: wait: not ready at {addr} within {}", humantime::format_duration(timeout));
-        ExitCode::FAILURE
+    match wait::wait_until_ready(addr, timeout).await {
+        Ok(()) => {
+            println!("proxy at {addr} is ready");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            let within = humantime::format_duration(timeout);
+            eprintln!("pinecone-admin-proxy: wait: not ready at {addr} within {within}: {why}");
+            ExitCode::FAILURE
+        }
     }
 }

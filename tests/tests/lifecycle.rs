@@ -88,8 +88,9 @@ async fn wait_exits_0_when_ready_and_1_on_timeout() {
     let started = Instant::now();
     let out = Command::new(BIN).args(["wait", "--ops", &nothing, "--timeout", "700ms"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(started.elapsed() >= Duration::from_millis(600), "waited the timeout");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not ready"));
+    assert!(started.elapsed() >= Duration::from_millis(700), "waited the whole timeout");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not ready") && stderr.contains("nothing answers at"), "says why: {stderr}");
 
     let out = Command::new(BIN).args(["wait", "--ops", "nonsense"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(64));
@@ -105,6 +106,8 @@ async fn wait_follows_readiness_not_liveness() {
     assert_eq!(TestClient::default().get(&ops_url(&proxy, "/healthz")).await.0, StatusCode::OK);
     let out = Command::new(BIN).args(["wait", "--ops", &ops, "--timeout", "500ms"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/readyz answers 503: ") && stderr.contains("credentials"), "readyz's reason: {stderr}");
 }
 
 #[tokio::test]
