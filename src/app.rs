@@ -32,12 +32,28 @@ const CREDENTIAL_POLL: Duration = Duration::from_secs(1);
 /// Why the proxy could not start (exit 1).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr} ({key}): {source}")]
+    #[error("cannot listen on {addr} ({key}): {source}{}", bind_hint(*key, source))]
     Bind { key: &'static str, addr: String, source: std::io::Error },
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] rustls::Error),
     #[error("{0}")]
     SharedCache(String),
+}
+
+/// What to do about a port that cannot be bound: a port in use is most often another
+/// instance, which holds both of its ports.
+fn bind_hint(key: &str, source: &std::io::Error) -> &'static str {
+    match (source.kind(), key) {
+        (std::io::ErrorKind::AddrInUse, "listen") => {
+            "; another process listens there (another pinecone-admin-proxy?): choose another with --listen, and \
+             another --ops-listen too, since each instance needs its own ops port"
+        }
+        (std::io::ErrorKind::AddrInUse, _) => {
+            "; another process listens there (another pinecone-admin-proxy?): choose another with --ops-listen"
+        }
+        (std::io::ErrorKind::PermissionDenied, _) => "; ports below 1024 need privileges: choose a higher one",
+        _ => "",
+    }
 }
 
 /// A started proxy.
@@ -229,12 +245,17 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
 /// The line that says the proxy started, with the addresses it bound (tests read them
 /// from it), and a warning for each unknown `PINECONE_PROXY_…` variable.
 fn announce(config: &Config, listen: &BoundAddr, ops_addr: &BoundAddr, credentials: &Credentials) {
+    let shared_cache = config.token.shared_cache.as_ref().map_or("off", |c| c.shown.as_str());
+    let api_key = config.api_key.as_ref().map_or("off", |k| k.project_id.as_str());
     tracing::info!(
         listen = %listen,
         ops_listen = %ops_addr,
         upstream = %config.upstream.url,
         token_url = %config.token.url,
         credentials = %credentials.describe(),
+        policy = if config.policy.is_some() { "on" } else { "off" },
+        shared_cache,
+        api_key,
         version = crate::VERSION,
         "pinecone-admin-proxy started",
     );
@@ -272,7 +293,7 @@ impl Shutdown {
     async fn run(self, quit: impl Future<Output = ()>) {
         quit.await;
         if !self.delay.is_zero() {
-            let delay = humantime::format_duration(self.delay);
+            let delay = crate::logging::Human(self.delay);
             tracing::info!(delay = %delay, "shutting down: still accepting requests for shutdown.delay");
             tokio::time::sleep(self.delay).await;
         }

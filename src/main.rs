@@ -156,8 +156,8 @@ async fn serve_until_signal(config: &Config, credentials: Credentials) -> ExitCo
     hup.abort();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once: the log goes to standard error too.
         Err(e) => {
-            tracing::error!(error = %e, "cannot start");
             eprintln!("pinecone-admin-proxy: {e}");
             ExitCode::FAILURE
         }

@@ -175,7 +175,7 @@ impl<K: Keys> Keeper<K> {
         let current = self.plan.delete_on_shutdown;
         if tokio::time::timeout(delete_within, self.delete_all(current)).await.is_err() {
             tracing::warn!(
-                within = %humantime::format_duration(delete_within),
+                within = %crate::logging::Human(delete_within),
                 "managed API key: not all keys were deleted within shutdown.grace; the janitor of the next proxy \
                  of the project deletes them once their lease and grace have passed",
             );
@@ -355,7 +355,7 @@ impl<K: Keys> Keeper<K> {
             }
         };
         self.hold = Some(Instant::now() + delay);
-        tracing::warn!(error = %error, retry_in = %humantime::format_duration(delay), "managed API key: creation failed");
+        tracing::warn!(error = %error, retry_in = %crate::logging::Human(delay), "managed API key: creation failed");
         self.source.shared.status.lock().last_error = Some((error.to_string(), SystemTime::now()));
     }
 

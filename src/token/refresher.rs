@@ -15,6 +15,7 @@ use super::shared::{Cached, Held, Look, SharedCache};
 use super::source::{LastError, TokenSource, unix_secs};
 use crate::config::TokenConfig;
 use crate::credentials::{CredentialSet, Credentials};
+use crate::logging::Human;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -64,6 +65,8 @@ struct Step {
 #[derive(Debug)]
 struct Answered {
     answer: Answer,
+    /// Why it was asked for ([`schedule::why_fetch`]).
+    why: &'static str,
     creds: Arc<CredentialSet>,
     issued: Instant,
     issued_wall: SystemTime,
@@ -192,7 +195,7 @@ impl<F: Fetch> Refresher<F> {
             shared.metrics.token_budget_exhausted.inc();
             tracing::warn!(
                 max_per_minute = self.max_per_minute,
-                wait = %humantime::format_duration(next - now),
+                wait = %Human(next - now),
                 token_usable = token.as_ref().is_some_and(|t| t.usable(now)),
                 "token request budget exhausted (token.max_requests_per_minute); holding the next request back",
             );
@@ -255,7 +258,7 @@ impl<F: Fetch> Refresher<F> {
             let message = format!("token request timed out after {}", humantime::format_duration(self.timeout));
             Answer::from(Err(FetchError::transient(message)))
         });
-        Some(Answered { answer, creds, issued, issued_wall, lock })
+        Some(Answered { answer, why: schedule::why_fetch(&step.plan), creds, issued, issued_wall, lock })
     }
 
     /// Books an answer: the quota it reported, the token or the failure; shares the token
@@ -291,7 +294,7 @@ impl<F: Fetch> Refresher<F> {
         let token = Arc::new(Token::new(fetched, local.generation, a.issued, a.issued_wall));
         self.source.shared.metrics.token_success.inc();
         let expires = token.expires;
-        self.install(local, token, a.creds.generation, "token fetched");
+        self.install(local, token, (a.creds.generation, a.why), "token fetched");
         expires
     }
 
@@ -305,16 +308,20 @@ impl<F: Fetch> Refresher<F> {
                 (schedule::transient_delay(local.failures, self.random(), *retry_after), false)
             }
         };
-        let until = Instant::now() + delay;
+        let now = Instant::now();
+        let until = now + delay;
         local.hold = Some(if rejected { Hold::Rejected(until) } else { Hold::Backoff(until) });
         let counter = if rejected { &shared.metrics.token_rejected } else { &shared.metrics.token_transient };
         counter.inc();
         let usable = self.source.current().is_some();
+        // The real next attempt: the backoff, or later if the budget holds it back then.
+        let next = shared.budget.lock().as_ref().map_or(until, |b| b.earliest(until));
         tracing::warn!(
             error = %error,
             result = error.result_label(),
             failures = local.failures,
-            retry_in = %humantime::format_duration(delay),
+            retry_in = %Human(next - now),
+            held_by = if next > until { "token.max_requests_per_minute" } else { "backoff" },
             token_usable = usable,
             credential_generation,
             "token request failed{}",
@@ -375,8 +382,7 @@ impl<F: Fetch> Refresher<F> {
         wanted: Instant,
         now: Instant,
     ) {
-        let wait =
-            |at: Instant| humantime::format_duration(Duration::from_secs(at.saturating_duration_since(now).as_secs()));
+        let wait = |at: Instant| Human(at.saturating_duration_since(now));
         if let Some((b, _)) = spent {
             if local.quota_warned != Some((b.name, b.reset)) {
                 local.quota_warned = Some((b.name, b.reset));
@@ -412,13 +418,25 @@ impl<F: Fetch> Refresher<F> {
         local.generation += 1;
         let token = Arc::new(Token::from_cache(&cached.fetched, local.generation, cached.expires));
         self.source.shared.status.lock().credentials_tried = credential_generation;
-        self.install(local, token, credential_generation, "token read from the shared cache");
+        self.install(
+            local,
+            token,
+            (credential_generation, "read from the shared cache"),
+            "token read from the shared cache",
+        );
         self.source.notify_waiters();
     }
 
     /// Makes `token` the current one, whether fetched or read from the shared cache, and
     /// sets when it is refreshed.
-    fn install(&self, local: &mut Local, token: Arc<Token>, credential_generation: u64, message: &'static str) {
+    /// `why`: what the token answers (a first token, a refresh, a 401 …).
+    fn install(
+        &self,
+        local: &mut Local,
+        token: Arc<Token>,
+        (credential_generation, why): (u64, &'static str),
+        message: &'static str,
+    ) {
         let shared = &self.source.shared;
         let u = if self.jitter { 2.0 * self.random() - 1.0 } else { 0.0 };
         let refresh_in = schedule::refresh_after(token.lifetime, self.refresh_at, self.refresh_jitter, u);
@@ -431,12 +449,11 @@ impl<F: Fetch> Refresher<F> {
         tracing::info!(
             generation = token.generation,
             fingerprint = %token.fingerprint,
-            lifetime = %humantime::format_duration(token.lifetime),
-            expires_in = %humantime::format_duration(Duration::from_secs(token.expires.saturating_duration_since(Instant::now()).as_secs())),
-            refresh_in = %humantime::format_duration(Duration::from_secs(
-                (token.issued + refresh_in).saturating_duration_since(Instant::now()).as_secs()
-            )),
+            lifetime = %Human(token.lifetime),
+            expires_in = %Human(token.expires.saturating_duration_since(Instant::now())),
+            refresh_in = %Human((token.issued + refresh_in).saturating_duration_since(Instant::now())),
             credential_generation,
+            reason = why,
             "{message}",
         );
         *shared.token.write() = Some(token);

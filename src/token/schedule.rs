@@ -129,6 +129,18 @@ pub fn next_fetch(p: &Plan) -> Instant {
     p.quota_spent_until.map_or(wanted, |until| wanted.max(until))
 }
 
+/// Why a token request is sent, for its log line: `first token`, `credentials changed`,
+/// `the upstream answered 401`, `token no longer usable` or `refresh`.
+pub fn why_fetch(p: &Plan) -> &'static str {
+    match p.token {
+        None => "first token",
+        Some(_) if p.credentials != p.credentials_tried => "credentials changed",
+        Some(t) if t.generation <= p.invalidated => "the upstream answered 401",
+        Some(t) if !t.usable_now || p.now >= t.usable_until => "token no longer usable",
+        Some(_) => "refresh",
+    }
+}
+
 /// The latest safe refresh point of a token: early enough that a refresh that takes the
 /// whole `timeout` still ends before the token stops being usable, and never before its
 /// normal refresh point.
@@ -235,6 +247,23 @@ mod tests {
     fn tok(generation: u64, refresh_due: Instant, usable_until: Instant) -> Option<PlanToken> {
         let latest_refresh = latest_refresh(refresh_due, usable_until, S(10));
         Some(PlanToken { generation, refresh_due, latest_refresh, usable_until, usable_now: true })
+    }
+
+    #[test]
+    fn why_a_token_is_fetched_table() {
+        let t0 = Instant::now();
+        let at = |s| t0 + S(s);
+        assert_eq!(why_fetch(&plan(t0)), "first token");
+        assert_eq!(why_fetch(&Plan { token: tok(1, at(500), at(900)), ..plan(at(600)) }), "refresh");
+        assert_eq!(
+            why_fetch(&Plan { token: tok(3, at(500), at(900)), invalidated: 3, ..plan(t0) }),
+            "the upstream answered 401"
+        );
+        assert_eq!(
+            why_fetch(&Plan { token: tok(1, at(500), at(900)), credentials: 2, ..plan(t0) }),
+            "credentials changed"
+        );
+        assert_eq!(why_fetch(&Plan { token: tok(1, at(500), at(900)), ..plan(at(950)) }), "token no longer usable");
     }
 
     #[test]

@@ -152,7 +152,8 @@ async fn a_port_in_use_exits_1() {
     let addr = taken.local_addr().unwrap().to_string();
     let (code, _, stderr) = output(&["--listen", &addr, "--ops-listen", "127.0.0.1:0"], &CREDS).await;
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("listen"), "{stderr}");
+    assert_eq!(stderr.matches("cannot listen on").count(), 1, "said once: {stderr}");
+    assert!(stderr.contains("(listen)") && stderr.contains("--ops-listen too"), "with the hint: {stderr}");
 }
 
 /// A running binary, its stderr lines forwarded to a channel.
@@ -386,6 +387,7 @@ async fn the_secret_and_tokens_never_appear_in_output_at_trace_level() {
         proc.line_with("token fetched").await;
         let second = proc.line_with("token fetched").await;
         assert!(second.contains("generation") && second.contains('2'), "{second}");
+        assert!(second.contains("the upstream answered 401"), "the fetch says why: {second}");
         assert_eq!(client.get(&format!("{base}/admin/projects")).await.0, StatusCode::OK);
         // The managed key: used, revoked behind the proxy's back, replaced, replayed.
         assert_eq!(client.get(&format!("{base}/indexes")).await.0, StatusCode::OK);
@@ -402,6 +404,11 @@ async fn the_secret_and_tokens_never_appear_in_output_at_trace_level() {
         assert_eq!(proc.exit_code().await, 0);
         let all = proc.all.lock().clone();
         assert!(all.contains("access"), "access lines were logged ({format})");
+        let started = all.lines().find(|l| l.contains("pinecone-admin-proxy started")).unwrap();
+        for active in ["policy", "shared_cache", "api_key"] {
+            assert!(started.contains(active), "the start line says whether {active} is on ({format}): {started}");
+        }
+        assert!(started.contains(&project), "{started}");
         let debug = if format == "json" { "\"level\":\"DEBUG\"" } else { " DEBUG " };
         assert!(all.contains(debug), "output below info was produced ({format}):\n{all}");
         assert!(!all.contains(DEMO_CLIENT_SECRET), "the client secret leaked ({format})");
