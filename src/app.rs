@@ -32,7 +32,7 @@ const CREDENTIAL_POLL: Duration = Duration::from_secs(1);
 /// Why the proxy could not start (exit 1).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr} ({key}): {source}{}", bind_hint(*key, source))]
+    #[error("cannot listen on {addr} ({key}): {source}{}", bind_hint(key, source))]
     Bind { key: &'static str, addr: String, source: std::io::Error },
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] rustls::Error),

@@ -84,7 +84,7 @@ impl std::fmt::Display for Human {
             _ if ms < 1000 => write!(f, "{ms}ms"),
             0..60 => {
                 let tenths = (ms + 50) / 100;
-                if tenths % 10 == 0 {
+                if tenths.is_multiple_of(10) {
                     write!(f, "{}s", tenths / 10)
                 } else {
                     write!(f, "{}.{}s", tenths / 10, tenths % 10)
