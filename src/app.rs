@@ -106,7 +106,7 @@ const OPS_HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 const OPS_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// File descriptors kept besides `listen`'s and the upstream pool's connections: the ops
 /// listener's, token requests, credential files, logs, the runtime's own.
-const RESERVED_FILES: u64 = OPS_MAX_CONNECTIONS as u64 + 32;
+pub const RESERVED_FILES: u64 = OPS_MAX_CONNECTIONS as u64 + 32;
 
 /// Raises the soft limit of open files to the hard limit (as Go's runtime and systemd's
 /// services do), and lowers `limits.max_connections` to what the limit leaves room for, so

@@ -126,3 +126,26 @@ fn the_docker_build_gets_every_input_of_the_build() {
     let build_rs = std::fs::read_to_string(root.join("build.rs")).unwrap();
     assert!(build_rs.contains("\"spec/pinecone\""), "build.rs reads something else than spec/: check the Docker build");
 }
+
+/// The systemd unit's word on how many connections fit its `LimitNOFILE` is the proxy's
+/// own arithmetic, and it tells restart, not reload, for a new secret (as the README does).
+#[test]
+fn the_systemd_unit_says_what_the_proxy_does() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/systemd/pinecone-admin-proxy.service"),
+    )
+    .unwrap();
+    let limit: u64 = unit.lines().find_map(|l| l.strip_prefix("LimitNOFILE=")).unwrap().parse().unwrap();
+    let kept = pinecone_admin_proxy::app::RESERVED_FILES + u64::from(config::RawUpstream::default().max_connections);
+    assert!(
+        unit.contains(&format!("keeps\n# {kept} for")) || unit.contains(&format!("keeps {kept} for")),
+        "{kept} in the comment"
+    );
+    assert!(unit.contains(&format!("LimitNOFILE - {kept} = {}", limit - kept)), "the sum in the comment");
+    assert!(unit.contains("systemctl restart pinecone-admin-proxy"));
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    assert!(
+        readme.contains("`systemctl restart\npinecone-admin-proxy`")
+            || readme.contains("`systemctl restart pinecone-admin-proxy`")
+    );
+}
