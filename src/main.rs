@@ -207,7 +207,10 @@ fn check_config(flags: &Flags, env: &Env) -> ExitCode {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    println!("configuration is valid");
+    match &config.file {
+        Some(path) => println!("configuration is valid: {} (with the environment and flags over it)", path.display()),
+        None => println!("configuration is valid: no file (defaults, environment, flags)"),
+    }
     for (key, value, origin) in config.describe() {
         println!("{key} = {value}    # {origin}");
     }
@@ -219,6 +222,17 @@ fn check_config(flags: &Flags, env: &Env) -> ExitCode {
     match &config.policy {
         Some(policy) => policy.describe().iter().for_each(|line| println!("{line}")),
         None => println!("policy: none ([policy] not set): every request is forwarded"),
+    }
+    match &config.api_key {
+        Some(k) => println!(
+            "managed API key: project {}, roles {}, lease {} rotated at {}, deleted {} after",
+            k.project_id,
+            k.roles.join(","),
+            humantime::format_duration(k.lifetime),
+            k.rotate_at,
+            humantime::format_duration(k.grace)
+        ),
+        None => println!("managed API key: none ([api_key] not set): control-plane requests bring their own Api-Key"),
     }
     for name in &config.unknown_env {
         println!("warning: {name} starts with PINECONE_PROXY_ but sets no configuration key; ignored");

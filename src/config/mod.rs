@@ -98,6 +98,7 @@ fn finish(layered: &Layered, env: &Env) -> Result<Config, ConfigError> {
     let files = files::Files::read(&raw);
     let mut config = rules::validate(raw, &layered.origins, env, &files)?;
     config.unknown_env = sources::unknown_env(env);
+    config.file = layered.file.clone();
     Ok(config)
 }
 
@@ -257,6 +258,8 @@ pub struct Config {
     pub policy: Option<crate::policy::Policy>,
     /// `None` without `api_key.project_id`: no managed key.
     pub api_key: Option<ApiKeyConfig>,
+    /// The configuration file read, if any.
+    pub file: Option<PathBuf>,
     /// Where each key that was set came from; keys not here have their default.
     pub origins: BTreeMap<String, Origin>,
     /// `PINECONE_PROXY_…` variables that matched no key: reported as warnings, not errors,

@@ -69,6 +69,7 @@ fn typed(raw: RawConfig, credentials: CredentialsConfig, policy: bool, files: &F
         limits: limits(&raw.limits)?,
         policy,
         api_key: None,
+        file: None,
         origins: BTreeMap::new(),
         unknown_env: Vec::new(),
         raw,

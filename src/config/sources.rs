@@ -96,14 +96,16 @@ impl Env {
 pub(super) struct Layered {
     table: toml::Table,
     pub(super) origins: BTreeMap<String, Origin>,
+    /// The configuration file read, if any.
+    pub(super) file: Option<PathBuf>,
 }
 
 impl Layered {
     /// Defaults under the file, the environment and the flags, each over the one before.
     pub(super) fn new(flags: &Flags, env: &Env) -> Result<Self, ConfigError> {
         let keys = keys();
-        let mut layered = Self { table: toml::Table::new(), origins: BTreeMap::new() };
         let file = flags.config.clone().or_else(|| env.get(CONFIG_ENV).filter(|p| !p.is_empty()).map(PathBuf::from));
+        let mut layered = Self { table: toml::Table::new(), origins: BTreeMap::new(), file: file.clone() };
         if let Some(path) = &file {
             layered.file(path, &files::read_config(path)?, &keys)?;
         }

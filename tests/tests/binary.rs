@@ -135,6 +135,11 @@ async fn check_config_prints_effective_values_with_the_secret_redacted() {
             .concat();
     let (code, stdout, stderr) = output(&["check-config", "--api-version", "2026-07"], &envs).await;
     assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("configuration is valid: no file"), "{stdout}");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pinecone-admin-proxy.toml");
+    let (code, named, _) = output(&["check-config", "--config", shipped], &CREDS).await;
+    assert_eq!(code, 0);
+    assert!(named.starts_with(&format!("configuration is valid: {shipped}")), "names the file it loaded: {named}");
     assert!(stdout.contains("upstream.timeout = 7s    # env PINECONE_PROXY_UPSTREAM_TIMEOUT"), "{stdout}");
     assert!(stdout.contains("upstream.api_version = 2026-07    # flag --api-version"), "{stdout}");
     assert!(stdout.contains("token.max_requests_per_minute = 6    # default"), "{stdout}");
