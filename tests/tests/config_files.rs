@@ -149,3 +149,34 @@ fn the_systemd_unit_says_what_the_proxy_does() {
             || readme.contains("`systemctl restart pinecone-admin-proxy`")
     );
 }
+
+/// The README's configuration table names, for each key it lists, the environment variable
+/// that sets it (`PINECONE_PROXY_<SECTION>_<KEY>` or the SDKs' name), and every key of the
+/// configuration is in it (`limits.*` standing for its section).
+#[test]
+fn the_readmes_key_table_names_every_keys_variable() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("| key | env | default |").expect("the key table");
+    let table = &readme[start..readme[start..].find("\n\n").map_or(readme.len(), |n| start + n)];
+    let mut listed = Vec::new();
+    for row in table.lines().skip(2) {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        for key in cells[0].split('`').skip(1).step_by(2).filter(|k| !k.contains('*')) {
+            let names: Vec<String> = std::iter::once(config::env_name(key))
+                .chain(config::ENV_ALIASES.iter().filter(|(k, _)| *k == key).map(|(_, n)| (*n).to_owned()))
+                .collect();
+            assert!(names.iter().any(|n| cells[1].contains(n.as_str())), "{key}: none of {names:?} in {row}");
+            listed.push(key.to_owned());
+        }
+    }
+    let raw = serde_json::to_value(config::RawConfig::default()).unwrap();
+    for (section, value) in raw.as_object().unwrap() {
+        let keys: Vec<String> = match value.as_object() {
+            Some(fields) => fields.keys().map(|k| format!("{section}.{k}")).collect(),
+            None => vec![section.clone()],
+        };
+        for key in keys.iter().filter(|k| !k.starts_with("limits.")) {
+            assert!(listed.contains(key), "{key} is not in the README's key table");
+        }
+    }
+}
