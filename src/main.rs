@@ -14,6 +14,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// `println!` that never panics: a closed standard output (`check-config | head`) ends the
+/// output, not the process with a backtrace.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
@@ -208,23 +217,23 @@ fn check_config(flags: &Flags, env: &Env) -> ExitCode {
         Err(code) => return code,
     };
     match &config.file {
-        Some(path) => println!("configuration is valid: {} (with the environment and flags over it)", path.display()),
-        None => println!("configuration is valid: no file (defaults, environment, flags)"),
+        Some(path) => out!("configuration is valid: {} (with the environment and flags over it)", path.display()),
+        None => out!("configuration is valid: no file (defaults, environment, flags)"),
     }
     for (key, value, origin) in config.describe() {
-        println!("{key} = {value}    # {origin}");
+        out!("{key} = {value}    # {origin}");
     }
-    println!(
+    out!(
         "credentials: {} (client id fingerprint {})",
         credentials.describe(),
         credentials.current().client_id.fingerprint()
     );
     match &config.policy {
-        Some(policy) => policy.describe().iter().for_each(|line| println!("{line}")),
-        None => println!("policy: none ([policy] not set): every request is forwarded"),
+        Some(policy) => policy.describe().iter().for_each(|line| out!("{line}")),
+        None => out!("policy: none ([policy] not set): every request is forwarded"),
     }
     match &config.api_key {
-        Some(k) => println!(
+        Some(k) => out!(
             "managed API key: project {}, roles {}, lease {} rotated at {}, deleted {} after",
             k.project_id,
             k.roles.join(","),
@@ -232,10 +241,10 @@ fn check_config(flags: &Flags, env: &Env) -> ExitCode {
             k.rotate_at,
             humantime::format_duration(k.grace)
         ),
-        None => println!("managed API key: none ([api_key] not set): control-plane requests bring their own Api-Key"),
+        None => out!("managed API key: none ([api_key] not set): control-plane requests bring their own Api-Key"),
     }
     for name in &config.unknown_env {
-        println!("warning: {name} starts with PINECONE_PROXY_ but sets no configuration key; ignored");
+        out!("warning: {name} starts with PINECONE_PROXY_ but sets no configuration key; ignored");
     }
     ExitCode::SUCCESS
 }
@@ -273,7 +282,7 @@ fn policy_check(flags: &Flags, env: &Env, method: &str, path: &str) -> ExitCode 
     };
     let check = pinecone_admin_proxy::policy::explain(config.policy.as_ref(), &method, &path);
     for line in &check.lines {
-        println!("{line}");
+        out!("{line}");
     }
     if check.allowed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
@@ -348,7 +357,7 @@ async fn demo(flags: &Flags, quota: Option<Quota>, env: &Env) -> ExitCode {
 fn print_demo(running: &app::Running, fake: &FakePinecone) {
     let proxy = running.listen.to_string();
     let ops = running.ops.to_string();
-    println!(
+    out!(
         "\npinecone-admin-proxy {version} demo: a fake Pinecone runs at {fake} (no credentials, no network).\n\n\
          Proxy:       http://{proxy}\n\
          Operations:  http://{ops}/status\n\n\
@@ -380,7 +389,7 @@ async fn fake_pinecone(listen: SocketAddr, expires_in: u64, quota: Option<Quota>
         rules.join(", ")
     });
     fake.state().set_quota(quota);
-    println!(
+    out!(
         "fake Pinecone on {api}\n  token endpoint: {token}\n  client id:      {DEMO_CLIENT_ID}\n  client secret:  {DEMO_CLIENT_SECRET}\n  token lifetime: {expires_in}s\n  token quota:    {quota_text}\n  counters:       {api}/_fake/stats\n",
         api = fake.api_url(),
         token = fake.token_url(),
@@ -408,7 +417,7 @@ async fn wait_command(ops: Option<String>, timeout: Duration, env: &Env) -> Exit
     };
     match wait::wait_until_ready(addr, timeout).await {
         Ok(()) => {
-            println!("proxy at {addr} is ready");
+            out!("proxy at {addr} is ready");
             ExitCode::SUCCESS
         }
         Err(why) => {

@@ -524,3 +524,20 @@ async fn demo_honours_the_configuration_and_names_what_it_sets_aside() {
     }
     assert!(!output.contains("caller-secret-value"));
 }
+
+/// `check-config | head -1`: a reader that goes away ends the output, not the process with
+/// a panic and a backtrace.
+#[tokio::test]
+async fn a_closed_stdout_is_not_a_panic() {
+    let mut child = command(&["check-config"], &CREDS)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the first line is written: every line meets a broken pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
