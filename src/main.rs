@@ -390,9 +390,10 @@ async fn fake_pinecone(listen: SocketAddr, expires_in: u64, quota: Option<Quota>
     });
     fake.state().set_quota(quota);
     out!(
-        "fake Pinecone on {api}\n  token endpoint: {token}\n  client id:      {DEMO_CLIENT_ID}\n  client secret:  {DEMO_CLIENT_SECRET}\n  token lifetime: {expires_in}s\n  token quota:    {quota_text}\n  counters:       {api}/_fake/stats\n",
+        "fake Pinecone on {api}\n  token endpoint: {token}\n  client id:      {DEMO_CLIENT_ID}\n  client secret:  {DEMO_CLIENT_SECRET}\n  project:        {project} (demo-project: an api_key.project_id)\n  token lifetime: {expires_in}s\n  token quota:    {quota_text}\n  counters:       {api}/_fake/stats\n",
         api = fake.api_url(),
         token = fake.token_url(),
+        project = fake.state().project_id(),
     );
     let Some(signals) = Signals::new() else { return ExitCode::FAILURE };
     shutdown_signal(signals.term, signals.int).await;
