@@ -27,8 +27,8 @@ mod tests;
 
 pub use api_key::{API_KEY_ROLES, ApiKeyConfig, MAX_PREFIX, check_prefix};
 pub use raw::{
-    CONFIG_ENV, ENV_ALIASES, LogFormat, RawConfig, RawCredentials, RawLimits, RawLog, RawPolicy, RawShutdown, RawToken,
-    RawUpstream, RedisUrl, RequestFormat, SECRET_ENV, env_name, redact_url,
+    CONFIG_ENV, ENV_ALIASES, LogFormat, MAP_SECTIONS, RawConfig, RawCredentials, RawLimits, RawLog, RawPolicy,
+    RawShutdown, RawToken, RawUpstream, RedisUrl, RequestFormat, SECRET_ENV, env_name, map_env_name, redact_url,
 };
 pub use rules::parse_url;
 pub use sources::{Env, Flags};
@@ -148,6 +148,14 @@ impl ConfigError {
     }
 }
 
+/// An index's local listener: its data plane, REST and gRPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexListen {
+    /// The index's name, as `describe_index` takes it.
+    pub name: String,
+    pub listen: Listen,
+}
+
 /// Where a credential comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialSource {
@@ -258,6 +266,8 @@ pub struct Config {
     pub policy: Option<crate::policy::Policy>,
     /// `None` without `api_key.project_id`: no managed key.
     pub api_key: Option<ApiKeyConfig>,
+    /// One local listener per index (`[indexes]`), in name order.
+    pub indexes: Vec<IndexListen>,
     /// The configuration file read, if any.
     pub file: Option<PathBuf>,
     /// Where each key that was set came from; keys not here have their default.

@@ -45,6 +45,9 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub policy: RawPolicy,
     pub api_key: RawApiKey,
+    /// `indexes.<name> = "127.0.0.1:8485"`: a local listener for each index's data plane.
+    /// A table of names the user chooses, so not a struct: see [`MAP_SECTIONS`].
+    pub indexes: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for RawConfig {
@@ -62,6 +65,7 @@ impl Default for RawConfig {
             limits: RawLimits::default(),
             policy: RawPolicy::default(),
             api_key: RawApiKey::default(),
+            indexes: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -361,10 +365,21 @@ pub(super) fn flatten(value: &Json) -> Vec<(String, &Json)> {
     out
 }
 
+/// The sections whose keys are names the user chooses (`indexes.docs`), each a text value:
+/// their keys are not in [`keys`], and the environment sets them all at once, in one
+/// variable of `name=value` pairs ([`map_env_name`]).
+pub const MAP_SECTIONS: &[&str] = &["indexes"];
+
+/// The variable that sets a map section: `PINECONE_PROXY_INDEXES`.
+pub fn map_env_name(section: &str) -> String {
+    format!("PINECONE_PROXY_{}", section.to_ascii_uppercase())
+}
+
 /// The sections (tables) of the file.
 pub(super) fn sections() -> Vec<String> {
     let mut s: Vec<String> = keys().into_iter().filter_map(|(k, _)| Some(k.split_once('.')?.0.to_owned())).collect();
     s.dedup();
+    s.extend(MAP_SECTIONS.iter().map(|m| (*m).to_owned()));
     s
 }
 

@@ -7,8 +7,8 @@ use super::files::Files;
 use super::raw::{RawConfig, RawCredentials, RawLimits, RawToken, SECRET_ENV, redact_url};
 use super::sources::Env;
 use super::{
-    Config, ConfigError, CredentialSource, CredentialsConfig, Limits, LogConfig, Origin, SharedCacheConfig,
-    ShutdownConfig, TokenConfig, UpstreamConfig,
+    Config, ConfigError, CredentialSource, CredentialsConfig, IndexListen, Limits, LogConfig, Origin,
+    SharedCacheConfig, ShutdownConfig, TokenConfig, UpstreamConfig,
 };
 use crate::net::Listen;
 use crate::secret::Secret;
@@ -41,11 +41,14 @@ pub(super) fn validate(
     let policy = origins.keys().any(|k| k.starts_with("policy."));
     let api_key_set = origins.keys().find(|k| k.starts_with("api_key.")).cloned();
     let api_key = super::api_key::api_key(&raw.api_key, api_key_set.as_deref()).map_err(|e| e.located(origins))?;
-    typed(raw, credentials, policy, files).map_err(|e| e.located(origins)).map(|mut config| {
-        config.origins = origins.clone();
-        config.api_key = api_key;
-        config
-    })
+    let config = typed(raw, credentials, policy, files).map_err(|e| e.located(origins))?;
+    if let (Some(first), None) = (config.indexes.first(), &api_key) {
+        let key = format!("indexes.{}", first.name);
+        let problem = "needs a managed API key ([api_key] with api_key.project_id): an index's data plane takes a \
+                       project API key, which the proxy supplies";
+        return Err(ConfigError::new(key, problem).located(origins));
+    }
+    Ok(Config { origins: origins.clone(), api_key, ..config })
 }
 
 fn typed(raw: RawConfig, credentials: CredentialsConfig, policy: bool, files: &Files) -> Rule<Config> {
@@ -69,6 +72,7 @@ fn typed(raw: RawConfig, credentials: CredentialsConfig, policy: bool, files: &F
         limits: limits(&raw.limits)?,
         policy,
         api_key: None,
+        indexes: indexes(&raw)?,
         file: None,
         origins: BTreeMap::new(),
         unknown_env: Vec::new(),
@@ -126,6 +130,41 @@ fn listen(key: &str, text: &str, allow_remote: bool) -> Rule<Listen> {
         )),
         _ => Ok(listen),
     }
+}
+
+/// `[indexes]`: each name a valid index name, each address a listen address under the
+/// loopback rule, and no two listeners (nor `listen`, nor `ops_listen`) on one address.
+fn indexes(raw: &RawConfig) -> Rule<Vec<IndexListen>> {
+    let mut taken: Vec<(String, Listen)> = Vec::new();
+    for (key, text) in [("listen", &raw.listen), ("ops_listen", &raw.ops_listen)] {
+        if let Ok(l) = text.parse::<Listen>() {
+            taken.push((key.to_owned(), l));
+        }
+    }
+    let mut out = Vec::new();
+    for (name, text) in &raw.indexes {
+        let key = format!("indexes.{name}");
+        index_name(name).map_err(|p| problem(&key, p))?;
+        let listen = listen(&key, text, raw.allow_remote)?;
+        if let Some((other, _)) = taken.iter().find(|(_, l)| *l == listen) {
+            return Err(problem(&key, format!("{listen} is {other}'s address too: each listener needs its own")));
+        }
+        taken.push((key, listen.clone()));
+        out.push(IndexListen { name: name.clone(), listen });
+    }
+    Ok(out)
+}
+
+/// The control plane's rule for index names: 1 to 45 characters of `a-z 0-9 -`, starting
+/// and ending with a letter or digit.
+fn index_name(name: &str) -> Result<(), String> {
+    let allowed = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if (1..=45).contains(&name.len()) && allowed && !name.starts_with('-') && !name.ends_with('-') {
+        return Ok(());
+    }
+    Err(format!(
+        "{name:?} is not an index name: 1 to 45 characters of a-z, 0-9 and -, starting and ending with a letter or digit"
+    ))
 }
 
 fn mode(key: &str, text: &str) -> Rule<u32> {

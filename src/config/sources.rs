@@ -5,7 +5,7 @@
 //! [`super::rules`]'s.
 
 use super::files;
-use super::raw::{CONFIG_ENV, Kind, RawConfig, SECRET_ENV, env_names, keys, sections};
+use super::raw::{CONFIG_ENV, Kind, MAP_SECTIONS, RawConfig, SECRET_ENV, env_names, keys, map_env_name, sections};
 use super::{ConfigError, Origin};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -115,6 +115,9 @@ impl Layered {
                 layered.text(key, *kind, &text, Origin::Env(name))?;
             }
         }
+        for section in MAP_SECTIONS {
+            layered.map_env(section, env)?;
+        }
         for (key, flag, text) in flags.values() {
             let kind = keys.iter().find(|(k, _)| k == key).map_or(Kind::Text, |(_, kind)| *kind);
             layered.text(key, kind, &text, Origin::Flag(flag))?;
@@ -127,6 +130,29 @@ impl Layered {
         let value = typed(text, kind).map_err(|problem| ConfigError::at(key, &origin, problem))?;
         self.set(key, value);
         self.origins.insert(key.to_owned(), origin);
+        Ok(())
+    }
+
+    /// A map section from its one variable (`PINECONE_PROXY_INDEXES=docs=127.0.0.1:8485,…`),
+    /// over the file's entries of that section.
+    fn map_env(&mut self, section: &str, env: &Env) -> Result<(), ConfigError> {
+        let name = map_env_name(section);
+        let Some(text) = env.get(&name).filter(|t| !t.trim().is_empty()) else { return Ok(()) };
+        let origin = Origin::Env(name.clone());
+        let mut entries = toml::Table::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').map(|(k, v)| (k.trim(), v.trim())).ok_or_else(|| {
+                ConfigError::at(section, &origin, format!("{pair:?} is not name=address (e.g. docs=127.0.0.1:8485)"))
+            })?;
+            if key.is_empty() || value.is_empty() || entries.contains_key(key) {
+                let problem = format!("{pair:?}: each entry is name=address, each name once");
+                return Err(ConfigError::at(section, &origin, problem));
+            }
+            entries.insert(key.to_owned(), toml::Value::String(value.to_owned()));
+            self.origins.insert(format!("{section}.{key}"), origin.clone());
+        }
+        self.origins.retain(|k, o| !(k.starts_with(&format!("{section}.")) && matches!(o, Origin::File(_))));
+        self.table.insert(section.to_owned(), toml::Value::Table(entries));
         Ok(())
     }
 
@@ -216,7 +242,8 @@ fn known_file_key(key: &str, keys: &[(String, Kind)]) -> Result<(), String> {
              variable {SECRET_ENV}, or credentials.client_secret_file (env PINECONE_CLIENT_SECRET_FILE)"
         ));
     }
-    if !keys.iter().any(|(k, _)| k == key) {
+    let in_map = key.split_once('.').is_some_and(|(section, _)| MAP_SECTIONS.contains(&section));
+    if !in_map && !keys.iter().any(|(k, _)| k == key) {
         // The closest key by edit distance, if it is close: a typo, not another key.
         let closest = keys.iter().map(|(k, _)| (strsim::levenshtein(key, k), k)).min();
         return Err(match closest {
@@ -229,7 +256,8 @@ fn known_file_key(key: &str, keys: &[(String, Kind)]) -> Result<(), String> {
 
 /// `PINECONE_PROXY_…` variables that match no key.
 pub(super) fn unknown_env(env: &Env) -> Vec<String> {
-    let known: Vec<String> = keys().iter().flat_map(|(k, _)| env_names(k)).collect();
+    let mut known: Vec<String> = keys().iter().flat_map(|(k, _)| env_names(k)).collect();
+    known.extend(MAP_SECTIONS.iter().map(|s| map_env_name(s)));
     env.0
         .keys()
         .filter(|k| k.starts_with("PINECONE_PROXY_") && k.as_str() != CONFIG_ENV && !known.contains(k))

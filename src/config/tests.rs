@@ -370,3 +370,40 @@ fn a_misspelt_key_is_told_the_closest_known_one() {
     let e = load_with(Some("[token]\nwhatever_this_is = 1"), &[], Flags::default()).unwrap_err();
     assert_eq!(e.problem, "unknown key");
 }
+
+const PROJECT: (&str, &str) = ("PINECONE_PROXY_API_KEY_PROJECT_ID", "3fa85f64-5717-4562-b3fc-2c963f66afa6");
+
+#[test]
+fn indexes_come_from_the_file_or_one_variable_and_the_variable_wins() {
+    let file =
+        "[api_key]\nproject_id = \"3fa85f64-5717-4562-b3fc-2c963f66afa6\"\n[indexes]\ndocs = \"127.0.0.1:8485\"\n";
+    let c = load_with(Some(file), &[], Flags::default()).unwrap();
+    assert_eq!(c.indexes, [IndexListen { name: "docs".into(), listen: "127.0.0.1:8485".parse().unwrap() }]);
+    let env = [PROJECT, ("PINECONE_PROXY_INDEXES", "books=unix:/run/books.sock, docs=localhost:8486")];
+    let c = load_with(Some(file), &env, Flags::default()).unwrap();
+    let names: Vec<(String, String)> = c.indexes.iter().map(|i| (i.name.clone(), i.listen.to_string())).collect();
+    assert_eq!(names, [("books".into(), "unix:/run/books.sock".into()), ("docs".into(), "127.0.0.1:8486".into())]);
+    assert_eq!(c.origins["indexes.docs"], Origin::Env("PINECONE_PROXY_INDEXES".into()));
+    assert!(c.unknown_env.is_empty(), "PINECONE_PROXY_INDEXES is a known variable: {:?}", c.unknown_env);
+    assert!(c.describe().iter().any(|(k, v, _)| k == "indexes.books" && v == "unix:/run/books.sock"));
+}
+
+#[test]
+fn bad_indexes_name_their_key() {
+    let cases: [(&[(&str, &str)], &str, &str); 6] = [
+        (&[PROJECT, ("PINECONE_PROXY_INDEXES", "docs")], "indexes", "is not name=address"),
+        (&[PROJECT, ("PINECONE_PROXY_INDEXES", "docs=127.0.0.1:1,docs=127.0.0.1:2")], "indexes", "each name once"),
+        (&[PROJECT, ("PINECONE_PROXY_INDEXES", "docs=0.0.0.0:8485")], "indexes.docs", "not a loopback address"),
+        (&[PROJECT, ("PINECONE_PROXY_INDEXES", "a=127.0.0.1:9,b=127.0.0.1:9")], "indexes.b", "indexes.a's address"),
+        (&[PROJECT, ("PINECONE_PROXY_INDEXES", "docs=127.0.0.1:8484")], "indexes.docs", "listen's address"),
+        (&[("PINECONE_PROXY_INDEXES", "docs=127.0.0.1:8485")], "indexes.docs", "[api_key]"),
+    ];
+    for (env, key, says) in cases {
+        let e = load_with(None, env, Flags::default()).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.to_string().contains(says), "{says}: {e}");
+    }
+    let e = load_with(Some("[indexes]\nDocs_1 = \"127.0.0.1:8485\"\n"), &[PROJECT], Flags::default()).unwrap_err();
+    assert_eq!(e.key, "indexes.Docs_1");
+    assert!(e.problem.contains("not an index name"), "{e}");
+}
