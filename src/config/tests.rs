@@ -390,7 +390,8 @@ fn indexes_come_from_the_file_or_one_variable_and_the_variable_wins() {
 
 #[test]
 fn bad_indexes_name_their_key() {
-    let cases: [(&[(&str, &str)], &str, &str); 6] = [
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 6] = [
         (&[PROJECT, ("PINECONE_PROXY_INDEXES", "docs")], "indexes", "is not name=address"),
         (&[PROJECT, ("PINECONE_PROXY_INDEXES", "docs=127.0.0.1:1,docs=127.0.0.1:2")], "indexes", "each name once"),
         (&[PROJECT, ("PINECONE_PROXY_INDEXES", "docs=0.0.0.0:8485")], "indexes.docs", "not a loopback address"),
