@@ -19,13 +19,14 @@ use crate::body::{Body, full};
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 /// The roles that may read the control plane, and those that may change it (FACTS.md).
 const READERS: [&str; 4] = ["ProjectEditor", "ProjectViewer", "ControlPlaneEditor", "ControlPlaneViewer"];
 const WRITERS: [&str; 2] = ["ProjectEditor", "ControlPlaneEditor"];
 
-pub(crate) fn handle(state: &State, parts: &Parts, body: &[u8]) -> Response<Body> {
+pub(crate) fn handle(state: &Arc<State>, parts: &Parts, body: &[u8]) -> Response<Body> {
     state.control_requests.fetch_add(1, Ordering::Relaxed);
     state.record(parts, body);
     let mut data = state.data.lock();
@@ -48,7 +49,7 @@ pub(crate) fn handle(state: &State, parts: &Parts, body: &[u8]) -> Response<Body
                 data.indexes.iter().filter(|(p, _)| *p == project).map(|(_, i)| shaped.render(i)).collect();
             json(StatusCode::OK, &json!({ "indexes": indexes }))
         }
-        ["indexes"] if m == Method::POST => create_index(&mut data, &project, body, shaped),
+        ["indexes"] if m == Method::POST => create_index(state, &mut data, &project, body, shaped),
         ["indexes", name] if m == Method::GET => match position(&data, &project, name) {
             Some(i) => json(StatusCode::OK, &shaped.render(&data.indexes[i].1)),
             None => not_found("Index", name),
@@ -56,6 +57,8 @@ pub(crate) fn handle(state: &State, parts: &Parts, body: &[u8]) -> Response<Body
         ["indexes", name] if m == Method::DELETE => match position(&data, &project, name) {
             Some(i) => {
                 data.indexes.remove(i);
+                // Its data plane stops with it.
+                data.data_servers.remove(&(project.clone(), (*name).to_owned()));
                 accepted()
             }
             None => not_found("Index", name),
@@ -143,7 +146,7 @@ impl Shape {
 
 /// `create_index` (serverless): the name rules of the spec, 409 for a name taken in the
 /// project, 201 with the index, ready at once.
-fn create_index(data: &mut Data, project: &str, body: &[u8], shaped: Shape) -> Response<Body> {
+fn create_index(state: &Arc<State>, data: &mut Data, project: &str, body: &[u8], shaped: Shape) -> Response<Body> {
     let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
         return invalid("The request body must be a JSON object.");
     };
@@ -174,13 +177,19 @@ fn create_index(data: &mut Data, project: &str, body: &[u8], shaped: Shape) -> R
     if position(data, project, name).is_some() {
         return error(StatusCode::CONFLICT, "ALREADY_EXISTS", &format!("Resource {name} already exists"));
     }
-    let id: [u8; 4] = rand::random();
-    let suffix: String = id.iter().map(|b| format!("{b:02x}")).collect::<String>()[..7].to_owned();
+    // The real host is `<name>-<id>.svc.<region>.pinecone.io`; the fake's is its data plane's
+    // loopback address, so that a proxy (or a test) can reach it.
+    let server = match super::data::start(state, project, name, dimension.map(|d| d as usize), metric) {
+        Ok(server) => server,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", &format!("no data plane: {e}")),
+    };
+    let host = server.addr.to_string();
+    data.data_servers.insert((project.to_owned(), name.to_owned()), server);
     let index = json!({
         "name": name,
         "dimension": dimension,
         "metric": metric,
-        "host": format!("{name}-{suffix}.svc.{region}-{cloud}.pinecone.io"),
+        "host": host,
         "deletion_protection": request.get("deletion_protection").cloned().unwrap_or(json!("disabled")),
         "tags": request.get("tags").cloned().unwrap_or(Value::Null),
         "spec": { "serverless": { "cloud": cloud, "region": region } },
@@ -206,7 +215,7 @@ fn index_name(name: &str) -> Result<(), String> {
 }
 
 /// The control and data planes' answer to a missing or bad key (FACTS.md).
-fn invalid_api_key() -> Response<Body> {
+pub(crate) fn invalid_api_key() -> Response<Body> {
     let mut r = Response::new(full("Invalid API key"));
     *r.status_mut() = StatusCode::UNAUTHORIZED;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod control;
+pub mod data;
 pub mod iam;
 pub mod quota;
 pub mod token;
@@ -73,6 +74,11 @@ pub(crate) struct Issued {
 pub struct State {
     /// Requests received, on any path, counted as they arrive (before any delay).
     pub arrived: AtomicU64,
+    /// Data-plane requests (every index's), and those answered 401.
+    pub data_requests: AtomicU64,
+    pub data_unauthorized: AtomicU64,
+    /// Fired when the fake stops: the indexes' data-plane servers stop with it.
+    pub(crate) stopped: Trigger,
     /// Bumped when a request arrives and when one has been answered, so that a test can
     /// wait for what the proxy did to the fake.
     activity: tokio::sync::watch::Sender<u64>,
@@ -121,6 +127,9 @@ impl State {
             fail_every: AtomicU64::new(0),
             issued: Mutex::new(HashMap::new()),
             arrived: AtomicU64::new(0),
+            data_requests: AtomicU64::new(0),
+            data_unauthorized: AtomicU64::new(0),
+            stopped: Trigger::default(),
             activity: tokio::sync::watch::Sender::new(0),
             token_requests: AtomicU64::new(0),
             tokens_issued: AtomicU64::new(0),
@@ -419,6 +428,7 @@ impl FakePinecone {
     /// Stops accepting and waits for the server to end.
     pub async fn stop(mut self) {
         self.stop.fire();
+        self.state.stopped.fire();
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
@@ -428,6 +438,7 @@ impl FakePinecone {
 impl Drop for FakePinecone {
     fn drop(&mut self) {
         self.stop.fire();
+        self.state.stopped.fire();
     }
 }
 
@@ -447,6 +458,8 @@ pub struct Data {
     pub(crate) refuse_api_key_creation: Option<String>,
     /// Keys `create_api_key` has made.
     pub(crate) api_keys_created: u64,
+    /// Each index's data plane, by project and index name.
+    pub(crate) data_servers: HashMap<(String, String), data::DataServer>,
 }
 
 impl Data {
@@ -472,6 +485,7 @@ impl Data {
             indexes: Vec::new(),
             refuse_api_key_creation: None,
             api_keys_created: 0,
+            data_servers: HashMap::new(),
         }
     }
 
