@@ -1,6 +1,7 @@
 //! The route table of `api.pinecone.io`, from its OpenAPI specifications in `spec/pinecone/`
 //! (copies of `../shared/pinecone/`, every published version): the Admin API (`admin_*`) and
-//! the control plane (`db_control_*`, `inference_*`, `assistant_control_*`), their union. Each
+//! the control plane (`db_control_*`, `inference_*`, `assistant_control_*`) and the data plane
+//! (`db_data_*`, served on each index's own host), their union. Each
 //! method and path template (under its spec's server URL path: `/assistant` for assistants)
 //! becomes one route with its `operationId` and its plane; where versions named a route
 //! differently, the newest name is the route's and the older ones are aliases. The YAML stays
@@ -15,8 +16,13 @@ use yaml_rust2::{Yaml, YamlLoader};
 const METHODS: [&str; 7] = ["get", "put", "post", "delete", "options", "head", "patch"];
 
 /// The specifications read, by file name prefix, and the plane their routes belong to.
-const FAMILIES: [(&str, &str); 4] =
-    [("admin_", "Admin"), ("db_control_", "Control"), ("inference_", "Control"), ("assistant_control_", "Control")];
+const FAMILIES: [(&str, &str); 5] = [
+    ("admin_", "Admin"),
+    ("db_control_", "Control"),
+    ("inference_", "Control"),
+    ("assistant_control_", "Control"),
+    ("db_data_", "Data"),
+];
 
 /// The plane of a spec file, by its name.
 fn family(name: &str) -> Option<&'static str> {

@@ -50,7 +50,7 @@ pub(crate) fn check_entry(entry: &str) -> Result<(), String> {
         Some(_) => Ok(()),
         None => Err(format!(
             "{entry:?} is not a Pinecone API operation; did you mean {:?}? (names are the operationIds of the \
-             Admin API's and the control plane's OpenAPI specifications, or \"read_only\", \"*\", \"unknown\")",
+             Admin API's, the control plane's and the data plane's OpenAPI specifications, or \"read_only\", \"*\", \"unknown\")",
             closest(entry)
         )),
     }
@@ -272,8 +272,14 @@ pub fn explain(policy: Option<&Policy>, method: &Method, path: &str) -> Explaine
         Some(route) => format!("operation: {} ({} {})", route.operation, route.method, route.template),
         None => format!("operation: {UNKNOWN} (no documented route is {method} {path})"),
     }];
-    if resolved.route().is_some_and(|r| r.plane == Plane::Control) {
-        lines.push("plane: control plane (a project API key in Api-Key: the proxy's managed key with [api_key], else the client's own; never the bearer token)".into());
+    match resolved.route().map(|r| r.plane) {
+        Some(Plane::Control) => lines.push(
+            "plane: control plane (a project API key in Api-Key: the proxy's managed key with [api_key], else the client's own; never the bearer token)".into(),
+        ),
+        Some(Plane::Data) => lines.push(
+            "plane: data plane (served on each index's own host: through an [indexes] listener, with the proxy's managed key)".into(),
+        ),
+        _ => {}
     }
     if resolved.params().next().is_some() {
         lines.push(format!("path parameters: {}", resolved.params_text()));

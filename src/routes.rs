@@ -14,12 +14,14 @@ pub(crate) enum Segment {
     Param(&'static str),
 }
 
-/// Which credential a route takes: the Admin API a service account's bearer token, the
-/// control plane a project API key (FACTS.md).
+/// Which credential a route takes, and where it is served: the Admin API a service
+/// account's bearer token, the control plane a project API key (FACTS.md), both on
+/// `api.pinecone.io`; the data plane a project API key on each index's own host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Plane {
     Admin,
     Control,
+    Data,
 }
 
 /// A documented route: method and path template, and its operation.
@@ -221,6 +223,11 @@ mod tests {
             (Method::GET, "/assistant/assistants", "list_assistants", Plane::Control),
             (Method::GET, "/assistant/assistants/helper", "get_assistant", Plane::Control),
             (Method::GET, "/admin/projects", "list_projects", Plane::Admin),
+            (Method::POST, "/vectors/upsert", "upsertVectors", Plane::Data),
+            (Method::POST, "/query", "queryVectors", Plane::Data),
+            (Method::GET, "/vectors/fetch", "fetchVectors", Plane::Data),
+            (Method::POST, "/describe_index_stats", "describeIndexStats", Plane::Data),
+            (Method::POST, "/records/namespaces/books/upsert", "upsertRecordsNamespace", Plane::Data),
         ] {
             let r = resolve(&method, path);
             assert_eq!(r.operation(), operation, "{method} {path}");
@@ -280,9 +287,11 @@ mod tests {
             let name = file.file_name().unwrap().to_str().unwrap().to_owned();
             let Some(plane) = plane_of(&name) else { continue };
             let docs = YamlLoader::load_from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-            // Assistants are served under their server URL's path.
+            // Assistants are served under their server URL's path; the data plane on each
+            // index's own host.
             let prefix = if name.starts_with("assistant_control_") { "/assistant" } else { "" };
-            assert_eq!(docs[0]["servers"][0]["url"].as_str().unwrap(), format!("https://api.pinecone.io{prefix}"));
+            let host = if plane == Plane::Data { "{index_host}" } else { "api.pinecone.io" };
+            assert_eq!(docs[0]["servers"][0]["url"].as_str().unwrap(), format!("https://{host}{prefix}"));
             for (template, item) in docs[0]["paths"].as_hash().unwrap() {
                 let template = format!("{prefix}{}", template.as_str().unwrap());
                 for (method, op) in item.as_hash().unwrap() {
@@ -317,8 +326,9 @@ mod tests {
                 }
             }
         }
-        // The Admin API's 5 versions and the control plane's 2 (18, 4 and 5 operations each).
-        assert!(seen >= 5 * 13 + 19 + 2 * (18 + 4 + 5), "{seen} operations in the specs");
+        // The Admin API's 5 versions, the control plane's 2 (18, 4 and 5 operations each)
+        // and the data plane's 2 (18 each).
+        assert!(seen >= 5 * 13 + 19 + 2 * (18 + 4 + 5) + 2 * 18, "{seen} operations in the specs");
     }
 
     /// The plane of a specification file, by its name (as `build.rs` decides it).
@@ -327,6 +337,7 @@ mod tests {
         match name.ends_with(".oas.yaml") {
             true if name.starts_with("admin_") => Some(Plane::Admin),
             true if control.iter().any(|prefix| name.starts_with(prefix)) => Some(Plane::Control),
+            true if name.starts_with("db_data_") => Some(Plane::Data),
             _ => None,
         }
     }
