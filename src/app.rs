@@ -13,6 +13,7 @@ use crate::api_key::source::KeySource;
 use crate::config::Config;
 use crate::config::Limits;
 use crate::credentials::Credentials;
+use crate::index_listeners;
 use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::outbound::{Outbound, Settings};
@@ -33,7 +34,7 @@ const CREDENTIAL_POLL: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} ({key}): {source}{}", bind_hint(key, source))]
-    Bind { key: &'static str, addr: String, source: std::io::Error },
+    Bind { key: String, addr: String, source: std::io::Error },
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] rustls::Error),
     #[error("{0}")]
@@ -63,6 +64,8 @@ pub struct Running {
     pub listen: BoundAddr,
     /// Where the ops endpoints answer.
     pub ops: BoundAddr,
+    /// Each index's listener (`[indexes]`): its name and address.
+    pub indexes: Vec<(String, BoundAddr)>,
     pub tokens: TokenSource,
     /// The managed key, with `[api_key]`.
     pub keys: Option<KeySource>,
@@ -174,13 +177,15 @@ fn ops_options(limits: &Limits) -> ServeOptions {
 pub async fn start(config: &Config, credentials: Credentials) -> Result<Running, StartError> {
     let bind = |listen, key: &'static str| async move {
         serve::bind(listen, config.listen_mode).await.map_err(|source| StartError::Bind {
-            key,
+            key: key.to_owned(),
             addr: listen.to_string(),
             source,
         })
     };
     let proxy_listener = bind(&config.listen, "listen").await?;
     let ops_listener = bind(&config.ops_listen, "ops_listen").await?;
+    let index_listeners =
+        index_listeners::bind(config).await.map_err(|(key, addr, source)| StartError::Bind { key, addr, source })?;
     let listen = proxy_listener.local_addr().expect("a bound listener has an address");
     let ops_addr = ops_listener.local_addr().expect("a bound listener has an address");
 
@@ -200,15 +205,13 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
         config.policy.clone(),
         keys.clone(),
     );
+    let (stop_proxy, stop_ops) = (Trigger::default(), Trigger::default());
+    let proxy_options = proxy_options(config, &metrics);
+    let serving = (&proxy_options, &stop_proxy);
+    let indexes = index_listeners::serve(index_listeners, &proxy, keys.as_ref(), &outbound, config, serving);
     let quit = Trigger::default();
-    let ops = Ops::new(
-        tokens.clone(),
-        keys.clone(),
-        metrics.clone(),
-        credentials.clone(),
-        config.upstream.url.to_string(),
-        quit.clone(),
-    );
+    let sources = (tokens.clone(), keys.clone(), indexes.hosts.clone());
+    let ops = Ops::new(sources, metrics.clone(), credentials.clone(), config.upstream.url.to_string(), quit.clone());
 
     let background = Trigger::default();
     let refresher_task = tokio::spawn(refresher.run(background.wait()));
@@ -216,8 +219,6 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     let stop_keeper = Trigger::default();
     let keeper_task = keeper.map(|(_, keeper)| tokio::spawn(keeper.run(stop_keeper.wait(), config.shutdown.grace)));
 
-    let (stop_proxy, stop_ops) = (Trigger::default(), Trigger::default());
-    let proxy_options = proxy_options(config, &metrics);
     let ops_options = ops_options(&proxy_options.limits);
     let proxy_task =
         tokio::spawn(serve::serve("proxy", proxy_listener, move |_| proxy.clone(), stop_proxy.wait(), proxy_options));
@@ -231,6 +232,7 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
         grace: config.shutdown.grace,
         stop_proxy,
         proxy: proxy_task,
+        indexes: indexes.tasks,
         stop_keeper,
         keeper: keeper_task,
         stop_ops,
@@ -239,7 +241,7 @@ pub async fn start(config: &Config, credentials: Credentials) -> Result<Running,
     };
     let task = tokio::spawn(sequence.run(quit.wait()));
 
-    Ok(Running { listen, ops: ops_addr, tokens, keys, metrics, credentials, quit, task })
+    Ok(Running { listen, ops: ops_addr, indexes: indexes.addrs, tokens, keys, metrics, credentials, quit, task })
 }
 
 /// The line that says the proxy started, with the addresses it bound (tests read them
@@ -276,6 +278,8 @@ struct Shutdown {
     grace: Duration,
     stop_proxy: Trigger,
     proxy: JoinHandle<()>,
+    /// The index listeners, which drain with the proxy.
+    indexes: Vec<JoinHandle<()>>,
     /// The managed key's keeper, which deletes its keys when stopped.
     stop_keeper: Trigger,
     keeper: Option<JoinHandle<()>>,
@@ -301,6 +305,9 @@ impl Shutdown {
         let draining = tokio::time::Instant::now();
         self.stop_proxy.fire();
         let _ = self.proxy.await;
+        for index in self.indexes {
+            let _ = index.await;
+        }
         self.stop_keeper.fire();
         if let Some(keeper) = self.keeper {
             let left = self.grace.saturating_sub(draining.elapsed()).max(KEY_DELETE_AT_LEAST);

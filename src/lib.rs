@@ -20,6 +20,8 @@
 //! - [`policy`]: the `[policy]` that narrows what the proxy forwards.
 //! - [`replay`]: request bodies kept in memory for one replay after an upstream 401.
 //! - [`ops`]: health, readiness, startup, metrics, status and quit endpoints.
+//! - [`index_listeners`]: one listener per index (`[indexes]`), its data plane.
+//! - [`api_key`]: the managed API key: minted, rotated, shared by a fleet, deleted.
 //! - [`metrics`]: the one `Metrics` struct that owns the Prometheus registry.
 //! - [`net`]: addresses (`Listen`) and the loopback rules, one of each.
 //! - [`serve`]: listeners (TCP, Unix), the accept loop, graceful shutdown.
@@ -43,7 +45,7 @@
 //! 4. engines: `token`, `admission`
 //! 5. on the token engine: `api_key`
 //! 6. services and serving: `proxy`, `serve`
-//! 7. what serves: `ops`, `fake`
+//! 7. what serves: `ops`, `fake`, `index_listeners`
 //! 8. the wiring: `app`
 
 pub(crate) mod admission;
@@ -53,6 +55,7 @@ pub mod body;
 pub mod config;
 pub mod credentials;
 pub mod fake;
+pub(crate) mod index_listeners;
 pub(crate) mod limits;
 pub mod logging;
 pub mod metrics;
@@ -99,6 +102,7 @@ mod layers {
         ("serve", 6),
         ("ops", 7),
         ("fake", 7),
+        ("index_listeners", 7),
         ("app", 8),
     ];
 

@@ -11,6 +11,7 @@ use crate::api_key::source::KeySource;
 use crate::body::{Body, full};
 use crate::credentials::Credentials;
 use crate::metrics::Metrics;
+use crate::proxy::index_host::IndexHost;
 use crate::serve::Trigger;
 use crate::token::TokenSource;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -31,6 +32,7 @@ pub(crate) struct Ops {
 struct Inner {
     tokens: TokenSource,
     keys: Option<KeySource>,
+    indexes: Vec<IndexHost>,
     metrics: Arc<Metrics>,
     credentials: Credentials,
     upstream: String,
@@ -38,15 +40,16 @@ struct Inner {
 }
 
 impl Ops {
+    /// `sources`: the token engine, the managed key and the index hosts whose state the
+    /// endpoints show.
     pub(crate) fn new(
-        tokens: TokenSource,
-        keys: Option<KeySource>,
+        (tokens, keys, indexes): (TokenSource, Option<KeySource>, Vec<IndexHost>),
         metrics: Arc<Metrics>,
         credentials: Credentials,
         upstream: String,
         quit: Trigger,
     ) -> Self {
-        Self { inner: Arc::new(Inner { tokens, keys, metrics, credentials, upstream, quit }), peer: None }
+        Self { inner: Arc::new(Inner { tokens, keys, indexes, metrics, credentials, upstream, quit }), peer: None }
     }
 
     /// The same service, for a connection from `peer`.
@@ -92,7 +95,16 @@ impl Ops {
     /// usable managed key.
     fn not_ready_reason(&self) -> Option<String> {
         let inner = &self.inner;
-        inner.tokens.not_ready_reason().or_else(|| inner.keys.as_ref()?.not_ready_reason())
+        let index = || {
+            let waiting = inner.indexes.iter().find(|i| !i.ready())?;
+            let status = waiting.status();
+            Some(format!(
+                "the host of index {} is not known yet{}",
+                status.name,
+                status.last_error.map(|e| format!(": {e}")).unwrap_or_default()
+            ))
+        };
+        inner.tokens.not_ready_reason().or_else(|| inner.keys.as_ref()?.not_ready_reason()).or_else(index)
     }
 
     fn startup(&self) -> Response<Body> {
@@ -131,6 +143,7 @@ impl Ops {
                 "upstream": inner.upstream,
                 "token": inner.tokens.snapshot(),
                 "api_key": inner.keys.as_ref().map(KeySource::snapshot),
+                "indexes": inner.indexes.iter().map(IndexHost::status).collect::<Vec<_>>(),
                 "credentials": {
                     "source": inner.credentials.describe(),
                     "generation": credentials.generation,

@@ -10,6 +10,8 @@ mod binary;
 mod config_files;
 #[path = "tests/control_plane.rs"]
 mod control_plane;
+#[path = "tests/data_plane.rs"]
+mod data_plane;
 #[path = "tests/errors.rs"]
 mod errors;
 #[path = "tests/fake_api.rs"]

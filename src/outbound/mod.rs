@@ -110,9 +110,16 @@ impl Outbound {
         if let Some(pool) = pools.get(&(scheme.clone(), authority.clone())) {
             return Ok(pool.clone());
         }
-        let pool = Pool::new(scheme, authority, &self.settings)?;
+        let pool = Pool::new(scheme, authority, &self.settings, false)?;
         pools.insert((scheme.clone(), authority.clone()), pool.clone());
         Ok(pool)
+    }
+
+    /// The pool of an index host's data plane: HTTP/2 by ALPN over TLS, and HTTP/2 with
+    /// prior knowledge (h2c) over plain TCP (a loopback fake), since gRPC needs HTTP/2. Not
+    /// shared with [`Outbound::pool`]'s.
+    pub(crate) fn data_pool(&self, scheme: &Scheme, authority: &Authority) -> Result<Pool, rustls::Error> {
+        Pool::new(scheme, authority, &self.settings, true)
     }
 
     /// Sends a request to the host its absolute URI names, and returns the response

@@ -112,8 +112,15 @@ enum Conn {
 }
 
 impl Pool {
-    /// The pool of `authority` over `scheme`, with the stack's settings.
-    pub(super) fn new(scheme: &Scheme, authority: &Authority, settings: &Settings) -> Result<Self, rustls::Error> {
+    /// The pool of `authority` over `scheme`, with the stack's settings. `h2c`: over plain
+    /// TCP, speak HTTP/2 with prior knowledge instead of HTTP/1.1 (a loopback index host's
+    /// data plane, whose gRPC needs HTTP/2; over TLS, ALPN decides anyway).
+    pub(super) fn new(
+        scheme: &Scheme,
+        authority: &Authority,
+        settings: &Settings,
+        h2c: bool,
+    ) -> Result<Self, rustls::Error> {
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
         let https = *scheme == Scheme::HTTPS;
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -129,8 +136,12 @@ impl Pool {
                 host_header: HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header"),
                 host,
                 port,
-                // Plain TCP is HTTP/1.1: we never send h2c upstream.
-                protocol: AtomicU8::new(if https { UNKNOWN } else { HTTP1 }),
+                // Plain TCP is HTTP/1.1, unless the pool is for h2c.
+                protocol: AtomicU8::new(match (https, h2c) {
+                    (true, _) => UNKNOWN,
+                    (false, true) => HTTP2,
+                    (false, false) => HTTP1,
+                }),
                 tls,
                 scheme: scheme.clone(),
                 authority: authority.clone(),
@@ -307,6 +318,10 @@ impl Pool {
         };
         let tcp = self.tcp().await.map_err(SendError::Unreachable)?;
         let Some((connector, name)) = &inner.tls else {
+            if inner.protocol.load(Ordering::Acquire) == HTTP2 {
+                tracing::debug!(host = %inner.authority, protocol = "h2c", "outbound connection opened");
+                return self.handshake_h2(tcp, slot).await;
+            }
             tracing::debug!(host = %inner.authority, protocol = "http/1.1", "outbound connection opened");
             return handshake_h1(tcp, slot).await;
         };
@@ -322,10 +337,18 @@ impl Pool {
             return handshake_h1(tls, slot).await;
         }
         inner.protocol.store(HTTP2, Ordering::Release);
+        self.handshake_h2(tls, slot).await
+    }
+
+    /// An HTTP/2 connection over `io` (TLS, or plain TCP for h2c), shared from then on.
+    async fn handshake_h2<T>(&self, io: T, slot: OwnedSemaphorePermit) -> Result<Conn, SendError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(H2_KEEP_ALIVE)
-            .handshake(TokioIo::new(tls))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| SendError::Unreachable(error_chain(&e)))?;
         tokio::spawn(async move {
@@ -334,7 +357,7 @@ impl Pool {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        *inner.h2.lock() = Some(sender.clone());
+        *self.inner.h2.lock() = Some(sender.clone());
         Ok(Conn::H2(sender))
     }
 
@@ -528,7 +551,7 @@ mod tests {
 
     fn pool(url: &str, settings: &Settings) -> Pool {
         let uri: Uri = url.parse().unwrap();
-        Pool::new(uri.scheme().unwrap(), uri.authority().unwrap(), settings).unwrap()
+        Pool::new(uri.scheme().unwrap(), uri.authority().unwrap(), settings, false).unwrap()
     }
 
     async fn get(pool: &Pool, path: &str) {

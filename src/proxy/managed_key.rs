@@ -1,19 +1,66 @@
-//! Control-plane requests with the managed API key (`[api_key]`): the key in `Api-Key`
-//! (the client's `Api-Key` and `Authorization` out), a wait of at most `token.timeout`
-//! while none is usable (then `503 api_key_unavailable`), and after a `401` one new key for
-//! every request that saw the old one rejected and one replay.
+//! Requests with the managed API key (`[api_key]`): control-plane requests on `listen`, and
+//! every request on an index's listener (its data plane, on the index's own host). The key
+//! goes in `Api-Key` (the client's `Api-Key` and `Authorization` out), a wait of at most
+//! `token.timeout` while none is usable (then `503 api_key_unavailable`), and after a `401`
+//! one new key for every request that saw the old one rejected and one replay.
 
 use super::error::ProxyError;
 use super::headers::rewrite_key_headers;
+use super::index_host::IndexHost;
 use super::{Outcome, Proxy, Renewed, finish};
 use crate::api_key::source::KeySource;
 use crate::body::{Body, BoxError};
+use crate::outbound::Pool;
 use bytes::Bytes;
-use http::{Response, StatusCode, Version};
+use http::uri::PathAndQuery;
+use http::{Response, StatusCode, Uri, Version};
 
 impl Proxy {
+    /// A control-plane request on `listen`: to `upstream.url`.
     pub(super) async fn forward_managed_key<'p, B>(
         &'p self,
+        mut parts: http::request::Parts,
+        body: B,
+        keys: &KeySource,
+        outcome: &mut Outcome<'p>,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        let pool = self.inner.upstream.clone();
+        self.forward_with_key(&pool, parts, body, keys, outcome).await
+    }
+
+    /// A request on an index's listener: to the index's host, its path and query as they
+    /// came. A host that cannot be reached is looked up again for the next request.
+    pub(super) async fn forward_index<'p, B>(
+        &'p self,
+        mut parts: http::request::Parts,
+        body: B,
+        (keys, host): (&KeySource, &IndexHost),
+        outcome: &mut Outcome<'p>,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let pool = host.pool().await.map_err(|e| {
+            ProxyError::UpstreamUnreachable(format!("the host of index {} is not known: {e}", host.name()))
+        })?;
+        let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(pq);
+        let result = self.forward_with_key(&pool, parts, body, keys, outcome).await;
+        if let Err(ProxyError::UpstreamUnreachable(_)) = &result {
+            host.forget();
+        }
+        result
+    }
+
+    async fn forward_with_key<'p, B>(
+        &'p self,
+        pool: &Pool,
         mut parts: http::request::Parts,
         body: B,
         keys: &KeySource,
@@ -26,10 +73,10 @@ impl Proxy {
         let inner = &self.inner;
         let key = keys.get().await.map_err(|e| ProxyError::ApiKeyUnavailable { retry_after: e.retry_after })?;
         outcome.key = Some(key.clone());
-        parts.uri = self.upstream_uri(&parts.uri)?;
-        parts.version = Version::HTTP_11;
+        // HTTP/1.1 or HTTP/2 as the pool's connection speaks: the data plane's gRPC is HTTP/2.
+        parts.version = if parts.version == Version::HTTP_2 { Version::HTTP_2 } else { Version::HTTP_11 };
         rewrite_key_headers(&mut parts.headers, key.header(), &inner.api_version, inner.override_api_version);
-        let (response, replay) = self.send_replayable(parts, body).await?;
+        let (response, replay) = self.send_replayable(pool, parts, body).await?;
         outcome.upstream_status = Some(response.status().as_u16());
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(finish(response));
@@ -40,10 +87,10 @@ impl Proxy {
             tracing::warn!(
                 id = %key.id,
                 fingerprint = %key.fingerprint,
-                "the control plane answered 401 to the managed API key; replacing it",
+                "the control or data plane answered 401 to the managed API key; replacing it",
             );
         }
         let renew = async { keys.newer_than(key.generation).await.ok().map(Renewed::Key) };
-        Box::pin(self.replay(response, replay, outcome, renew)).await
+        Box::pin(self.replay(pool, response, replay, outcome, renew)).await
     }
 }

@@ -16,6 +16,7 @@
 
 mod error;
 mod headers;
+pub(crate) mod index_host;
 mod key_project;
 mod lines;
 mod managed_key;
@@ -42,6 +43,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
+use index_host::IndexHost;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -74,6 +76,8 @@ struct Inner {
     policy: Option<Policy>,
     /// The managed key for control-plane routes; `None` without `[api_key]`.
     keys: Option<KeySource>,
+    /// On an index's listener: the index's host, where every request goes.
+    index: Option<IndexHost>,
     /// API key id → its project, as `fetch_api_key` said (a key never changes project), or
     /// why it could not be had, or the lookup under way.
     key_projects: key_project::KeyProjects,
@@ -139,6 +143,32 @@ impl Proxy {
                 body_read_timeout: limits.body_read_timeout,
                 policy,
                 keys,
+                index: None,
+                key_projects: key_project::KeyProjects::default(),
+            }),
+        }
+    }
+
+    /// The same proxy (metrics, limits, replay budget, policy, managed key) for an index's
+    /// listener: every request goes to `host`.
+    pub(crate) fn for_index(&self, host: IndexHost) -> Self {
+        let i = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                upstream: i.upstream.clone(),
+                tokens: i.tokens.clone(),
+                metrics: i.metrics.clone(),
+                authority: i.authority.clone(),
+                base_path: i.base_path.clone(),
+                api_version: i.api_version.clone(),
+                override_api_version: i.override_api_version,
+                timeout: i.timeout,
+                replay_limit: i.replay_limit,
+                replay_budget: i.replay_budget.clone(),
+                body_read_timeout: i.body_read_timeout,
+                policy: i.policy.clone(),
+                keys: i.keys.clone(),
+                index: Some(host),
                 key_projects: key_project::KeyProjects::default(),
             }),
         }
@@ -190,7 +220,8 @@ impl Proxy {
         let inner = &self.inner;
         let (mut parts, body) = request.into_parts();
         self.check_target(&parts.method, &parts.uri, parts.version)?;
-        if parts.method == Method::POST && parts.uri.path() == "/oauth/token" {
+        let index = inner.index.is_some();
+        if !index && parts.method == Method::POST && parts.uri.path() == "/oauth/token" {
             return Box::pin(token_shim(body, inner.body_read_timeout)).await;
         }
         if let Some(policy) = &inner.policy {
@@ -206,6 +237,9 @@ impl Proxy {
             }
         }
 
+        if let (Some(host), Some(keys)) = (&inner.index, &inner.keys) {
+            return Box::pin(self.forward_index(parts, body, (keys, host), outcome)).await;
+        }
         if resolved.route().is_some_and(|r| r.plane == Plane::Control) {
             return match &inner.keys {
                 Some(keys) => Box::pin(self.forward_managed_key(parts, body, keys, outcome)).await,
@@ -223,7 +257,7 @@ impl Proxy {
             &inner.api_version,
             inner.override_api_version,
         );
-        let (response, replay) = self.send_replayable(parts, body).await?;
+        let (response, replay) = self.send_replayable(&inner.upstream, parts, body).await?;
         outcome.upstream_status = Some(response.status().as_u16());
         if response.status() != StatusCode::UNAUTHORIZED || !admin_route {
             // A 401 outside the Admin API (the control plane's `Invalid API key` for a
@@ -236,7 +270,7 @@ impl Proxy {
         inner.metrics.upstream_unauthorized.inc();
         inner.tokens.invalidate(token.generation);
         let renew = async { inner.tokens.newer_than(token.generation).await.ok().map(Renewed::Token) };
-        Box::pin(self.replay(response, replay, outcome, renew)).await
+        Box::pin(self.replay(&inner.upstream, response, replay, outcome, renew)).await
     }
 
     /// Sends a request whose body is kept for a replay if it may be (within
@@ -244,6 +278,7 @@ impl Proxy {
     /// the response and what a replay needs.
     async fn send_replayable<B>(
         &self,
+        pool: &Pool,
         parts: http::request::Parts,
         body: B,
     ) -> Result<(Response<Body>, Kept), ProxyError>
@@ -263,7 +298,7 @@ impl Proxy {
         // What a replay needs of the request; the headers are copied only if the body
         // could be replayed at all.
         let replay = kept.map(|kept| (parts.method.clone(), parts.uri.clone(), parts.headers.clone(), kept));
-        let response = self.send_streaming(Request::from_parts(parts, body), streaming).await.map_err(|e| {
+        let response = self.send_on(pool, Request::from_parts(parts, body), streaming).await.map_err(|e| {
             if stalled.load(Ordering::Relaxed) { ProxyError::BodyTimeout(inner.body_read_timeout) } else { e }
         })?;
         Ok((response, replay))
@@ -342,6 +377,7 @@ impl Proxy {
     /// to the client: the credential was just made, and another would only spend a quota.
     async fn replay(
         &self,
+        pool: &Pool,
         response: Response<Body>,
         replay: Kept,
         outcome: &mut Outcome<'_>,
@@ -380,7 +416,7 @@ impl Proxy {
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
         outcome.replayed = true;
-        let response = self.send(request).await?;
+        let response = self.send_on(pool, request, false).await?;
         outcome.upstream_status = Some(response.status().as_u16());
         if response.status() == StatusCode::UNAUTHORIZED {
             if token {
@@ -400,8 +436,18 @@ impl Proxy {
 
     /// [`Proxy::send`] for a request whose body may stream from the client.
     async fn send_streaming(&self, request: Request<Body>, streaming: bool) -> Result<Response<Body>, ProxyError> {
+        self.send_on(&self.inner.upstream, request, streaming).await
+    }
+
+    /// Sends one request on `pool` (the API's, or an index host's).
+    async fn send_on(
+        &self,
+        pool: &Pool,
+        request: Request<Body>,
+        streaming: bool,
+    ) -> Result<Response<Body>, ProxyError> {
         let inner = &self.inner;
-        inner.upstream.send(request, inner.timeout, streaming).await.map_err(|e| match e {
+        pool.send(request, inner.timeout, streaming).await.map_err(|e| match e {
             SendError::Timeout => ProxyError::UpstreamTimeout(inner.timeout),
             SendError::Unreachable(e) => ProxyError::UpstreamUnreachable(e),
         })

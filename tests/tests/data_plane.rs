@@ -1,0 +1,145 @@
+//! The data plane through the sidecar (`[indexes]`): each index's listener forwards to the
+//! index's host (found with `describe_index`), with the managed key in `api-key` and never
+//! the client's, REST bodies both ways; `/readyz` waits for the host and `/status` shows it.
+
+use crate::support::*;
+use http::{Method, Request, StatusCode};
+use pinecone_admin_proxy::app::Running;
+use pinecone_admin_proxy::body::{empty, full};
+use pinecone_admin_proxy::fake::FakePinecone;
+use serde_json::json;
+
+/// Creates the index `name` in the fake's project, through a proxy with a managed key that
+/// may.
+async fn create_index(fake: &FakePinecone, name: &str, dimension: u32) {
+    let project = fake.state().project_id();
+    let env = [
+        ("PINECONE_PROXY_API_KEY_PROJECT_ID", project.as_str()),
+        ("PINECONE_PROXY_API_KEY_ROLES", "ControlPlaneEditor"),
+    ];
+    let admin = proxy_for(fake, &env).await;
+    let body = json!({"name": name, "dimension": dimension, "metric": "cosine", "spec": {"serverless": {"cloud": "aws", "region": "us-east-1"}}});
+    let (status, _, text) = TestClient::default().post(&url(&admin, "/indexes"), &body.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&text));
+    admin.shutdown();
+    admin.wait().await;
+}
+
+/// A proxy with a managed key (the default roles) and a listener for `docs`, ready.
+async fn with_docs(fake: &FakePinecone) -> (Running, String) {
+    let project = fake.state().project_id();
+    let env = [("PINECONE_PROXY_API_KEY_PROJECT_ID", project.as_str()), ("PINECONE_PROXY_INDEXES", "docs=127.0.0.1:0")];
+    let proxy = proxy_for(fake, &env).await;
+    let ops = proxy.ops.tcp();
+    assert!(
+        pinecone_admin_proxy::wait::wait_ready(ops, std::time::Duration::from_secs(10)).await,
+        "ready once the host is found"
+    );
+    let base = format!("http://{}", proxy.indexes[0].1.tcp());
+    (proxy, base)
+}
+
+fn request(method: Method, base: &str, path: &str, body: &str) -> Request<pinecone_admin_proxy::body::Body> {
+    Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header("api-key", "unused")
+        .header("content-type", "application/json")
+        .body(if body.is_empty() { empty() } else { full(body.to_owned()) })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn rest_goes_to_the_index_host_with_the_managed_key() {
+    let fake = fake(3600).await;
+    create_index(&fake, "docs", 2).await;
+    let (proxy, base) = with_docs(&fake).await;
+    fake.state().set_recording(true);
+    let client = TestClient::default();
+    let upsert =
+        json!({"vectors": [{"id": "a", "values": [1.0, 0.0]}, {"id": "b", "values": [0.0, 1.0]}], "namespace": "n"});
+    let (status, _, body) =
+        collect(client.send(request(Method::POST, &base, "/vectors/upsert", &upsert.to_string())).await).await;
+    assert_eq!((status, json(&body)["upsertedCount"].as_u64()), (StatusCode::OK, Some(2)));
+    let query = json!({"vector": [0.9, 0.1], "topK": 1, "namespace": "n"});
+    let (status, _, body) =
+        collect(client.send(request(Method::POST, &base, "/query", &query.to_string())).await).await;
+    assert_eq!((status, json(&body)["matches"][0]["id"].as_str()), (StatusCode::OK, Some("a")));
+    let (status, _, body) =
+        collect(client.send(request(Method::GET, &base, "/vectors/fetch?ids=b&namespace=n", "")).await).await;
+    assert_eq!((status, &json(&body)["vectors"]["b"]["values"]), (StatusCode::OK, &json!([0.0, 1.0])));
+
+    let key = proxy.keys.as_ref().unwrap().current().unwrap();
+    let data: Vec<_> = fake.state().recorded().into_iter().filter(|r| !r.target.starts_with("/indexes")).collect();
+    assert_eq!(data.len(), 3);
+    for r in &data {
+        assert_eq!(
+            r.headers.get_all("api-key").iter().collect::<Vec<_>>(),
+            [key.header().to_str().unwrap()],
+            "{}",
+            r.target
+        );
+        assert_eq!(r.headers["x-pinecone-api-version"], "2025-10");
+    }
+    let (_, _, status) = client.get(&ops_url(&proxy, "/status")).await;
+    let index = &json(&status)["indexes"][0];
+    assert_eq!(index["name"], "docs");
+    assert!(index["host"].as_str().unwrap().starts_with("127.0.0.1:"), "{index}");
+    let (_, _, metrics) = client.get(&ops_url(&proxy, "/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics);
+    assert!(
+        text.contains(r#"pinecone_proxy_requests_total{code="200",method="POST",operation="upsertVectors"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_key_on_the_data_plane_is_replaced_and_the_upsert_replayed() {
+    let fake = fake(3600).await;
+    create_index(&fake, "docs", 2).await;
+    let (proxy, base) = with_docs(&fake).await;
+    let first = proxy.keys.as_ref().unwrap().current().unwrap();
+    assert!(fake.state().revoke_api_key(&first.id));
+    let upsert = json!({"vectors": [{"id": "a", "values": [1.0, 0.0]}]});
+    let (status, _, _) =
+        collect(TestClient::default().send(request(Method::POST, &base, "/vectors/upsert", &upsert.to_string())).await)
+            .await;
+    assert_eq!(status, StatusCode::OK, "replayed with the new key");
+    assert_eq!(proxy.keys.as_ref().unwrap().current().unwrap().generation, 2);
+    let (_, _, body) =
+        collect(TestClient::default().send(request(Method::POST, &base, "/describe_index_stats", "{}")).await).await;
+    assert_eq!(json(&body)["totalVectorCount"], 1, "upserted once");
+}
+
+#[tokio::test]
+async fn readyz_waits_for_the_index_host() {
+    let fake = fake(3600).await;
+    let project = fake.state().project_id();
+    let env =
+        [("PINECONE_PROXY_API_KEY_PROJECT_ID", project.as_str()), ("PINECONE_PROXY_INDEXES", "missing=127.0.0.1:0")];
+    let proxy = proxy_for(&fake, &env).await;
+    proxy.keys.as_ref().unwrap().get().await.unwrap();
+    let mut changed = fake.state().subscribe();
+    // Until the lookup has been answered (404): then /readyz says why.
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let (status, _, body) = TestClient::default().get(&ops_url(&proxy, "/readyz")).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            let reason = json(&body)["reason"].as_str().unwrap().to_owned();
+            if reason.contains("404") {
+                return reason;
+            }
+            changed.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the lookup is answered");
+    assert!(reason.contains("index missing"), "{reason}");
+    let (status, _, body) = collect(
+        TestClient::default()
+            .send(request(Method::POST, &format!("http://{}", proxy.indexes[0].1.tcp()), "/query", "{}"))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{}", String::from_utf8_lossy(&body));
+}
