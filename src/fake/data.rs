@@ -29,6 +29,9 @@ use std::time::Duration;
 const READERS: [&str; 4] = ["ProjectEditor", "ProjectViewer", "DataPlaneEditor", "DataPlaneViewer"];
 const WRITERS: [&str; 2] = ["ProjectEditor", "DataPlaneEditor"];
 
+/// A query's match: id, score, values, metadata.
+pub(crate) type Match = (String, f64, Vec<f64>, Option<Value>);
+
 /// One stored vector.
 #[derive(Debug, Clone)]
 struct Stored {
@@ -91,16 +94,27 @@ pub(crate) fn start(
     Ok(DataServer { addr, vectors, stop })
 }
 
-/// One index's data-plane service.
+/// One index's data-plane service: REST, and gRPC ([`super::grpc`]) for requests of
+/// content type `application/grpc`.
 #[derive(Debug, Clone)]
-struct DataService {
-    state: Arc<State>,
+pub(crate) struct DataService {
+    pub(crate) state: Arc<State>,
     project: String,
     index: String,
 }
 
 impl DataService {
     async fn handle(self, request: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+        let grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            self.state.data_requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (parts, body) = request.into_parts();
+            self.state.record(&parts, &[]);
+            return Ok(super::grpc::handle(self, Request::from_parts(parts, body)).await);
+        }
         let (parts, body) = request.into_parts();
         let body = body.collect().await?.to_bytes();
         self.state.data_requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -110,16 +124,13 @@ impl DataService {
 
     fn answer(&self, parts: &Parts, body: &Bytes) -> Response<Body> {
         let mut data = self.state.data.lock();
-        let presented = parts.headers.get("api-key").and_then(|v| v.to_str().ok());
-        let key = presented.and_then(|value| data.key_of_value(value)).filter(|(project, _)| *project == self.project);
-        let Some((_, roles)) = key else {
-            self.state.data_unauthorized.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            return super::control::invalid_api_key();
-        };
         let write = parts.uri.path() == "/vectors/upsert" || parts.uri.path() == "/vectors/delete";
-        let needed: &[&str] = if write { &WRITERS } else { &READERS };
-        if !roles.iter().any(|r| needed.contains(&r.as_str())) {
-            return error(StatusCode::FORBIDDEN, "FORBIDDEN", "The API key's roles do not allow this operation.");
+        match self.authorize(&data, &parts.headers, write) {
+            Err(Denied::Unauthenticated) => return super::control::invalid_api_key(),
+            Err(Denied::Forbidden) => {
+                return error(StatusCode::FORBIDDEN, "FORBIDDEN", "The API key's roles do not allow this operation.");
+            }
+            Ok(()) => {}
         }
         let Some(server) = data.data_servers.get_mut(&(self.project.clone(), self.index.clone())) else {
             return error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("Index {} not found", self.index));
@@ -138,30 +149,101 @@ impl DataService {
     }
 }
 
+/// Why a data-plane request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Denied {
+    /// No key, a bad or deleted key, another project's key: 401 (gRPC 16).
+    Unauthenticated,
+    /// A key whose roles do not cover the operation: 403 (gRPC 7).
+    Forbidden,
+}
+
+impl DataService {
+    /// Whether the `api-key` in `headers` (gRPC metadata are headers too) may read, or
+    /// `write`, this index's vectors.
+    pub(crate) fn authorize(&self, data: &super::Data, headers: &http::HeaderMap, write: bool) -> Result<(), Denied> {
+        let presented = headers.get("api-key").and_then(|v| v.to_str().ok());
+        let key = presented.and_then(|value| data.key_of_value(value)).filter(|(project, _)| *project == self.project);
+        let Some((_, roles)) = key else {
+            self.state.data_unauthorized.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(Denied::Unauthenticated);
+        };
+        let needed: &[&str] = if write { &WRITERS } else { &READERS };
+        if roles.iter().any(|r| needed.contains(&r.as_str())) { Ok(()) } else { Err(Denied::Forbidden) }
+    }
+
+    /// This index's vectors, under the fake's lock.
+    pub(crate) fn with_vectors<T>(&self, f: impl FnOnce(&mut Vectors) -> T) -> Option<T> {
+        let mut data = self.state.data.lock();
+        data.data_servers.get_mut(&(self.project.clone(), self.index.clone())).map(|s| f(&mut s.vectors))
+    }
+}
+
 impl Vectors {
+    /// Stores `items` (id, values, metadata) in `namespace`: how many, or why not.
+    pub(crate) fn put(
+        &mut self,
+        namespace: &str,
+        items: Vec<(String, Vec<f64>, Option<Value>)>,
+    ) -> Result<usize, String> {
+        if let Some((_, values, _)) = items.iter().find(|(_, v, _)| self.dimension.is_some_and(|d| d != v.len())) {
+            let index = self.dimension.unwrap_or(0);
+            return Err(format!("Vector dimension {} does not match the dimension of the index {index}", values.len()));
+        }
+        let count = items.len();
+        let stored = self.namespaces.entry(namespace.to_owned()).or_default();
+        stored.extend(items.into_iter().map(|(id, values, metadata)| (id, Stored { values, metadata })));
+        Ok(count)
+    }
+
+    /// The `top_k` nearest of `namespace` to `vector` (or to the vector stored as `id`):
+    /// id, score, values, metadata.
+    pub(crate) fn nearest(
+        &self,
+        namespace: &str,
+        vector: Option<Vec<f64>>,
+        id: Option<&str>,
+        top_k: usize,
+    ) -> Result<Vec<Match>, String> {
+        let empty = BTreeMap::new();
+        let stored = self.namespaces.get(namespace).unwrap_or(&empty);
+        let by_id = id.and_then(|id| stored.get(id)).map(|s| s.values.clone());
+        let vector = vector.or(by_id).ok_or("Either vector or id is required.")?;
+        let mut scored: Vec<(f64, &String, &Stored)> =
+            stored.iter().map(|(id, s)| (score(&self.metric, &vector, &s.values), id, s)).collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        Ok(scored
+            .into_iter()
+            .take(top_k)
+            .map(|(sc, id, s)| (id.clone(), sc, s.values.clone(), s.metadata.clone()))
+            .collect())
+    }
+
+    /// The stored vectors of `ids` in `namespace`.
+    pub(crate) fn get(&self, namespace: &str, ids: &[String]) -> Vec<(String, Vec<f64>, Option<Value>)> {
+        let Some(stored) = self.namespaces.get(namespace) else { return Vec::new() };
+        ids.iter().filter_map(|id| stored.get(id).map(|s| (id.clone(), s.values.clone(), s.metadata.clone()))).collect()
+    }
+
+    /// Vectors by namespace, the dimension and the metric.
+    pub(crate) fn counts(&self) -> (Vec<(String, usize)>, Option<usize>, &str) {
+        (self.namespaces.iter().map(|(ns, v)| (ns.clone(), v.len())).collect(), self.dimension, &self.metric)
+    }
+
     fn upsert(&mut self, request: &Value) -> Response<Body> {
         let Some(items) = request["vectors"].as_array() else { return invalid("vectors must be a list.") };
-        let namespace = request["namespace"].as_str().unwrap_or("").to_owned();
         let mut parsed = Vec::with_capacity(items.len());
         for item in items {
             let (Some(id), Some(values)) = (item["id"].as_str(), item["values"].as_array()) else {
                 return invalid("Each vector needs an id and values.");
             };
             let values: Vec<f64> = values.iter().filter_map(Value::as_f64).collect();
-            if self.dimension.is_some_and(|d| d != values.len()) {
-                let message = format!(
-                    "Vector dimension {} does not match the dimension of the index {}",
-                    values.len(),
-                    self.dimension.unwrap_or(0)
-                );
-                return invalid(&message);
-            }
-            let metadata = item.get("metadata").filter(|m| m.is_object()).cloned();
-            parsed.push((id.to_owned(), Stored { values, metadata }));
+            parsed.push((id.to_owned(), values, item.get("metadata").filter(|m| m.is_object()).cloned()));
         }
-        let count = parsed.len();
-        self.namespaces.entry(namespace).or_default().extend(parsed);
-        json(StatusCode::OK, &json!({ "upsertedCount": count }))
+        match self.put(request["namespace"].as_str().unwrap_or(""), parsed) {
+            Ok(count) => json(StatusCode::OK, &json!({ "upsertedCount": count })),
+            Err(message) => invalid(&message),
+        }
     }
 
     fn query(&self, request: &Value) -> Response<Body> {
@@ -169,27 +251,22 @@ impl Vectors {
             return invalid("The fake Pinecone does not evaluate metadata filters.");
         }
         let namespace = request["namespace"].as_str().unwrap_or("");
-        let empty = BTreeMap::new();
-        let stored = self.namespaces.get(namespace).unwrap_or(&empty);
-        let by_id = request["id"].as_str().and_then(|id| stored.get(id)).map(|s| s.values.clone());
-        let vector: Option<Vec<f64>> =
-            request["vector"].as_array().map(|v| v.iter().filter_map(Value::as_f64).collect()).or(by_id);
-        let Some(vector) = vector else { return invalid("Either vector or id is required.") };
+        let vector = request["vector"].as_array().map(|v| v.iter().filter_map(Value::as_f64).collect());
         let top_k = request["topK"].as_u64().unwrap_or(10) as usize;
+        let found = match self.nearest(namespace, vector, request["id"].as_str(), top_k) {
+            Ok(found) => found,
+            Err(message) => return invalid(&message),
+        };
         let (values, metadata) = (request["includeValues"] == true, request["includeMetadata"] == true);
-        let mut scored: Vec<(f64, &String, &Stored)> =
-            stored.iter().map(|(id, s)| (score(&self.metric, &vector, &s.values), id, s)).collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let matches: Vec<Value> = scored
+        let matches: Vec<Value> = found
             .into_iter()
-            .take(top_k)
-            .map(|(score, id, s)| {
+            .map(|(id, score, v, meta)| {
                 let mut m = json!({ "id": id, "score": score });
                 if values {
-                    m["values"] = json!(s.values);
+                    m["values"] = json!(v);
                 }
-                if let (true, Some(meta)) = (metadata, &s.metadata) {
-                    m["metadata"] = meta.clone();
+                if let (true, Some(meta)) = (metadata, meta) {
+                    m["metadata"] = meta;
                 }
                 m
             })
@@ -207,15 +284,15 @@ impl Vectors {
                 _ => {}
             }
         }
-        let found: serde_json::Map<String, Value> = ids
-            .iter()
-            .filter_map(|id| {
-                let s = self.namespaces.get(&namespace)?.get(id)?;
-                let mut v = json!({ "id": id, "values": s.values });
-                if let Some(meta) = &s.metadata {
-                    v["metadata"] = meta.clone();
+        let found: serde_json::Map<String, Value> = self
+            .get(&namespace, &ids)
+            .into_iter()
+            .map(|(id, values, metadata)| {
+                let mut v = json!({ "id": id, "values": values });
+                if let Some(meta) = metadata {
+                    v["metadata"] = meta;
                 }
-                Some((id.clone(), v))
+                (id, v)
             })
             .collect();
         json(StatusCode::OK, &json!({ "vectors": found, "namespace": namespace, "usage": { "readUnits": 1 } }))
@@ -234,9 +311,10 @@ impl Vectors {
     }
 
     fn stats(&self) -> Response<Body> {
+        let (counts, _, _) = self.counts();
+        let total: usize = counts.iter().map(|(_, n)| n).sum();
         let namespaces: serde_json::Map<String, Value> =
-            self.namespaces.iter().map(|(ns, v)| (ns.clone(), json!({ "vectorCount": v.len() }))).collect();
-        let total: usize = self.namespaces.values().map(BTreeMap::len).sum();
+            counts.into_iter().map(|(ns, n)| (ns, json!({ "vectorCount": n }))).collect();
         json(
             StatusCode::OK,
             &json!({

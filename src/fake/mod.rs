@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod control;
 pub mod data;
+pub mod grpc;
 pub mod iam;
 pub mod quota;
 pub mod token;

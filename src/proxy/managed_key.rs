@@ -15,6 +15,13 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{Response, StatusCode, Uri, Version};
 
+/// Whether an answer says the key was not taken: HTTP 401 (`Invalid API key`), or a gRPC
+/// call answered at once with status 16 `UNAUTHENTICATED` (a trailers-only response, whose
+/// status is in its headers: what a server answers before it reads a message).
+fn rejects_key(response: &Response<Body>) -> bool {
+    response.status() == StatusCode::UNAUTHORIZED || response.headers().get("grpc-status").is_some_and(|s| s == "16")
+}
+
 impl Proxy {
     /// A control-plane request on `listen`: to `upstream.url`.
     pub(super) async fn forward_managed_key<'p, B>(
@@ -78,7 +85,7 @@ impl Proxy {
         rewrite_key_headers(&mut parts.headers, key.header(), &inner.api_version, inner.override_api_version);
         let (response, replay) = self.send_replayable(pool, parts, body).await?;
         outcome.upstream_status = Some(response.status().as_u16());
-        if response.status() != StatusCode::UNAUTHORIZED {
+        if !rejects_key(&response) {
             return Ok(finish(response));
         }
         // The plane no longer takes this key (deleted, revoked): one new key for all, and

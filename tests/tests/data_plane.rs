@@ -143,3 +143,97 @@ async fn readyz_waits_for_the_index_host() {
     .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{}", String::from_utf8_lossy(&body));
 }
+
+/// One unary gRPC call over h2c: the response's HTTP status, its headers, the message (if
+/// any) and `grpc-status` (from the trailers, or from the headers of a trailers-only answer).
+async fn grpc<Q: prost::Message, R: prost::Message + Default>(
+    base: &str,
+    method: &str,
+    message: &Q,
+) -> (http::HeaderMap, Option<R>, String, Option<String>) {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, pinecone_admin_proxy::body::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let encoded = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    let request = Request::post(format!("{base}{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("api-key", "unused")
+        .body(full(frame))
+        .unwrap();
+    let response = client.request(request).await.expect("a gRPC answer");
+    let headers = response.headers().clone();
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let body = collected.to_bytes();
+    let status = trailers.get("grpc-status").or(headers.get("grpc-status")).map(|v| v.to_str().unwrap().to_owned());
+    let message = trailers.get("grpc-message").or(headers.get("grpc-message")).map(|v| v.to_str().unwrap().to_owned());
+    let decoded = (body.len() >= 5).then(|| R::decode(&body[5..]).unwrap());
+    (headers, decoded, status.unwrap_or_default(), message)
+}
+
+#[tokio::test]
+async fn grpc_goes_to_the_index_host_with_the_managed_key_and_its_status_passes_through() {
+    use pinecone_admin_proxy::fake::grpc::*;
+    let fake = fake(3600).await;
+    create_index(&fake, "docs", 2).await;
+    let (proxy, base) = with_docs(&fake).await;
+    fake.state().set_recording(true);
+    let upsert = UpsertRequest {
+        vectors: vec![
+            Vector { id: "a".into(), values: vec![1.0, 0.0] },
+            Vector { id: "b".into(), values: vec![0.0, 1.0] },
+        ],
+        namespace: "n".into(),
+    };
+    let (_, answer, status, _) = grpc::<_, UpsertResponse>(&base, "/VectorService/Upsert", &upsert).await;
+    assert_eq!((status.as_str(), answer.map(|a| a.upserted_count)), ("0", Some(2)));
+    let query = QueryRequest { namespace: "n".into(), top_k: 1, vector: vec![0.1, 0.9], ..QueryRequest::default() };
+    let (_, answer, status, _) = grpc::<_, QueryResponse>(&base, "/VectorService/Query", &query).await;
+    assert_eq!(status, "0");
+    assert_eq!(answer.unwrap().matches[0].id, "b");
+    // An error's status and message pass through untouched, in the trailers-only answer.
+    let (_, _, status, message) = grpc::<_, UpsertResponse>(&base, "/VectorService/Nothing", &query).await;
+    assert_eq!(status, "12", "UNIMPLEMENTED");
+    assert!(message.unwrap().contains("/VectorService/Nothing"));
+    let bad = UpsertRequest { vectors: vec![Vector { id: "c".into(), values: vec![1.0] }], namespace: String::new() };
+    let (_, _, status, message) = grpc::<_, UpsertResponse>(&base, "/VectorService/Upsert", &bad).await;
+    assert_eq!(status, "3", "INVALID_ARGUMENT");
+    assert!(message.unwrap().contains("dimension"));
+
+    let key = proxy.keys.as_ref().unwrap().current().unwrap();
+    let calls: Vec<_> =
+        fake.state().recorded().into_iter().filter(|r| r.target.starts_with("/VectorService/")).collect();
+    assert_eq!(calls.len(), 4);
+    for r in &calls {
+        assert_eq!(r.headers.get_all("api-key").iter().collect::<Vec<_>>(), [key.header().to_str().unwrap()]);
+        assert_eq!(r.headers["x-pinecone-api-version"], "2025-10");
+    }
+}
+
+#[tokio::test]
+async fn a_grpc_unauthenticated_replaces_the_key_and_the_call_is_replayed() {
+    use pinecone_admin_proxy::fake::grpc::*;
+    let fake = fake(3600).await;
+    create_index(&fake, "docs", 2).await;
+    let (proxy, base) = with_docs(&fake).await;
+    let first = proxy.keys.as_ref().unwrap().current().unwrap();
+    assert!(fake.state().revoke_api_key(&first.id));
+    let upsert =
+        UpsertRequest { vectors: vec![Vector { id: "a".into(), values: vec![1.0, 0.0] }], namespace: String::new() };
+    let (_, answer, status, _) = grpc::<_, UpsertResponse>(&base, "/VectorService/Upsert", &upsert).await;
+    assert_eq!((status.as_str(), answer.map(|a| a.upserted_count)), ("0", Some(1)), "replayed with the new key");
+    assert_eq!(proxy.keys.as_ref().unwrap().current().unwrap().generation, 2);
+    let (_, stats, _, _) = grpc::<_, DescribeIndexStatsResponse>(
+        &base,
+        "/VectorService/DescribeIndexStats",
+        &DescribeIndexStatsRequest {},
+    )
+    .await;
+    assert_eq!(stats.unwrap().total_vector_count, 1, "upserted once");
+}
