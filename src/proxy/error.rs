@@ -123,6 +123,48 @@ pub(crate) fn error_response(error: &ProxyError) -> Response<Body> {
     response
 }
 
+/// Whether a request is a gRPC call (`content-type: application/grpc…`).
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+impl ProxyError {
+    /// The gRPC status code a gRPC client gets for this error.
+    fn grpc_code(&self) -> u8 {
+        match self {
+            // PERMISSION_DENIED
+            ProxyError::Forbidden(_) | ProxyError::ApiKeyNotConfigured { .. } => 7,
+            // DEADLINE_EXCEEDED
+            ProxyError::UpstreamTimeout(_) | ProxyError::BodyTimeout(_) => 4,
+            // INVALID_ARGUMENT
+            ProxyError::BadRequest { .. } => 3,
+            // UNAVAILABLE: the client may try again.
+            ProxyError::TokenUnavailable { .. }
+            | ProxyError::CredentialsRejected { .. }
+            | ProxyError::UpstreamUnreachable(_)
+            | ProxyError::ApiKeyUnavailable { .. } => 14,
+        }
+    }
+}
+
+/// A [`ProxyError`] for a gRPC client: a trailers-only answer (HTTP 200, `content-type:
+/// application/grpc`, the status in `grpc-status` and the message, percent-encoded, in
+/// `grpc-message`), with `x-pinecone-proxy-error` as for REST.
+pub(crate) fn grpc_error_response(error: &ProxyError) -> Response<Body> {
+    let message = format!("pinecone-admin-proxy: {error}");
+    let encoded: String = message
+        .bytes()
+        .map(|b| if (0x20..0x7f).contains(&b) && b != b'%' { char::from(b).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    let mut response = Response::new(crate::body::empty());
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(u16::from(error.grpc_code())));
+    h.insert("grpc-message", HeaderValue::from_str(&encoded).expect("visible ASCII"));
+    h.insert(ERROR_HEADER, HeaderValue::from_static(error.reason()));
+    response
+}
+
 impl Proxy {
     /// A request the proxy answers itself: counted, logged when it is not the client's own
     /// doing (that is on its access line), and made a response.
@@ -130,7 +172,7 @@ impl Proxy {
         &self,
         error: ProxyError,
         method: &Method,
-        path: &str,
+        (path, grpc): (&str, bool),
         outcome: &mut Outcome<'_>,
     ) -> Response<Body> {
         let metrics = &self.inner.metrics;
@@ -151,7 +193,7 @@ impl Proxy {
         if !clients_doing {
             tracing::warn!(method = %method, path = %path, reason = error.reason(), error = %error, "request failed");
         }
-        let response = error_response(&error);
+        let response = if grpc { grpc_error_response(&error) } else { error_response(&error) };
         if let ProxyError::Forbidden(why) = error {
             outcome.refusal = Some(why);
         }

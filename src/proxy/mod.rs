@@ -190,10 +190,11 @@ impl Proxy {
         let uri = request.uri().clone();
         let path = uri.path();
         let resolved = crate::routes::resolve(&method, path);
+        let grpc = error::is_grpc(request.headers());
         let mut outcome = Outcome::default();
         let response = match self.forward(request, &resolved, &mut outcome).await {
             Ok(response) => response,
-            Err(error) => self.failed(error, &method, path, &mut outcome),
+            Err(error) => self.failed(error, &method, (path, grpc), &mut outcome),
         };
         let elapsed = start.elapsed();
         inner.metrics.request(&method, response.status(), resolved.operation());

@@ -237,3 +237,35 @@ async fn a_grpc_unauthenticated_replaces_the_key_and_the_call_is_replayed() {
     .await;
     assert_eq!(stats.unwrap().total_vector_count, 1, "upserted once");
 }
+
+#[tokio::test]
+async fn grpc_calls_are_named_by_their_rest_twin_and_a_refusal_is_permission_denied() {
+    use pinecone_admin_proxy::fake::grpc::*;
+    let fake = fake(3600).await;
+    create_index(&fake, "docs", 2).await;
+    let project = fake.state().project_id();
+    let env = [
+        ("PINECONE_PROXY_API_KEY_PROJECT_ID", project.as_str()),
+        ("PINECONE_PROXY_INDEXES", "docs=127.0.0.1:0"),
+        ("PINECONE_PROXY_POLICY_ALLOW", "queryVectors"),
+    ];
+    let proxy = proxy_for(&fake, &env).await;
+    assert!(pinecone_admin_proxy::wait::wait_ready(proxy.ops.tcp(), std::time::Duration::from_secs(10)).await);
+    let base = format!("http://{}", proxy.indexes[0].1.tcp());
+    let query = QueryRequest { top_k: 1, vector: vec![1.0, 0.0], ..QueryRequest::default() };
+    let (_, _, status, _) = grpc::<_, QueryResponse>(&base, "/VectorService/Query", &query).await;
+    assert_eq!(status, "0", "allowed: queryVectors");
+    let upsert =
+        UpsertRequest { vectors: vec![Vector { id: "a".into(), values: vec![1.0, 0.0] }], namespace: String::new() };
+    let (headers, _, status, message) = grpc::<_, UpsertResponse>(&base, "/VectorService/Upsert", &upsert).await;
+    assert_eq!(status, "7", "PERMISSION_DENIED");
+    assert_eq!(headers["x-pinecone-proxy-error"], "forbidden_by_policy");
+    assert!(message.unwrap().contains("upsertVectors"), "named by its REST twin");
+    assert_eq!(fake.state().data_requests.load(std::sync::atomic::Ordering::SeqCst), 1, "the refused call never left");
+    let text = String::from_utf8(proxy.metrics.render()).unwrap();
+    // Both counted by their REST twins (a gRPC refusal is an HTTP 200 with its status inside).
+    for op in ["queryVectors", "upsertVectors"] {
+        let line = format!(r#"pinecone_proxy_requests_total{{code="200",method="POST",operation="{op}"}} 1"#);
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+}
