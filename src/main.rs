@@ -331,6 +331,11 @@ async fn demo(flags: &Flags, quota: Option<Quota>, env: &Env) -> ExitCode {
         tracing::warn!(setting = %setting, "demo: not used; the demo's fake Pinecone has its own endpoints and credentials");
     }
     let Some(signals) = Signals::new() else { return ExitCode::FAILURE };
+    let mut config = config;
+    if let Err(e) = demo_index(&mut config, &fake) {
+        eprintln!("pinecone-admin-proxy: the demo's index: {e}");
+        return ExitCode::FAILURE;
+    }
     let running = match app::start(&config, credentials).await {
         Ok(r) => r,
         Err(e) => {
@@ -338,9 +343,9 @@ async fn demo(flags: &Flags, quota: Option<Quota>, env: &Env) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _ = running.tokens.get().await;
-    if let Some(keys) = &running.keys {
-        let _ = keys.get().await;
+    if let pinecone_admin_proxy::serve::BoundAddr::Tcp(ops) = &running.ops {
+        // The token, the managed key and the index's host: what the lines below need.
+        let _ = wait::wait_until_ready(*ops, Duration::from_secs(10)).await;
     }
     print_demo(&running, &fake);
     let quit = running.quit_trigger();
@@ -353,18 +358,43 @@ async fn demo(flags: &Flags, quota: Option<Quota>, env: &Env) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The demo's index, `demo-index` (3 dimensions, cosine), made in the fake, and its listener
+/// (unless the configuration names indexes of its own): on `listen`'s port + 1, or any free
+/// port when `listen` takes one.
+fn demo_index(config: &mut config::Config, fake: &FakePinecone) -> std::io::Result<()> {
+    fake.state().create_index(DEMO_INDEX, 3)?;
+    if !config.indexes.is_empty() {
+        return Ok(());
+    }
+    let listen = match &config.listen {
+        Listen::Tcp(addr) if addr.port() != 0 => Listen::Tcp(SocketAddr::new(addr.ip(), addr.port().saturating_add(1))),
+        Listen::Tcp(addr) => Listen::Tcp(SocketAddr::new(addr.ip(), 0)),
+        Listen::Unix(_) => Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))),
+    };
+    config.indexes.push(config::IndexListen { name: DEMO_INDEX.into(), listen });
+    Ok(())
+}
+
+/// The index the demo starts with.
+const DEMO_INDEX: &str = "demo-index";
+
 /// What the demo prints once the proxy is ready: its addresses and lines to try.
 fn print_demo(running: &app::Running, fake: &FakePinecone) {
     let proxy = running.listen.to_string();
     let ops = running.ops.to_string();
+    let index = running.indexes.first().map_or_else(String::new, |(name, addr)| format!("{addr} ({name})"));
+    let data = running.indexes.first().map_or_else(String::new, |(_, addr)| addr.to_string());
     out!(
         "\npinecone-admin-proxy {version} demo: a fake Pinecone runs at {fake} (no credentials, no network).\n\n\
          Proxy:       http://{proxy}\n\
+         Index:       http://{index}: its data plane, REST and gRPC\n\
          Operations:  http://{ops}/status\n\n\
          Try:\n  \
          curl -s http://{proxy}/admin/projects\n  \
          curl -s -X POST http://{proxy}/admin/projects -H 'Content-Type: application/json' -d '{{\"name\":\"my-project\"}}'\n  \
          curl -s http://{proxy}/indexes        # the control plane, with the proxy's managed API key\n  \
+         curl -s -X POST http://{data}/vectors/upsert -H 'Content-Type: application/json' -d '{{\"vectors\":[{{\"id\":\"a\",\"values\":[0.1,0.2,0.3]}}]}}'\n  \
+         curl -s -X POST http://{data}/query -H 'Content-Type: application/json' -d '{{\"vector\":[0.1,0.2,0.3],\"topK\":1}}'\n  \
          curl -s http://{ops}/status\n\n\
          Ctrl-C to stop.\n",
         version = pinecone_admin_proxy::VERSION,

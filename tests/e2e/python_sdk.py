@@ -72,4 +72,15 @@ check(described.schema.fields["_values"].dimension == 8 and described.host.start
 pc.delete_index(name="sdk-index", timeout=-1)
 check("sdk-index" not in [i.name for i in pc.list_indexes()], "delete_index")
 
+# The data plane of the demo's index, through its listener: REST, then the SDK's own gRPC
+# client over h2c. The fake answers 401 (gRPC 16) to the placeholder key.
+data = Pinecone(api_key="unused", grpc_scheme="http")
+rest = data.Index(host=os.environ.get("INDEX", "http://127.0.0.1:8485"))
+check(rest.upsert(vectors=[("e2e-1", [1.0, 0.0, 0.0]), ("e2e-2", [0.0, 1.0, 0.0])], namespace="e2e").upserted_count == 2, "REST upsert")
+check(rest.query(vector=[0.9, 0.1, 0.0], top_k=1, namespace="e2e").matches[0].id == "e2e-1", "REST query")
+fast = data.index(host=os.environ.get("INDEX", "http://127.0.0.1:8485"), grpc=True)
+check(fast.upsert(vectors=[("e2e-3", [0.0, 0.0, 1.0])], namespace="e2e").upserted_count == 1, "gRPC upsert")
+check(fast.query(vector=[0.0, 0.1, 0.9], top_k=1, namespace="e2e").matches[0].id == "e2e-3", "gRPC query")
+check(fast.describe_index_stats().total_vector_count >= 3, "gRPC describe_index_stats")
+
 print("python SDK through the proxy: all checks passed")

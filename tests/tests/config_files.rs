@@ -162,6 +162,12 @@ fn the_readmes_key_table_names_every_keys_variable() {
     for row in table.lines().skip(2) {
         let cells: Vec<&str> = row.split(" | ").collect();
         for key in cells[0].split('`').skip(1).step_by(2).filter(|k| !k.contains('*')) {
+            if let Some((section, _)) = key.split_once(".<") {
+                // A map section (`indexes.<name>`): one variable for all its entries.
+                assert!(config::MAP_SECTIONS.contains(&section), "{key}");
+                assert!(cells[1].contains(&config::map_env_name(section)), "{key}: {row}");
+                continue;
+            }
             let names: Vec<String> = std::iter::once(config::env_name(key))
                 .chain(config::ENV_ALIASES.iter().filter(|(k, _)| *k == key).map(|(_, n)| (*n).to_owned()))
                 .collect();

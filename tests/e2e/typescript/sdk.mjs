@@ -44,4 +44,10 @@ const described = await pc.describeIndex('ts-index');
 check(described.dimension === 8 && described.host.startsWith('127.0.0.1:'), 'describeIndex, with its host');
 await pc.deleteIndex('ts-index');
 check(!(await pc.listIndexes()).indexes?.some((i) => i.name === 'ts-index'), 'deleteIndex');
+
+// The data plane of the demo's index, through its listener (REST; the SDK has no gRPC).
+const index = pc.index({ host: 'http://127.0.0.1:8485' });
+await index.upsert({ records: [{ id: 'ts-1', values: [1.0, 0.0, 0.0] }, { id: 'ts-2', values: [0.0, 1.0, 0.0] }], namespace: 'ts' });
+const found = await index.query({ vector: [0.1, 0.9, 0.0], topK: 1, namespace: 'ts' });
+check(found.matches[0].id === 'ts-2', 'index.upsert and index.query');
 console.log('typescript SDK through the proxy: all checks passed');
