@@ -39,6 +39,11 @@ pub(crate) struct Route {
 
 include!(concat!(env!("OUT_DIR"), "/routes.rs"));
 
+/// The data plane's operations that read with a POST (a query has a body): they change
+/// nothing, so they get no audit line, as a GET gets none.
+pub(crate) const READS_BY_POST: [&str; 4] =
+    ["queryVectors", "describeIndexStats", "fetch_vectors_by_metadata", "searchRecordsNamespace"];
+
 /// The operation of a request that matches no documented route.
 pub(crate) const UNKNOWN: &str = "unknown";
 
@@ -130,12 +135,8 @@ pub(crate) fn plain(segment: &str) -> bool {
 /// The route of `method` and `path` (a request's path, without its query).
 pub(crate) fn resolve<'a>(method: &Method, path: &'a str) -> Resolved<'a> {
     let unknown = |ambiguous| Resolved { route: None, params: [None; MAX_PARAMS], ambiguous };
-    // A gRPC call of the data plane is the REST operation its google.api.http names.
-    if *method == Method::POST
-        && path.starts_with("/VectorService/")
-        && let Some((_, index)) = GRPC.iter().find(|(grpc, _)| *grpc == path)
-    {
-        return Resolved { route: Some((*index, &ROUTES[*index])), params: [None; MAX_PARAMS], ambiguous: None };
+    if let Some(grpc) = grpc_route(method, path) {
+        return grpc;
     }
     let Some(rest) = path.strip_prefix('/') else { return unknown(Some("the path does not start with /")) };
     // One pass over the bytes: each checked, the segments cut at each `/`.
@@ -200,6 +201,16 @@ pub(crate) fn resolve<'a>(method: &Method, path: &'a str) -> Resolved<'a> {
     let routes = &ROUTES[candidates];
     let case_variant = routes.iter().any(|route| route.method == *method && same_but_for_case(route, segments));
     unknown(case_variant.then_some("the path differs from a documented route only in letter case"))
+}
+
+/// A gRPC call of the data plane (`POST /VectorService/Query`): the REST operation its
+/// `google.api.http` annotation names.
+fn grpc_route<'a>(method: &Method, path: &str) -> Option<Resolved<'a>> {
+    if *method != Method::POST || !path.starts_with("/VectorService/") {
+        return None;
+    }
+    let (_, index) = GRPC.iter().find(|(grpc, _)| *grpc == path)?;
+    Some(Resolved { route: Some((*index, &ROUTES[*index])), params: [None; MAX_PARAMS], ambiguous: None })
 }
 
 /// Whether `segments` match the route's template when letter case is ignored.
@@ -289,6 +300,14 @@ mod tests {
     /// Every operation of every specification, read here from the YAML apart from
     /// `build.rs`: a concrete path made of its template resolves to it (or to the newer name
     /// of its route, with this one as an alias), with its path parameters.
+    #[test]
+    fn the_reads_by_post_are_data_plane_operations() {
+        for op in READS_BY_POST {
+            let route = ROUTES.iter().find(|r| r.operation == op).unwrap_or_else(|| panic!("{op} is no operation"));
+            assert_eq!((route.method.clone(), route.plane), (Method::POST, Plane::Data), "{op}");
+        }
+    }
+
     #[test]
     fn every_operation_of_every_spec_resolves_to_itself() {
         use yaml_rust2::YamlLoader;

@@ -29,6 +29,43 @@ use std::time::Duration;
 const READERS: [&str; 4] = ["ProjectEditor", "ProjectViewer", "DataPlaneEditor", "DataPlaneViewer"];
 const WRITERS: [&str; 2] = ["ProjectEditor", "DataPlaneEditor"];
 
+/// The fake's indexes, for `demo` and the tests.
+impl State {
+    /// Creates a serverless index `name` of `dimension` (cosine) in the seeded project, with
+    /// its data plane; answers its host. For `demo`, which starts with one.
+    pub fn create_index(self: &Arc<Self>, name: &str, dimension: usize) -> std::io::Result<String> {
+        let project = self.project_id();
+        let server = start(self, &project, name, Some(dimension), "cosine")?;
+        let host = server.addr.to_string();
+        let index = serde_json::json!({
+            "name": name, "dimension": dimension, "metric": "cosine", "host": host,
+            "deletion_protection": "disabled", "tags": null,
+            "spec": { "serverless": { "cloud": "aws", "region": "us-east-1" } },
+            "status": { "ready": true, "state": "Ready" }, "vector_type": "dense",
+        });
+        let mut data = self.data.lock();
+        data.indexes.push((project.clone(), index));
+        data.data_servers.insert((project, name.to_owned()), server);
+        Ok(host)
+    }
+
+    /// Deletes the seeded project's index `name` (its data plane stops); answers whether it
+    /// existed.
+    pub fn delete_index(&self, name: &str) -> bool {
+        let project = self.project_id();
+        let mut data = self.data.lock();
+        let before = data.indexes.len();
+        data.indexes.retain(|(p, i)| !(*p == project && i["name"] == name));
+        data.data_servers.remove(&(project, name.to_owned()));
+        before != data.indexes.len()
+    }
+
+    /// Every index, of every project.
+    pub fn indexes(&self) -> Vec<Value> {
+        self.data.lock().indexes.iter().map(|(_, index)| index.clone()).collect()
+    }
+}
+
 /// A query's match: id, score, values, metadata.
 pub(crate) type Match = (String, f64, Vec<f64>, Option<Value>);
 

@@ -192,7 +192,10 @@ pub(crate) async fn handle(service: DataService, request: Request<Incoming>) -> 
 
 fn upsert(v: &mut super::data::Vectors, r: UpsertRequest) -> Result<UpsertResponse, Status> {
     let items = r.vectors.into_iter().map(|x| (x.id, x.values.into_iter().map(f64::from).collect(), None)).collect();
-    let count = v.put(&r.namespace, items).map_err(Status::invalid_argument)?;
+    // With details, as Pinecone's errors carry them: `grpc-status-details-bin` must pass.
+    let details =
+        |m: String| Status::with_details(tonic::Code::InvalidArgument, m, bytes::Bytes::from_static(b"fake-details"));
+    let count = v.put(&r.namespace, items).map_err(details)?;
     Ok(UpsertResponse { upserted_count: count as u32 })
 }
 

@@ -224,29 +224,6 @@ impl State {
         self.data.lock().projects[0]["id"].as_str().expect("a seeded project").to_owned()
     }
 
-    /// Creates a serverless index `name` of `dimension` (cosine) in the seeded project, with
-    /// its data plane; answers its host. For `demo`, which starts with one.
-    pub fn create_index(self: &Arc<Self>, name: &str, dimension: usize) -> std::io::Result<String> {
-        let project = self.project_id();
-        let server = data::start(self, &project, name, Some(dimension), "cosine")?;
-        let host = server.addr.to_string();
-        let index = serde_json::json!({
-            "name": name, "dimension": dimension, "metric": "cosine", "host": host,
-            "deletion_protection": "disabled", "tags": null,
-            "spec": { "serverless": { "cloud": "aws", "region": "us-east-1" } },
-            "status": { "ready": true, "state": "Ready" }, "vector_type": "dense",
-        });
-        let mut data = self.data.lock();
-        data.indexes.push((project.clone(), index));
-        data.data_servers.insert((project, name.to_owned()), server);
-        Ok(host)
-    }
-
-    /// Every index, of every project.
-    pub fn indexes(&self) -> Vec<Value> {
-        self.data.lock().indexes.iter().map(|(_, index)| index.clone()).collect()
-    }
-
     /// Every live API key (id, name, project_id, roles), of every project.
     pub fn api_keys(&self) -> Vec<Value> {
         self.data.lock().api_keys.clone()

@@ -46,7 +46,12 @@ struct Inner {
     last_error: Mutex<Option<String>>,
     /// One lookup at a time.
     looking: tokio::sync::Mutex<()>,
+    /// When a 404 last made the proxy look again.
+    rechecked: Mutex<Option<tokio::time::Instant>>,
 }
+
+/// How often a 404 from an index's host may make the proxy look the host up again.
+const RECHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// What `/status` shows of an index.
 #[derive(Debug, serde::Serialize)]
@@ -78,6 +83,7 @@ impl IndexHost {
             found: Mutex::new(None),
             last_error: Mutex::new(None),
             looking: tokio::sync::Mutex::new(()),
+            rechecked: Mutex::new(None),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -93,6 +99,31 @@ impl IndexHost {
             return Ok(found.pool);
         }
         self.look_up().await
+    }
+
+    /// After a 404 from the host: looks the host up again in the background (at most one
+    /// lookup at a time, and once every [`RECHECK_EVERY`]), and moves to the new host if the
+    /// index has one; the request that saw the 404 gets it as it came.
+    pub(crate) fn recheck(&self) {
+        let now = tokio::time::Instant::now();
+        {
+            let mut last = self.inner.rechecked.lock();
+            if last.is_some_and(|at| now < at + RECHECK_EVERY) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Ok(_one) = this.inner.looking.try_lock() else { return };
+            let current = this.inner.found.lock().as_ref().map(|f| f.host.clone());
+            if let Ok(found) = this.describe().await
+                && Some(&found.host) != current.as_ref()
+            {
+                tracing::info!(index = %this.inner.name, host = %found.host, "index host moved");
+                *this.inner.found.lock() = Some(found);
+            }
+        });
     }
 
     /// Forgets the host after a connect failure: the next request looks it up again.

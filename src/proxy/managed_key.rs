@@ -59,8 +59,11 @@ impl Proxy {
         let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri = Uri::from(pq);
         let result = self.forward_with_key(&pool, parts, body, keys, outcome).await;
-        if let Err(ProxyError::UpstreamUnreachable(_)) = &result {
-            host.forget();
+        match &result {
+            Err(ProxyError::UpstreamUnreachable(_)) => host.forget(),
+            // The index may have moved (or gone): look again, for the requests to come.
+            Ok(response) if response.status() == StatusCode::NOT_FOUND => host.recheck(),
+            _ => {}
         }
         result
     }

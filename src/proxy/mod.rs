@@ -201,7 +201,8 @@ impl Proxy {
         inner.metrics.request_duration.observe(elapsed.as_secs_f64());
         // The token shim's placeholder changes nothing and never leaves the proxy.
         let shim = method == Method::POST && path == "/oauth/token";
-        if !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) && !shim {
+        let reads = crate::routes::READS_BY_POST.contains(&resolved.operation());
+        if !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) && !shim && !reads {
             self.audit(&method, &resolved, &outcome, &response, elapsed);
         }
         Self::access(&method, path, &resolved, &outcome, &response, elapsed);

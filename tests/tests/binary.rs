@@ -541,3 +541,18 @@ async fn a_closed_stdout_is_not_a_panic() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[tokio::test]
+async fn bad_indexes_exit_64_from_run_naming_the_key() {
+    const PROJECT: (&str, &str) = ("PINECONE_PROXY_API_KEY_PROJECT_ID", "3fa85f64-5717-4562-b3fc-2c963f66afa6");
+    for (indexes, key) in [
+        ("docs", "indexes"),
+        ("docs=0.0.0.0:8485", "indexes.docs"),
+        ("a=127.0.0.1:18485,b=127.0.0.1:18485", "indexes.b"),
+    ] {
+        let envs = [&CREDS[..], &[PROJECT, ("PINECONE_PROXY_INDEXES", indexes)]].concat();
+        let (code, _, stderr) = output(&["run"], &envs).await;
+        assert_eq!(code, 64, "{indexes}: {stderr}");
+        assert!(stderr.contains(key) && stderr.lines().count() == 1, "{key}: {stderr}");
+    }
+}

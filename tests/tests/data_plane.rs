@@ -202,9 +202,10 @@ async fn grpc_goes_to_the_index_host_with_the_managed_key_and_its_status_passes_
     assert_eq!(status, "12", "UNIMPLEMENTED");
     assert!(message.unwrap().contains("/VectorService/Nothing"));
     let bad = UpsertRequest { vectors: vec![Vector { id: "c".into(), values: vec![1.0] }], namespace: String::new() };
-    let (_, _, status, message) = grpc::<_, UpsertResponse>(&base, "/VectorService/Upsert", &bad).await;
+    let (headers, _, status, message) = grpc::<_, UpsertResponse>(&base, "/VectorService/Upsert", &bad).await;
     assert_eq!(status, "3", "INVALID_ARGUMENT");
     assert!(message.unwrap().contains("dimension"));
+    assert!(headers.contains_key("grpc-status-details-bin"), "the details pass through: {headers:?}");
 
     let key = proxy.keys.as_ref().unwrap().current().unwrap();
     let calls: Vec<_> =
@@ -268,4 +269,51 @@ async fn grpc_calls_are_named_by_their_rest_twin_and_a_refusal_is_permission_den
         let line = format!(r#"pinecone_proxy_requests_total{{code="200",method="POST",operation="{op}"}} 1"#);
         assert!(text.contains(&line), "{line} in {text}");
     }
+}
+
+#[tokio::test]
+async fn an_index_that_moved_is_found_again_after_a_connect_failure() {
+    let fake = fake(3600).await;
+    let old = fake.state().create_index("docs", 2).unwrap();
+    let (_proxy, base) = with_docs(&fake).await;
+    // The index is made again elsewhere: its old host is gone.
+    assert!(fake.state().delete_index("docs"));
+    let new = fake.state().create_index("docs", 2).unwrap();
+    assert_ne!(old, new);
+    // The old data plane's listener closes as its task sees the stop (no event tells when).
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while tokio::net::TcpStream::connect(&old).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the old host closes");
+    let stats = || request(Method::POST, &base, "/describe_index_stats", "{}");
+    let client = TestClient::default();
+    let (status, headers, body) = collect(client.send(stats()).await).await;
+    assert_proxy_error(status, &headers, &body, StatusCode::BAD_GATEWAY, "upstream_unreachable");
+    let (status, _, _) = collect(client.send(stats()).await).await;
+    assert_eq!(status, StatusCode::OK, "looked up again: the new host");
+}
+
+#[tokio::test]
+async fn megabyte_upserts_stream_and_the_limits_of_listen_apply() {
+    let fake = fake(3600).await;
+    fake.state().create_index("docs", 2).unwrap();
+    let (_proxy, base) = with_docs(&fake).await;
+    // About 2 MiB of vectors: more than upstream.replay_limit (1 MiB), so it streams.
+    let vectors: Vec<_> =
+        (0..40_000).map(|i| json!({"id": format!("v-{i:06}-{}", "x".repeat(20)), "values": [0.5, 0.25]})).collect();
+    let body = json!({"vectors": vectors}).to_string();
+    assert!(body.len() > 2 << 20, "{}", body.len());
+    let (status, _, answer) =
+        collect(TestClient::default().send(request(Method::POST, &base, "/vectors/upsert", &body)).await).await;
+    assert_eq!((status, json(&answer)["upsertedCount"].as_u64()), (StatusCode::OK, Some(40_000)));
+    // A head over limits.max_head_bytes (64 KiB) is refused on the index listener as on listen.
+    let huge = Request::get(format!("{base}/describe_index_stats"))
+        .header("x-big", "y".repeat(70 * 1024))
+        .body(empty())
+        .unwrap();
+    let (status, _, _) = collect(TestClient::default().send(huge).await).await;
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
 }
