@@ -37,7 +37,8 @@ impl Proxy {
     {
         parts.uri = self.upstream_uri(&parts.uri)?;
         let pool = self.inner.upstream.clone();
-        self.forward_with_key(&pool, parts, body, keys, outcome).await
+        let limit = self.inner.replay_limit;
+        self.forward_with_key(&pool, (parts, limit), body, keys, outcome).await
     }
 
     /// A request on an index's listener: to the index's host, its path and query as they
@@ -46,7 +47,7 @@ impl Proxy {
         &'p self,
         mut parts: http::request::Parts,
         body: B,
-        (keys, host): (&KeySource, &IndexHost),
+        (keys, host, limit): (&KeySource, &IndexHost, u64),
         outcome: &mut Outcome<'p>,
     ) -> Result<Response<Body>, ProxyError>
     where
@@ -58,7 +59,7 @@ impl Proxy {
         })?;
         let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri = Uri::from(pq);
-        let result = self.forward_with_key(&pool, parts, body, keys, outcome).await;
+        let result = self.forward_with_key(&pool, (parts, limit), body, keys, outcome).await;
         match &result {
             Err(ProxyError::UpstreamUnreachable(_)) => host.forget(),
             // The index may have moved (or gone): look again, for the requests to come.
@@ -71,7 +72,7 @@ impl Proxy {
     async fn forward_with_key<'p, B>(
         &'p self,
         pool: &Pool,
-        mut parts: http::request::Parts,
+        (mut parts, limit): (http::request::Parts, u64),
         body: B,
         keys: &KeySource,
         outcome: &mut Outcome<'p>,
@@ -86,7 +87,7 @@ impl Proxy {
         // HTTP/1.1 or HTTP/2 as the pool's connection speaks: the data plane's gRPC is HTTP/2.
         parts.version = if parts.version == Version::HTTP_2 { Version::HTTP_2 } else { Version::HTTP_11 };
         rewrite_key_headers(&mut parts.headers, key.header(), &inner.api_version, inner.override_api_version);
-        let (response, replay) = self.send_replayable(pool, parts, body).await?;
+        let (response, replay) = self.send_replayable(pool, (parts, limit), body).await?;
         outcome.upstream_status = Some(response.status().as_u16());
         if !rejects_key(&response) {
             return Ok(finish(response));

@@ -240,7 +240,10 @@ impl Proxy {
         }
 
         if let (Some(host), Some(keys)) = (&inner.index, &inner.keys) {
-            return Box::pin(self.forward_index(parts, body, (keys, host), outcome)).await;
+            // Every gRPC method of the data plane is unary; one of no specification may stream.
+            let limit =
+                if error::is_grpc(&parts.headers) && resolved.route().is_none() { 0 } else { inner.replay_limit };
+            return Box::pin(self.forward_index(parts, body, (keys, host, limit), outcome)).await;
         }
         if resolved.route().is_some_and(|r| r.plane == Plane::Control) {
             return match &inner.keys {
@@ -259,7 +262,7 @@ impl Proxy {
             &inner.api_version,
             inner.override_api_version,
         );
-        let (response, replay) = self.send_replayable(&inner.upstream, parts, body).await?;
+        let (response, replay) = self.send_replayable(&inner.upstream, (parts, inner.replay_limit), body).await?;
         outcome.upstream_status = Some(response.status().as_u16());
         if response.status() != StatusCode::UNAUTHORIZED || !admin_route {
             // A 401 outside the Admin API (the control plane's `Invalid API key` for a
@@ -278,10 +281,12 @@ impl Proxy {
     /// Sends a request whose body is kept for a replay if it may be (within
     /// `upstream.replay_limit` and `limits.replay_memory`), or streams otherwise; answers
     /// the response and what a replay needs.
+    /// `limit`: the most kept (`upstream.replay_limit`; 0 to stream at once: a gRPC method
+    /// not known to be unary may be a stream whose end never comes before its answer).
     async fn send_replayable<B>(
         &self,
         pool: &Pool,
-        parts: http::request::Parts,
+        (parts, limit): (http::request::Parts, u64),
         body: B,
     ) -> Result<(Response<Body>, Kept), ProxyError>
     where
@@ -293,7 +298,7 @@ impl Proxy {
         let stalled = Arc::new(AtomicBool::new(false));
         let body = match body.is_end_stream() {
             true => RequestBody::Buffered(Buffered::default()),
-            false => Box::pin(self.read_body(body, stalled.clone())).await?,
+            false => Box::pin(self.read_body(body, limit, stalled.clone())).await?,
         };
         let (body, kept) = body.into_parts();
         let streaming = kept.is_err();
@@ -348,7 +353,7 @@ impl Proxy {
     /// Reads a request body for a possible replay, or as much of it as may be kept before it
     /// streams. `stalled` is set when the client stalls, so that the error is told apart
     /// once hyper's client has wrapped it (a stall while the body streams upstream).
-    async fn read_body<B>(&self, body: B, stalled: Arc<AtomicBool>) -> Result<RequestBody, ProxyError>
+    async fn read_body<B>(&self, body: B, limit: u64, stalled: Arc<AtomicBool>) -> Result<RequestBody, ProxyError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -365,7 +370,7 @@ impl Proxy {
             }
             e
         });
-        RequestBody::read(body, hint, inner.replay_limit, &inner.replay_budget).await.map_err(|e| {
+        RequestBody::read(body, hint, limit, &inner.replay_budget).await.map_err(|e| {
             if stalled.load(Ordering::Relaxed) {
                 return ProxyError::BodyTimeout(inner.body_read_timeout);
             }

@@ -317,3 +317,32 @@ async fn megabyte_upserts_stream_and_the_limits_of_listen_apply() {
     let (status, _, _) = collect(TestClient::default().send(huge).await).await;
     assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
 }
+
+/// A gRPC method of no specification may be a stream: the proxy sends it on at once, and
+/// the answer comes while the client's stream is still open (no wait for its end, which a
+/// bidirectional call would never send first).
+#[tokio::test]
+async fn a_grpc_stream_of_no_specification_is_not_held_for_a_replay() {
+    use http_body_util::BodyExt;
+    let fake = fake(3600).await;
+    fake.state().create_index("docs", 2).unwrap();
+    let (_proxy, base) = with_docs(&fake).await;
+    let (mut frames, stream) = http_body_util::Channel::<bytes::Bytes, std::convert::Infallible>::new(4);
+    let client: hyper_util::client::legacy::Client<_, _> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let request = Request::post(format!("{base}/VectorService/StreamSomething"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(stream.boxed_unsync())
+        .unwrap();
+    frames.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0])).await.unwrap();
+    // The stream stays open (`frames` is held) while the answer is awaited.
+    let response = tokio::time::timeout(std::time::Duration::from_secs(5), client.request(request))
+        .await
+        .expect("answered before the client's stream ended")
+        .unwrap();
+    assert_eq!(response.headers()["grpc-status"], "12", "UNIMPLEMENTED, from the fake");
+    drop(frames);
+}
