@@ -111,11 +111,19 @@ const OPS_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// listener's, token requests, credential files, logs, the runtime's own.
 pub const RESERVED_FILES: u64 = OPS_MAX_CONNECTIONS as u64 + 32;
 
+/// The connections each of `listeners` listeners may hold within `files` open files: what
+/// is left after [`RESERVED_FILES`] and each listener's upstream pool (`listen`'s, and each
+/// index's data pool), shared out evenly.
+fn room_per_listener(files: u64, listeners: u64, upstream_connections: u64) -> u64 {
+    let listeners = listeners.max(1);
+    (files.saturating_sub(RESERVED_FILES + upstream_connections * listeners) / listeners).max(1)
+}
+
 /// Raises the soft limit of open files to the hard limit (as Go's runtime and systemd's
-/// services do), and lowers `limits.max_connections` to what the limit leaves room for, so
-/// that a full `listen` pauses accepting before any accept, upstream connect or file open
-/// fails with EMFILE.
-fn fit_to_open_files(mut limits: Limits, upstream_connections: usize) -> Limits {
+/// services do), and lowers `limits.max_connections` (per listener: `listen` and each
+/// index's) to what the limit leaves room for, so that a full listener pauses accepting
+/// before any accept, upstream connect or file open fails with EMFILE.
+fn fit_to_open_files(mut limits: Limits, upstream_connections: usize, listeners: usize) -> Limits {
     let (soft, hard) = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
         Ok(limits) => limits,
         Err(e) => {
@@ -130,7 +138,7 @@ fn fit_to_open_files(mut limits: Limits, upstream_connections: usize) -> Limits 
             Err(e) => tracing::debug!(error = %e, soft, hard, "cannot raise the open-file limit"),
         }
     }
-    let room = files.saturating_sub(RESERVED_FILES + upstream_connections as u64).max(1);
+    let room = room_per_listener(files, listeners as u64, upstream_connections as u64);
     if limits.max_connections as u64 > room {
         tracing::warn!(
             max_connections = limits.max_connections,
@@ -147,7 +155,8 @@ fn fit_to_open_files(mut limits: Limits, upstream_connections: usize) -> Limits 
 /// How `listen` serves: `[limits]`, with `max_connections` fitted to the open-file limit
 /// (and shown in the `max_connections` gauge).
 fn proxy_options(config: &Config, metrics: &Arc<Metrics>) -> ServeOptions {
-    let limits = fit_to_open_files(config.limits.clone(), config.upstream.max_connections);
+    let listeners = 1 + config.indexes.len();
+    let limits = fit_to_open_files(config.limits.clone(), config.upstream.max_connections, listeners);
     metrics.max_connections.set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
     ServeOptions { metrics: Some(metrics.clone()), limits, ..ServeOptions::new(config.shutdown.grace) }
 }
@@ -406,4 +415,18 @@ pub async fn run(
     }
     running.wait().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_files_are_shared_out_among_the_listeners() {
+        // The systemd unit's 4096: listen alone keeps 416 back (README, systemd).
+        assert_eq!(room_per_listener(4096, 1, 128), 4096 - 416);
+        // listen and two indexes: each has its pool of 128, and a third of the rest.
+        assert_eq!(room_per_listener(4096, 3, 128), (4096 - 288 - 3 * 128) / 3);
+        assert_eq!(room_per_listener(100, 3, 128), 1, "never 0: a listener accepts one at least");
+    }
 }
