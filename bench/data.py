@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The data plane through the sidecar (issue 25): `POST /query` on an index's listener,
 against nginx `proxy_pass` with a pasted API key, and against the fake's data plane called
-directly. REST only so far (gRPC `Query` against nginx `grpc_pass` is still to come).
+directly; and the unary gRPC `VectorService/Query` over h2c, against nginx `grpc_pass`.
 
-Run through bench/data, which builds the release binary and installs wrk and nginx. As in
+Run through bench/data, which builds the release binary and installs wrk, nginx and oha. As in
 bench.py: the fake Pinecone, the proxy and nginx share CPU 1, wrk runs on CPU 0; compare rows
 of one run. Per row: requests a second, latency percentiles, CPU time per request of the
 process under test (the fake's excluded), its RSS under load, errors.
@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench as b  # noqa: E402
 
-FAKE, PROXY, PROXY_OPS, INDEX, NGINX = 18080, 18484, 19484, 18485, 18081
+FAKE, PROXY, PROXY_OPS, INDEX, NGINX, NGINX_GRPC = 18080, 18484, 19484, 18485, 18081, 18082
 DIMENSION = 8
 QUERY = json.dumps({"vector": [0.1 * i for i in range(DIMENSION)], "topK": 5})
 
@@ -36,6 +37,38 @@ def call(port, method, path, body=None, headers=None):
     if r.status >= 300:
         sys.exit(f"{method} {path}: {r.status} {data[:200]!r}")
     return json.loads(data) if data else None
+
+
+def grpc_query_frame():
+    """`VectorService/Query`'s request, framed: top_k (2) = 5, vector (7, packed floats)."""
+    floats = struct.pack(f"<{DIMENSION}f", *[0.1 * i for i in range(DIMENSION)])
+    message = bytes([0x10, 5, 0x3A, len(floats)]) + floats
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def measure_grpc(name, port, pids, headers, conns, work):
+    """oha sending the unary gRPC Query over h2c (one stream at a time per connection)."""
+    body = os.path.join(work, "query.grpc")
+    with open(body, "wb") as f:
+        f.write(grpc_query_frame())
+    hdr = sum((["-H", f"{k}: {v}"] for k, v in {"content-type": "application/grpc", "te": "trailers", **headers}.items()), [])
+    url = f"http://127.0.0.1:{port}/VectorService/Query"
+    base = ["taskset", "-c", "0", b.OHA, "--no-tui", "--output-format", "json", "--http2", "-m", "POST", "-D", body,
+            "-c", str(conns)] + hdr
+    subprocess.run(base + ["-z", f"{b.WARMUP}s", url], check=True, stdout=subprocess.DEVNULL)
+    ticks0 = b.cpu_ticks(pids)
+    sampler = b.RssSampler(pids)
+    sampler.start()
+    out = json.loads(subprocess.run(base + ["-z", f"{b.DURATION}s", url], check=True, capture_output=True, text=True).stdout)
+    ticks1 = b.cpu_ticks(pids)
+    sampler.stop = True
+    sampler.join()
+    codes = out.get("statusCodeDistribution", {})
+    total = sum(codes.values())
+    pct = out["latencyPercentiles"]
+    return {"name": f"{name} gRPC", "conns": conns, "rps": out["summary"]["requestsPerSec"], "p50": pct["p50"] * 1e6,
+            "p99": pct["p99"] * 1e6, "p999": pct["p99.9"] * 1e6, "errors": total - codes.get("200", 0),
+            "cpu_us": (ticks1 - ticks0) / b.CLK_TCK * 1e6 / max(total, 1), "rss": sampler.peak}
 
 
 def measure(name, port, pids, headers, conns, work):
@@ -107,6 +140,16 @@ error_log {work}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   upstream index {{ server 127.0.0.1:{data}; keepalive 64; }}
+  upstream index_grpc {{ server 127.0.0.1:{data}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{NGINX_GRPC} http2;
+    access_log off;
+    location / {{
+      grpc_pass grpc://index_grpc;
+      grpc_set_header api-key "{key}";
+      grpc_set_header x-pinecone-api-version "{b.VERSION}";
+    }}
+  }}
   server {{
     listen 127.0.0.1:{NGINX};
     access_log off;
@@ -122,24 +165,31 @@ http {{
 """)
     nginx = b.spawn(["nginx", "-c", conf, "-p", work, "-g", "daemon off;"], 1)
     b.wait_port(NGINX)
+    b.wait_port(NGINX_GRPC)
     nginx_pids = [nginx.pid] + [int(p) for p in subprocess.run(
         ["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True).stdout.split()]
     fake_pid = b.procs[0].pid
-    return [("direct", data, [fake_pid], {"Api-Key": key, "X-Pinecone-Api-Version": b.VERSION}),
+    rest = [("direct", data, [fake_pid], {"Api-Key": key, "X-Pinecone-Api-Version": b.VERSION}),
             ("nginx", NGINX, nginx_pids, {}), ("proxy", INDEX, [proxy.pid], {"Api-Key": "unused"})]
+    grpc = [("direct", data, [fake_pid], {"api-key": key}), ("nginx", NGINX_GRPC, nginx_pids, {}),
+            ("proxy", INDEX, [proxy.pid], {"api-key": "unused"})]
+    return rest, grpc
 
 
 def main():
     work = tempfile.mkdtemp(prefix="pap-data-")
     try:
-        targets = setup(work)
+        rest, grpc = setup(work)
         runs = []
         for _ in range(b.ROUNDS):
             for conns in (16, 64):
-                for name, port, pids, headers in targets:
+                for name, port, pids, headers in rest:
                     runs.append(measure(name, port, pids, headers, conns, work))
+                for name, port, pids, headers in grpc:
+                    runs.append(measure_grpc(name, port, pids, headers, conns, work))
         rows = []
-        for name, _, _, _ in targets:
+        names = [t[0] for t in rest] + [f"{t[0]} gRPC" for t in grpc]
+        for name in names:
             for conns in (16, 64):
                 mine = [r for r in runs if r["name"] == name and r["conns"] == conns]
                 rows.append({k: (statistics_median([r[k] for r in mine]) if k not in ("name", "conns") else mine[0][k])
@@ -150,16 +200,20 @@ def main():
         print("| target | conns | req/s | p50 µs | p99 µs | p99.9 µs | errors | CPU µs/req | RSS load KiB | req/s vs nginx |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
-            n = by[("nginx", r["conns"])]
+            n = by[("nginx gRPC" if r["name"].endswith("gRPC") else "nginx", r["conns"])]
             print(f"| {r['name']} | {r['conns']} | {r['rps']:.0f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['p999']:.0f} | "
                   f"{r['errors']:.0f} | {r['cpu_us']:.1f} | {r['rss']:.0f} | {r['rps'] / n['rps']:.2f} |")
-        p, n = (lambda c: by[("proxy", c)]), (lambda c: by[("nginx", c)])
         print()
-        for floor, ok in (
-            ("req/s ≥ 0.8 × nginx at 16 and 64 connections", all(p(c)["rps"] >= 0.8 * n(c)["rps"] for c in (16, 64))),
-            ("CPU µs/req ≤ 1.4 × nginx at 16 and 64 connections", all(p(c)["cpu_us"] <= 1.4 * n(c)["cpu_us"] for c in (16, 64))),
-            ("no errors", all(r["errors"] == 0 for r in rows)),
-        ):
+        floors = [("no errors", all(r["errors"] == 0 for r in rows))]
+        for kind in ("", " gRPC"):
+            p, n = (lambda c, k=kind: by[(f"proxy{k}", c)]), (lambda c, k=kind: by[(f"nginx{k}", c)])
+            floors += [
+                (f"{kind.strip() or 'REST'} req/s ≥ 0.8 × nginx at 16 and 64 connections",
+                 all(p(c)["rps"] >= 0.8 * n(c)["rps"] for c in (16, 64))),
+                (f"{kind.strip() or 'REST'} CPU µs/req ≤ 1.4 × nginx at 16 and 64 connections",
+                 all(p(c)["cpu_us"] <= 1.4 * n(c)["cpu_us"] for c in (16, 64))),
+            ]
+        for floor, ok in floors:
             print(f"{'met   ' if ok else 'MISSED'}  {floor}")
     finally:
         b.cleanup()
