@@ -384,7 +384,6 @@ fn keeper(
         prefix: c.name_prefix.clone(),
         lease,
         max_creates_per_hour: c.max_creates_per_hour,
-        wait,
         delete_on_shutdown: c.delete_on_shutdown && shared.is_none(),
     };
     let admin = AdminKeys::new(outbound.clone(), tokens.clone(), &config.upstream);

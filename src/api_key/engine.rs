@@ -1,5 +1,5 @@
-//! The managed key's engine: [`KeySource`], what requests read (the current key, or a wait
-//! for the next), and [`Keeper`], the one loop that creates, rotates and deletes keys.
+//! The managed key's engine: [`Keeper`], the one loop that creates, rotates and deletes keys
+//! in a [`KeySource`] (what requests read).
 //!
 //! Only the keeper calls `create_api_key`, so at most one creation is in flight and the
 //! hourly budget (`api_key.max_creates_per_hour`) is kept in one place. The loop only sleeps
@@ -62,8 +62,6 @@ pub struct KeyPlan {
     pub prefix: String,
     pub lease: Lease,
     pub max_creates_per_hour: u32,
-    /// How long a request waits for a key when none is usable (`token.timeout`).
-    pub wait: Duration,
     pub delete_on_shutdown: bool,
 }
 
@@ -360,10 +358,7 @@ impl<K: Keys> Keeper<K> {
     }
 
     async fn delete_once(&mut self, retiring: Retiring) {
-        let result = self.keys.delete(&retiring.id).await;
-        let label = result.as_ref().map_or_else(KeyError::result_label, |()| "success");
-        self.source.shared.metrics.operation(KeyOperation::Delete, label);
-        match result {
+        match self.delete_counted(&retiring.id).await {
             Ok(()) => tracing::info!(
                 target: crate::logging::AUDIT_TARGET,
                 action = "api_key_deleted",
@@ -377,6 +372,14 @@ impl<K: Keys> Keeper<K> {
                 self.retiring.push(Retiring { at: Instant::now() + DELETE_RETRY, ..retiring });
             }
         }
+    }
+
+    /// `delete_api_key`, counted in `api_key_operations_total`.
+    async fn delete_counted(&self, id: &str) -> Result<(), KeyError> {
+        let result = self.keys.delete(id).await;
+        let label = result.as_ref().map_or_else(KeyError::result_label, |()| "success");
+        self.source.shared.metrics.operation(KeyOperation::Delete, label);
+        result
     }
 
     /// The janitor: deletes the project's keys that are ours by name and past their lease
@@ -395,10 +398,7 @@ impl<K: Keys> Keeper<K> {
                 && !self.retiring.iter().any(|r| r.id == k.id)
         });
         for orphan in orphans.collect::<Vec<_>>() {
-            let result = self.keys.delete(&orphan.id).await;
-            let label = result.as_ref().map_or_else(KeyError::result_label, |()| "success");
-            self.source.shared.metrics.operation(KeyOperation::Delete, label);
-            match result {
+            match self.delete_counted(&orphan.id).await {
                 Ok(()) => {
                     self.source.shared.metrics.orphans_deleted.inc();
                     tracing::info!(
@@ -517,13 +517,17 @@ mod tests {
             prefix: "app".into(),
             lease: Lease { lifetime: Duration::from_secs(100), rotate_at: 0.5, grace: Duration::from_secs(10) },
             max_creates_per_hour,
-            wait: Duration::from_secs(5),
             delete_on_shutdown,
         }
     }
 
     fn start(keys: Scripted, plan: KeyPlan) -> (KeySource, crate::shutdown::Trigger, tokio::task::JoinHandle<()>) {
-        let source = KeySource::new(&plan.project, &plan.roles, plan.wait, crate::metrics::KeyMetrics::unregistered());
+        let source = KeySource::new(
+            &plan.project,
+            &plan.roles,
+            Duration::from_secs(5),
+            crate::metrics::KeyMetrics::unregistered(),
+        );
         let stop = crate::shutdown::Trigger::default();
         let keeper = Keeper::new(source.clone(), keys, plan).without_jitter();
         let task = tokio::spawn(keeper.run(stop.wait(), Duration::from_secs(25)));

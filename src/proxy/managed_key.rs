@@ -84,8 +84,9 @@ impl Proxy {
         let inner = &self.inner;
         let key = keys.get().await.map_err(|e| ProxyError::ApiKeyUnavailable { retry_after: e.retry_after })?;
         outcome.key = Some(key.clone());
-        // HTTP/1.1 or HTTP/2 as the pool's connection speaks: the data plane's gRPC is HTTP/2.
-        parts.version = if parts.version == Version::HTTP_2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        // The pool speaks what its connection speaks (HTTP/2 ignores the field; an HTTP/1.1
+        // connection refuses any other version), as on the Admin API path.
+        parts.version = Version::HTTP_11;
         rewrite_key_headers(&mut parts.headers, key.header(), &inner.api_version, inner.override_api_version);
         let (response, replay) = self.send_replayable(pool, (parts, limit), body).await?;
         outcome.upstream_status = Some(response.status().as_u16());

@@ -352,3 +352,17 @@ async fn the_fake_speaks_each_versions_index_shape_as_the_sdks_do() {
     let (status, _, _) = collect(client.send(versioned(Method::POST, "/indexes", "2026-07", bad)).await).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// An h2c client on `listen` reaches the control plane over the proxy's HTTP/1.1 connection
+/// to a plain-http upstream: the version is the proxy's to choose per hop.
+#[tokio::test]
+async fn an_http2_client_reaches_the_control_plane_over_http1_upstream() {
+    let fake = fake(3600).await;
+    let proxy = managed(&fake, &[]).await;
+    let client: hyper_util::client::legacy::Client<_, pinecone_admin_proxy::body::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let response = client.request(request(Method::GET, &proxy, "/indexes", "")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
