@@ -24,6 +24,8 @@ import bench as b  # noqa: E402
 
 FAKE, PROXY, PROXY_OPS, INDEX, NGINX, NGINX_GRPC = 18080, 18484, 19484, 18485, 18081, 18082
 DIMENSION = 8
+FIXED_RATE = 1000
+UPSERT_BYTES = 2 << 20
 QUERY = json.dumps({"vector": [0.1 * i for i in range(DIMENSION)], "topK": 5})
 
 
@@ -46,16 +48,13 @@ def grpc_query_frame():
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
-def measure_grpc(name, port, pids, headers, conns, work):
-    """oha sending the unary gRPC Query over h2c (one stream at a time per connection)."""
-    body = os.path.join(work, "query.grpc")
-    with open(body, "wb") as f:
-        f.write(grpc_query_frame())
-    hdr = sum((["-H", f"{k}: {v}"] for k, v in {"content-type": "application/grpc", "te": "trailers", **headers}.items()), [])
-    url = f"http://127.0.0.1:{port}/VectorService/Query"
-    base = ["taskset", "-c", "0", b.OHA, "--no-tui", "--output-format", "json", "--http2", "-m", "POST", "-D", body,
-            "-c", str(conns)] + hdr
-    subprocess.run(base + ["-z", f"{b.WARMUP}s", url], check=True, stdout=subprocess.DEVNULL)
+def oha(name, pids, args, url, warmup=True):
+    """oha for DURATION seconds (after a warm-up): its JSON summary, and the CPU a request and
+    the peak RSS of `pids`. Failed connections and streams (oha's errorDistribution, save
+    the requests cut off when the time is up) count as errors, as do non-200 answers."""
+    base = ["taskset", "-c", "0", b.OHA, "--no-tui", "--output-format", "json"] + args
+    if warmup:
+        subprocess.run(base + ["-z", f"{b.WARMUP}s", url], check=True, stdout=subprocess.DEVNULL)
     ticks0 = b.cpu_ticks(pids)
     sampler = b.RssSampler(pids)
     sampler.start()
@@ -64,11 +63,71 @@ def measure_grpc(name, port, pids, headers, conns, work):
     sampler.stop = True
     sampler.join()
     codes = out.get("statusCodeDistribution", {})
-    total = sum(codes.values())
+    failed = sum(n for what, n in out.get("errorDistribution", {}).items()
+                 if "deadline" not in what and "canceled" not in what)
+    if failed:
+        print(f"{name}: {out['errorDistribution']}", file=sys.stderr)
+    total = sum(codes.values()) + failed
     pct = out["latencyPercentiles"]
-    return {"name": f"{name} gRPC", "conns": conns, "rps": out["summary"]["requestsPerSec"], "p50": pct["p50"] * 1e6,
-            "p99": pct["p99"] * 1e6, "p999": pct["p99.9"] * 1e6, "errors": total - codes.get("200", 0),
+    return {"rps": out["summary"]["requestsPerSec"], "p50": pct["p50"] * 1e6, "p99": pct["p99"] * 1e6,
+            "p999": pct["p99.9"] * 1e6, "errors": total - codes.get("200", 0),
             "cpu_us": (ticks1 - ticks0) / b.CLK_TCK * 1e6 / max(total, 1), "rss": sampler.peak}
+
+
+def headers_args(headers):
+    return sum((["-H", f"{k}: {v}"] for k, v in headers.items()), [])
+
+
+def grpc_args(headers, work):
+    body = os.path.join(work, "query.grpc")
+    with open(body, "wb") as f:
+        f.write(grpc_query_frame())
+    grpc = {"content-type": "application/grpc", "te": "trailers", **headers}
+    return ["--http2", "-m", "POST", "-D", body] + headers_args(grpc)
+
+
+def measure_grpc(name, port, pids, headers, conns, work):
+    """oha sending the unary gRPC Query over h2c (one stream at a time per connection)."""
+    url = f"http://127.0.0.1:{port}/VectorService/Query"
+    row = oha(f"{name} gRPC at {conns} connections", pids, grpc_args(headers, work) + ["-c", str(conns)], url)
+    return {"name": f"{name} gRPC", "conns": conns, **row}
+
+
+def fixed_rate(name, port, pids, headers, grpc, work):
+    """REST `/query` or gRPC `Query` at 1,000 requests a second over 16 connections, latency
+    measured from when each request was due (oha --latency-correction)."""
+    if grpc:
+        url, args = f"http://127.0.0.1:{port}/VectorService/Query", grpc_args(headers, work)
+    else:
+        url = f"http://127.0.0.1:{port}/query"
+        args = ["-m", "POST", "-d", QUERY, "-T", "application/json"] + headers_args(headers)
+    args += ["-c", "16", "-q", str(FIXED_RATE), "--latency-correction"]
+    row = oha(f"{name} at {FIXED_RATE}/s", pids, args, url)
+    return {"name": name + (" gRPC" if grpc else ""), **row}
+
+
+def upsert_body(work):
+    """A `/vectors/upsert` body of about 2 MiB: the same ids each time, so that the fake's
+    index does not grow."""
+    path = os.path.join(work, "upsert.json")
+    n = 0
+    parts = []
+    size = 20
+    while size < UPSERT_BYTES - 200:
+        vector = json.dumps({"id": f"u{n}", "values": [((n * 7 + j) % 10) / 10 for j in range(DIMENSION)]})
+        parts.append(vector)
+        size += len(vector) + 1
+        n += 1
+    with open(path, "w") as f:
+        f.write('{"vectors": [' + ",".join(parts) + "]}")
+    return path
+
+
+def measure_upsert(name, port, pids, headers, body):
+    """oha POSTing 2 MiB upserts over 16 connections: rate, latency, CPU and peak RSS."""
+    args = ["-m", "POST", "-D", body, "-T", "application/json", "-c", "16"] + headers_args(headers)
+    row = oha(f"{name} upserts", pids, args, f"http://127.0.0.1:{port}/vectors/upsert")
+    return {"name": name, **row}
 
 
 def measure(name, port, pids, headers, conns, work):
@@ -120,6 +179,8 @@ def setup(work):
         "PINECONE_PROXY_TOKEN_URL": f"http://127.0.0.1:{FAKE}/oauth/token",
         "PINECONE_PROXY_UPSTREAM_URL": f"http://127.0.0.1:{FAKE}", "PINECONE_API_VERSION": b.VERSION,
         "PINECONE_PROXY_API_KEY_PROJECT_ID": project, "PINECONE_PROXY_INDEXES": f"bench=127.0.0.1:{INDEX}",
+        # 64 h2c connections at 160 KiB each: the default 8 MiB admits 51 (README, Limits).
+        "PINECONE_PROXY_LIMITS_HEAD_MEMORY": "16MiB",
     })
     log = open(os.path.join(work, "proxy.log"), "w")
     proxy = b.spawn([b.BIN, "--listen", f"127.0.0.1:{PROXY}", "--ops-listen", f"127.0.0.1:{PROXY_OPS}"], 1,
@@ -153,6 +214,7 @@ http {{
   server {{
     listen 127.0.0.1:{NGINX};
     access_log off;
+    client_max_body_size 4m;
     location / {{
       proxy_pass http://index;
       proxy_http_version 1.1;
@@ -176,27 +238,68 @@ http {{
     return rest, grpc
 
 
+PARTS = os.environ.get("BENCH_PARTS", "load,rate,upsert").split(",")
+RATE, UPSERTS = f"{FIXED_RATE}/s", "2MiB"
+
+
+def one_round(rest, grpc, work, upsert):
+    """Every row once: the load at 16 and 64 connections, the fixed rate, the upserts."""
+    runs = []
+    if "load" in PARTS:
+        for conns in (16, 64):
+            runs += [measure(n, port, pids, h, conns, work) for n, port, pids, h in rest]
+            runs += [measure_grpc(n, port, pids, h, conns, work) for n, port, pids, h in grpc]
+    if "rate" in PARTS:
+        for targets, is_grpc in ((rest, False), (grpc, True)):
+            runs += [{**fixed_rate(n, port, pids, h, is_grpc, work), "conns": RATE} for n, port, pids, h in targets]
+    if "upsert" in PARTS:
+        runs += [{**measure_upsert(n, port, pids, h, upsert), "conns": UPSERTS} for n, port, pids, h in rest]
+    return runs
+
+
+def medians(runs):
+    rows = []
+    for key in dict.fromkeys((r["name"], r["conns"]) for r in runs):
+        mine = [r for r in runs if (r["name"], r["conns"]) == key]
+        rows.append({k: (statistics_median([r[k] for r in mine]) if k not in ("name", "conns") else mine[0][k])
+                     for k in mine[0]})
+    return rows
+
+
+def floors(by):
+    """Issue 25's floors, each with whether this run met it; rows not run are not judged."""
+    out = [("no errors", all(r["errors"] == 0 for r in by.values()))]
+    for kind in ("", " gRPC"):
+        label = kind.strip() or "REST"
+        p, n = (lambda c, k=kind: by[(f"proxy{k}", c)]), (lambda c, k=kind: by[(f"nginx{k}", c)])
+        if ("proxy" + kind, 16) in by:
+            out += [(f"{label} req/s ≥ 0.8 × nginx at 16 and 64 connections",
+                     all(p(c)["rps"] >= 0.8 * n(c)["rps"] for c in (16, 64))),
+                    (f"{label} CPU µs/req ≤ 1.4 × nginx at 16 and 64 connections",
+                     all(p(c)["cpu_us"] <= 1.4 * n(c)["cpu_us"] for c in (16, 64)))]
+        if ("proxy" + kind, RATE) in by:
+            added = by[("proxy" + kind, RATE)]["p99"] - by[("direct" + kind, RATE)]["p99"]
+            out.append((f"{label} p99 added over direct at {FIXED_RATE} req/s ≤ 1 ms ({added:.0f} µs)", added <= 1000))
+    if ("proxy", UPSERTS) in by:
+        rss = by[("proxy", UPSERTS)]["rss"]
+        out.append((f"2 MiB upserts at 16 connections: RSS ≤ 24 MiB ({rss / 1024:.1f} MiB)", rss <= 24 * 1024))
+    return out
+
+
 def main():
     work = tempfile.mkdtemp(prefix="pap-data-")
     try:
         rest, grpc = setup(work)
+        upsert = upsert_body(work)
         runs = []
         for _ in range(b.ROUNDS):
-            for conns in (16, 64):
-                for name, port, pids, headers in rest:
-                    runs.append(measure(name, port, pids, headers, conns, work))
-                for name, port, pids, headers in grpc:
-                    runs.append(measure_grpc(name, port, pids, headers, conns, work))
-        rows = []
-        names = [t[0] for t in rest] + [f"{t[0]} gRPC" for t in grpc]
-        for name in names:
-            for conns in (16, 64):
-                mine = [r for r in runs if r["name"] == name and r["conns"] == conns]
-                rows.append({k: (statistics_median([r[k] for r in mine]) if k not in ("name", "conns") else mine[0][k])
-                             for k in mine[0]})
+            runs += one_round(rest, grpc, work, upsert)
+        rows = medians(runs)
         by = {(r["name"], r["conns"]): r for r in rows}
-        print(f"\npinecone-admin-proxy data-plane benchmark: POST /query ({DIMENSION} dimensions, 1,000 vectors, "
-              f"topK 5); medians of {b.ROUNDS} rounds of {b.DURATION} s; fake, proxy and nginx on CPU 1, wrk on CPU 0\n")
+        print(f"\npinecone-admin-proxy data-plane benchmark: POST /query and gRPC Query ({DIMENSION} dimensions, "
+              f"1,000 vectors, topK 5) at 16 and 64 connections and at {RATE} over 16; {UPSERTS} upserts over 16 "
+              f"connections; medians of {b.ROUNDS} rounds of {b.DURATION} s; fake, proxy and nginx on CPU 1, "
+              "the load on CPU 0\n")
         print("| target | conns | req/s | p50 µs | p99 µs | p99.9 µs | errors | CPU µs/req | RSS load KiB | req/s vs nginx |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
@@ -204,16 +307,7 @@ def main():
             print(f"| {r['name']} | {r['conns']} | {r['rps']:.0f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['p999']:.0f} | "
                   f"{r['errors']:.0f} | {r['cpu_us']:.1f} | {r['rss']:.0f} | {r['rps'] / n['rps']:.2f} |")
         print()
-        floors = [("no errors", all(r["errors"] == 0 for r in rows))]
-        for kind in ("", " gRPC"):
-            p, n = (lambda c, k=kind: by[(f"proxy{k}", c)]), (lambda c, k=kind: by[(f"nginx{k}", c)])
-            floors += [
-                (f"{kind.strip() or 'REST'} req/s ≥ 0.8 × nginx at 16 and 64 connections",
-                 all(p(c)["rps"] >= 0.8 * n(c)["rps"] for c in (16, 64))),
-                (f"{kind.strip() or 'REST'} CPU µs/req ≤ 1.4 × nginx at 16 and 64 connections",
-                 all(p(c)["cpu_us"] <= 1.4 * n(c)["cpu_us"] for c in (16, 64))),
-            ]
-        for floor, ok in floors:
+        for floor, ok in floors(by):
             print(f"{'met   ' if ok else 'MISSED'}  {floor}")
     finally:
         b.cleanup()

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::config::Limits;
 use crate::credentials::Credentials;
 use crate::index_listeners;
+use crate::limits::HeadBudget;
 use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::outbound::{Outbound, Settings};
@@ -152,13 +153,19 @@ fn fit_to_open_files(mut limits: Limits, upstream_connections: usize, listeners:
     limits
 }
 
-/// How `listen` serves: `[limits]`, with `max_connections` fitted to the open-file limit
-/// (and shown in the `max_connections` gauge).
+/// How `listen` and the index listeners serve: `[limits]`, with `max_connections` fitted to
+/// the open-file limit (and shown in the `max_connections` gauge), and one `head_memory`
+/// budget for all of them.
 fn proxy_options(config: &Config, metrics: &Arc<Metrics>) -> ServeOptions {
     let listeners = 1 + config.indexes.len();
     let limits = fit_to_open_files(config.limits.clone(), config.upstream.max_connections, listeners);
     metrics.max_connections.set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
-    ServeOptions { metrics: Some(metrics.clone()), limits, ..ServeOptions::new(config.shutdown.grace) }
+    ServeOptions {
+        metrics: Some(metrics.clone()),
+        heads: Some(HeadBudget::new(limits.head_memory)),
+        limits,
+        ..ServeOptions::new(config.shutdown.grace)
+    }
 }
 
 /// How the ops listener serves: its own connections (a client that fills `listen` never
@@ -178,6 +185,7 @@ fn ops_options(limits: &Limits) -> ServeOptions {
         metrics: None,
         per_peer: Some(OPS_PER_PEER),
         evict_idle: true,
+        heads: None,
     }
 }
 

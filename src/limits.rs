@@ -193,13 +193,13 @@ const H2C_RECEIVE: usize = 160 << 10;
 /// 64 KiB, a thousand connections could otherwise hold 64 MiB of heads), and each h2c
 /// connection's [`H2C_RECEIVE`].
 #[derive(Debug)]
-pub(crate) struct HeadBudget {
+pub struct HeadBudget {
     limit: usize,
     used: AtomicUsize,
 }
 
 impl HeadBudget {
-    pub(crate) fn new(limit: usize) -> Arc<Self> {
+    pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self { limit, used: AtomicUsize::new(0) })
     }
 

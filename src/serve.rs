@@ -133,12 +133,16 @@ pub struct ServeOptions {
     pub per_peer: Option<usize>,
     /// When full, close the longest idle connection rather than pause accepting.
     pub evict_idle: bool,
+    /// A `limits.head_memory` budget shared with other listeners (`listen` and the index
+    /// listeners hold one together, so that more indexes do not mean more memory); `None`:
+    /// the listener's own, of `limits.head_memory`.
+    pub heads: Option<Arc<HeadBudget>>,
 }
 
 impl ServeOptions {
     /// The default limits, no metrics, no per-peer cap, no eviction.
     pub fn new(grace: Duration) -> Self {
-        Self { grace, limits: Limits::default(), metrics: None, per_peer: None, evict_idle: false }
+        Self { grace, limits: Limits::default(), metrics: None, per_peer: None, evict_idle: false, heads: None }
     }
 }
 
@@ -211,13 +215,13 @@ struct Connections {
 
 impl Connections {
     fn new(name: &'static str, options: ServeOptions) -> Self {
-        let ServeOptions { grace: _, limits, metrics, per_peer, evict_idle } = options;
+        let ServeOptions { grace: _, limits, metrics, per_peer, evict_idle, heads } = options;
         Self {
             name,
             admission: Admission::new(per_peer),
             builder: Arc::new(builder(&limits)),
             slots: Arc::new(Semaphore::new(limits.max_connections)),
-            heads: HeadBudget::new(limits.head_memory),
+            heads: heads.unwrap_or_else(|| HeadBudget::new(limits.head_memory)),
             limits: Arc::new(limits),
             events: Arc::new(LimitEvents::new(name, metrics.clone())),
             gauge: metrics.as_ref().map(|m| m.open_connections.clone()),

@@ -23,7 +23,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 /// The roles that may read vectors, and those that may write them (FACTS.md).
 const READERS: [&str; 4] = ["ProjectEditor", "ProjectViewer", "DataPlaneEditor", "DataPlaneViewer"];
@@ -125,7 +124,7 @@ pub(crate) fn start(
                 () = stopped => {}
             }
         },
-        serve::ServeOptions::new(Duration::from_secs(1)),
+        super::serve_options(),
     ));
     let vectors = Vectors { dimension, metric: metric.to_owned(), namespaces: BTreeMap::new() };
     Ok(DataServer { addr, vectors, stop })

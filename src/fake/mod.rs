@@ -384,6 +384,14 @@ pub struct FakePinecone {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// How the fake's servers serve: the default time limits, but no connection or head-memory
+/// budget that Pinecone's hosts would not have (the proxy's `head_memory` closes the 52nd h2c
+/// connection; a benchmark's nginx opening 64 to an index must not meet that here).
+pub(crate) fn serve_options() -> serve::ServeOptions {
+    let limits = crate::config::Limits { max_connections: 1 << 16, head_memory: 1 << 30, ..Default::default() };
+    serve::ServeOptions { limits, ..serve::ServeOptions::new(Duration::from_secs(1)) }
+}
+
 impl FakePinecone {
     /// Starts on `addr` (port 0 for any free port), issuing tokens valid `expires_in`
     /// seconds.
@@ -398,7 +406,7 @@ impl FakePinecone {
             Listener::Tcp(listener),
             move |_| service.clone(),
             stop.wait(),
-            serve::ServeOptions::new(Duration::from_secs(1)),
+            serve_options(),
         ));
         Ok(Self { addr, state, stop, task: Some(task) })
     }

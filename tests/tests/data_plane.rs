@@ -346,3 +346,46 @@ async fn a_grpc_stream_of_no_specification_is_not_held_for_a_replay() {
     assert_eq!(response.headers()["grpc-status"], "12", "UNIMPLEMENTED, from the fake");
     drop(frames);
 }
+
+/// `listen` and the index listeners hold one `limits.head_memory` budget: more indexes do not
+/// mean more memory. At 320 KiB, two h2c connections (160 KiB each), one on each listener, take
+/// it all; a third on either is closed, and one on an index listener is admitted again once
+/// one of the two has gone.
+#[tokio::test]
+async fn the_index_listeners_share_the_head_memory_of_listen() {
+    let fake = fake(3600).await;
+    fake.state().create_index("docs", 2).unwrap();
+    let project = fake.state().project_id();
+    let env = [
+        ("PINECONE_PROXY_API_KEY_PROJECT_ID", project.as_str()),
+        ("PINECONE_PROXY_INDEXES", "docs=127.0.0.1:0"),
+        ("PINECONE_PROXY_LIMITS_HEAD_MEMORY", "320KiB"),
+    ];
+    let proxy = proxy_for(&fake, &env).await;
+    let (listen, index) = (proxy.listen.tcp(), proxy.indexes[0].1.tcp());
+    let h2c = |addr| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The preface, an empty SETTINGS and a PING: answered by a PING ACK once read.
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        hello.extend_from_slice(&[0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &hello).await.unwrap();
+        let admitted = until_ping_ack(&mut stream).await;
+        (stream, admitted)
+    };
+    let (on_listen, admitted) = h2c(listen).await;
+    assert!(admitted, "the first h2c connection, on listen");
+    let (_on_index, admitted) = h2c(index).await;
+    assert!(admitted, "the second, on the index listener");
+    assert!(!h2c(index).await.1, "a third on the index listener passes the shared budget");
+    assert!(!h2c(listen).await.1, "and on listen");
+    drop(on_listen);
+    let again = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if h2c(index).await.1 {
+                return;
+            }
+        }
+    });
+    again.await.expect("admitted once the connection on listen has gone");
+}

@@ -663,24 +663,6 @@ async fn h2c_connections_that_fill_their_windows_are_charged_what_they_can_hold(
     drop(held);
 }
 
-/// Reads HTTP/2 frames until a PING ACK (`true`) or the end of the connection (`false`).
-async fn until_ping_ack(stream: &mut TcpStream) -> bool {
-    let mut head = [0u8; 9];
-    loop {
-        if stream.read_exact(&mut head).await.is_err() {
-            return false;
-        }
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        if stream.read_exact(&mut payload).await.is_err() {
-            return false;
-        }
-        if head[3] == 0x6 && head[4] & 0x1 == 0x1 {
-            return true;
-        }
-    }
-}
-
 /// The binary in front of `fake`, ready (its `/healthz` answers) while the first token is
 /// still on its way.
 async fn spawn_demo_waiting(fake: &pinecone_admin_proxy::fake::FakePinecone) -> Proc {

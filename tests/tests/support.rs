@@ -225,3 +225,22 @@ pub fn assert_proxy_error(status: StatusCode, headers: &HeaderMap, body: &[u8], 
     assert!(v["error"]["code"].is_string());
     assert!(v["error"]["message"].as_str().unwrap().contains("pinecone-admin-proxy"));
 }
+
+/// Reads HTTP/2 frames (after an h2c client's PING) until a PING ACK (`true`) or the end
+/// of the connection (`false`).
+pub async fn until_ping_ack(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut head = [0u8; 9];
+    loop {
+        if tokio::io::AsyncReadExt::read_exact(stream, &mut head).await.is_err() {
+            return false;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if tokio::io::AsyncReadExt::read_exact(stream, &mut payload).await.is_err() {
+            return false;
+        }
+        if head[3] == 0x6 && head[4] & 0x1 == 0x1 {
+            return true;
+        }
+    }
+}
