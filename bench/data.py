@@ -108,7 +108,7 @@ def fixed_rate(name, port, pids, headers, grpc, work):
 
 def upsert_body(work):
     """A `/vectors/upsert` body of about 2 MiB: the same ids each time, so that the fake's
-    index does not grow."""
+    index does not grow, in the namespace `upserts`."""
     path = os.path.join(work, "upsert.json")
     n = 0
     parts = []
@@ -118,8 +118,9 @@ def upsert_body(work):
         parts.append(vector)
         size += len(vector) + 1
         n += 1
+    # In a namespace of their own: the queries' (the default) keeps its 1,000 vectors.
     with open(path, "w") as f:
-        f.write('{"vectors": [' + ",".join(parts) + "]}")
+        f.write('{"namespace": "upserts", "vectors": [' + ",".join(parts) + "]}")
     return path
 
 

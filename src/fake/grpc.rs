@@ -187,7 +187,30 @@ pub(crate) async fn handle(service: DataService, request: Request<Incoming>) -> 
         }
         _ => Status::unimplemented(format!("{path} is not a method of the fake's VectorService")).into_http(),
     };
-    response.map(|body| body.map_err(BoxError::from).boxed_unsync())
+    let response = response.map(|body| body.map_err(BoxError::from).boxed_unsync());
+    if service.state.grpc_status_in_trailers.load(std::sync::atomic::Ordering::SeqCst) {
+        status_in_trailers(response)
+    } else {
+        response
+    }
+}
+
+/// A trailers-only answer (its status in the headers) as headers and then trailers.
+fn status_in_trailers(mut response: Response<Body>) -> Response<Body> {
+    let mut trailers = http::HeaderMap::new();
+    for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        if let Some(value) = response.headers_mut().remove(name) {
+            trailers.insert(name, value);
+        }
+    }
+    if trailers.is_empty() {
+        return response;
+    }
+    let body = http_body_util::Empty::<bytes::Bytes>::new()
+        .with_trailers(async move { Some(Ok(trailers)) })
+        .map_err(|never: std::convert::Infallible| match never {})
+        .boxed_unsync();
+    response.map(|_| body)
 }
 
 fn upsert(v: &mut super::data::Vectors, r: UpsertRequest) -> Result<UpsertResponse, Status> {

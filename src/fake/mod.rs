@@ -115,6 +115,9 @@ pub struct State {
     pub(crate) quota: Mutex<Option<quota::Quota>>,
     /// Token requests refused with 429 because a quota bucket was spent.
     pub quota_refused: AtomicU64,
+    /// gRPC errors answered as headers, then trailers with the status (as a server that had
+    /// begun its answer sends them), instead of trailers-only.
+    pub(crate) grpc_status_in_trailers: AtomicBool,
 }
 
 impl State {
@@ -143,6 +146,7 @@ impl State {
             token_inflight_max: AtomicU64::new(0),
             last_token_request: Mutex::new(None),
             recording: AtomicBool::new(false),
+            grpc_status_in_trailers: AtomicBool::new(false),
             recorded: Mutex::new(Vec::new()),
             data: Mutex::new(Data::seeded()),
             quota: Mutex::new(None),
@@ -281,6 +285,12 @@ impl State {
     /// Every access token issued so far.
     pub fn issued_tokens(&self) -> Vec<String> {
         self.issued.lock().keys().cloned().collect()
+    }
+
+    /// Answers gRPC errors with the status in trailers after the headers (`true`), or
+    /// trailers-only, as tonic does (`false`, the default).
+    pub fn set_grpc_status_in_trailers(&self, on: bool) {
+        self.grpc_status_in_trailers.store(on, Ordering::SeqCst);
     }
 
     /// Starts or stops recording Admin API requests.

@@ -2,24 +2,59 @@
 //! every request on an index's listener (its data plane, on the index's own host). The key
 //! goes in `Api-Key` (the client's `Api-Key` and `Authorization` out), a wait of at most
 //! `token.timeout` while none is usable (then `503 api_key_unavailable`), and after a `401`
-//! one new key for every request that saw the old one rejected and one replay.
+//! (or a gRPC `UNAUTHENTICATED`) one new key for every request that saw the old one rejected
+//! and one replay; a gRPC `UNAUTHENTICATED` in trailers replaces the key without a replay.
 
 use super::error::ProxyError;
 use super::headers::rewrite_key_headers;
 use super::index_host::IndexHost;
 use super::{Outcome, Proxy, Renewed, finish};
-use crate::api_key::source::KeySource;
+use crate::api_key::source::{ApiKey, KeySource};
 use crate::body::{Body, BoxError};
 use crate::outbound::Pool;
 use bytes::Bytes;
+use http::header::CONTENT_TYPE;
 use http::uri::PathAndQuery;
 use http::{Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use std::sync::Arc;
 
 /// Whether an answer says the key was not taken: HTTP 401 (`Invalid API key`), or a gRPC
 /// call answered at once with status 16 `UNAUTHENTICATED` (a trailers-only response, whose
 /// status is in its headers: what a server answers before it reads a message).
 fn rejects_key(response: &Response<Body>) -> bool {
     response.status() == StatusCode::UNAUTHORIZED || response.headers().get("grpc-status").is_some_and(|s| s == "16")
+}
+
+/// Asks for a key newer than `key`: the first request to see it rejected says so.
+fn replace(keys: &KeySource, key: &ApiKey) {
+    if keys.invalidate(key.generation) {
+        tracing::warn!(
+            id = %key.id,
+            fingerprint = %key.fingerprint,
+            "the control or data plane answered 401 to the managed API key; replacing it",
+        );
+    }
+}
+
+/// A gRPC answer whose status comes in its trailers, after its headers and messages: a 16
+/// `UNAUTHENTICATED` there cannot be replayed (the client has begun to receive the answer),
+/// but the key is replaced for the calls to come. Other answers are left as they are.
+fn watch_trailers(response: Response<Body>, keys: &KeySource, key: &Arc<ApiKey>) -> Response<Body> {
+    let grpc = response.headers().get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        return response;
+    }
+    let (keys, key) = (keys.clone(), key.clone());
+    response.map(|body| {
+        body.map_frame(move |frame| {
+            if frame.trailers_ref().and_then(|t| t.get("grpc-status")).is_some_and(|s| s == "16") {
+                replace(&keys, &key);
+            }
+            frame
+        })
+        .boxed_unsync()
+    })
 }
 
 impl Proxy {
@@ -91,17 +126,11 @@ impl Proxy {
         let (response, replay) = self.send_replayable(pool, (parts, limit), body).await?;
         outcome.upstream_status = Some(response.status().as_u16());
         if !rejects_key(&response) {
-            return Ok(finish(response));
+            return Ok(finish(watch_trailers(response, keys, &key)));
         }
         // The plane no longer takes this key (deleted, revoked): one new key for all, and
         // one line for all.
-        if keys.invalidate(key.generation) {
-            tracing::warn!(
-                id = %key.id,
-                fingerprint = %key.fingerprint,
-                "the control or data plane answered 401 to the managed API key; replacing it",
-            );
-        }
+        replace(keys, &key);
         let renew = async { keys.newer_than(key.generation).await.ok().map(Renewed::Key) };
         Box::pin(self.replay(pool, response, replay, outcome, renew)).await
     }

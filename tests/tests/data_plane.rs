@@ -239,6 +239,29 @@ async fn a_grpc_unauthenticated_replaces_the_key_and_the_call_is_replayed() {
     assert_eq!(stats.unwrap().total_vector_count, 1, "upserted once");
 }
 
+/// A server that had begun its answer sends `UNAUTHENTICATED` in the trailers: too late to
+/// replay (the client has the headers, and gets the 16), but the key is replaced for the
+/// calls that follow.
+#[tokio::test]
+async fn a_grpc_unauthenticated_in_trailers_replaces_the_key_for_the_calls_to_come() {
+    use pinecone_admin_proxy::fake::grpc::*;
+    let fake = fake(3600).await;
+    create_index(&fake, "docs", 2).await;
+    let (proxy, base) = with_docs(&fake).await;
+    let keys = proxy.keys.as_ref().unwrap();
+    let first = keys.current().unwrap();
+    fake.state().set_grpc_status_in_trailers(true);
+    assert!(fake.state().revoke_api_key(&first.id));
+    let stats = DescribeIndexStatsRequest {};
+    let method = "/VectorService/DescribeIndexStats";
+    let (headers, _, status, _) = grpc::<_, DescribeIndexStatsResponse>(&base, method, &stats).await;
+    assert!(!headers.contains_key("grpc-status"), "the status came in the trailers: {headers:?}");
+    assert_eq!(status, "16", "the client gets the trailers' status as they came");
+    let second = keys.newer_than(first.generation).await.expect("a new key after the 16 in the trailers");
+    let (_, answer, status, _) = grpc::<_, DescribeIndexStatsResponse>(&base, method, &stats).await;
+    assert_eq!((status.as_str(), answer.map(|a| a.dimension)), ("0", Some(2)), "the next call, with {}", second.id);
+}
+
 #[tokio::test]
 async fn grpc_calls_are_named_by_their_rest_twin_and_a_refusal_is_permission_denied() {
     use pinecone_admin_proxy::fake::grpc::*;
@@ -388,4 +411,53 @@ async fn the_index_listeners_share_the_head_memory_of_listen() {
         }
     });
     again.await.expect("admitted once the connection on listen has gone");
+}
+
+/// An index listener on a Unix socket (`indexes.docs = "unix:…"`) serves REST over HTTP/1.1
+/// and gRPC over h2c as the TCP one does, in the socket mode of `listen_mode`.
+#[tokio::test]
+async fn an_index_listener_on_a_unix_socket_serves_rest_and_grpc() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use pinecone_admin_proxy::fake::grpc::{DescribeIndexStatsRequest, DescribeIndexStatsResponse};
+    use prost::Message;
+    use std::os::unix::fs::PermissionsExt;
+    let fake = fake(3600).await;
+    fake.state().create_index("docs", 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("docs.sock");
+    let project = fake.state().project_id();
+    let indexes = format!("docs=unix:{}", path.display());
+    let env = [("PINECONE_PROXY_API_KEY_PROJECT_ID", project.as_str()), ("PINECONE_PROXY_INDEXES", indexes.as_str())];
+    let proxy = proxy_for(&fake, &env).await;
+    assert!(pinecone_admin_proxy::wait::wait_ready(proxy.ops.tcp(), std::time::Duration::from_secs(10)).await);
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut stats = request(Method::POST, "http://localhost", "/describe_index_stats", "{}");
+    *stats.uri_mut() = "/describe_index_stats".parse().unwrap();
+    stats.headers_mut().insert("host", "localhost".parse().unwrap());
+    let (status, _, body) = collect(sender.send_request(stats).await.unwrap()).await;
+    assert_eq!((status, json(&body)["dimension"].as_u64()), (StatusCode::OK, Some(2)));
+
+    let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut frame = vec![0u8, 0, 0, 0, 0];
+    DescribeIndexStatsRequest {}.encode(&mut frame).unwrap();
+    let call = Request::post("http://localhost/VectorService/DescribeIndexStats")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(frame))
+        .unwrap();
+    let collected = sender.send_request(call).await.unwrap().into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    let answer = DescribeIndexStatsResponse::decode(&collected.to_bytes()[5..]).unwrap();
+    assert_eq!(answer.dimension, 2);
+    proxy.shutdown();
+    proxy.wait().await;
+    assert!(!path.exists(), "the socket file is removed at exit");
 }
