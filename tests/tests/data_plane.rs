@@ -151,6 +151,19 @@ async fn grpc<Q: prost::Message, R: prost::Message + Default>(
     method: &str,
     message: &Q,
 ) -> (http::HeaderMap, Option<R>, String, Option<String>) {
+    let (headers, trailers, body) = grpc_call(base, method, message).await;
+    let status = trailers.get("grpc-status").or(headers.get("grpc-status")).map(|v| v.to_str().unwrap().to_owned());
+    let message = trailers.get("grpc-message").or(headers.get("grpc-message")).map(|v| v.to_str().unwrap().to_owned());
+    let decoded = (body.len() >= 5).then(|| R::decode(&body[5..]).unwrap());
+    (headers, decoded, status.unwrap_or_default(), message)
+}
+
+/// One unary gRPC call over h2c: the answer's headers, trailers and body.
+async fn grpc_call<Q: prost::Message>(
+    base: &str,
+    method: &str,
+    message: &Q,
+) -> (http::HeaderMap, http::HeaderMap, bytes::Bytes) {
     use http_body_util::BodyExt;
     let client: hyper_util::client::legacy::Client<_, pinecone_admin_proxy::body::Body> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -170,11 +183,7 @@ async fn grpc<Q: prost::Message, R: prost::Message + Default>(
     let headers = response.headers().clone();
     let collected = response.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    let body = collected.to_bytes();
-    let status = trailers.get("grpc-status").or(headers.get("grpc-status")).map(|v| v.to_str().unwrap().to_owned());
-    let message = trailers.get("grpc-message").or(headers.get("grpc-message")).map(|v| v.to_str().unwrap().to_owned());
-    let decoded = (body.len() >= 5).then(|| R::decode(&body[5..]).unwrap());
-    (headers, decoded, status.unwrap_or_default(), message)
+    (headers, trailers, collected.to_bytes())
 }
 
 #[tokio::test]
@@ -206,11 +215,20 @@ async fn grpc_goes_to_the_index_host_with_the_managed_key_and_its_status_passes_
     assert_eq!(status, "3", "INVALID_ARGUMENT");
     assert!(message.unwrap().contains("dimension"));
     assert!(headers.contains_key("grpc-status-details-bin"), "the details pass through: {headers:?}");
+    // The same error from a server that had begun its answer: all three in the trailers.
+    fake.state().set_grpc_status_in_trailers(true);
+    let details = headers["grpc-status-details-bin"].clone();
+    let (headers, trailers, _) = grpc_call(&base, "/VectorService/Upsert", &bad).await;
+    assert!(!headers.contains_key("grpc-status"), "{headers:?}");
+    assert_eq!(trailers["grpc-status"], "3");
+    assert!(trailers["grpc-message"].to_str().unwrap().contains("dimension"));
+    assert_eq!(trailers["grpc-status-details-bin"], details, "byte for byte");
+    fake.state().set_grpc_status_in_trailers(false);
 
     let key = proxy.keys.as_ref().unwrap().current().unwrap();
     let calls: Vec<_> =
         fake.state().recorded().into_iter().filter(|r| r.target.starts_with("/VectorService/")).collect();
-    assert_eq!(calls.len(), 4);
+    assert_eq!(calls.len(), 5);
     for r in &calls {
         assert_eq!(r.headers.get_all("api-key").iter().collect::<Vec<_>>(), [key.header().to_str().unwrap()]);
         assert_eq!(r.headers["x-pinecone-api-version"], "2025-10");
