@@ -59,6 +59,16 @@ impl State {
         before != data.indexes.len()
     }
 
+    /// Makes `describe_index` name `host` for the seeded project's index `name` (a TLS front
+    /// that a test put before its data plane, as Pinecone's hosts are behind TLS); answers
+    /// whether the index exists.
+    pub fn set_index_host(&self, name: &str, host: &str) -> bool {
+        let project = self.project_id();
+        let mut data = self.data.lock();
+        let index = data.indexes.iter_mut().find(|(p, i)| *p == project && i["name"] == name);
+        index.map(|(_, i)| i["host"] = Value::from(host)).is_some()
+    }
+
     /// Every index, of every project.
     pub fn indexes(&self) -> Vec<Value> {
         self.data.lock().indexes.iter().map(|(_, index)| index.clone()).collect()

@@ -17,6 +17,8 @@ struct TlsFake {
     ca_pem: String,
     alpn: Arc<Mutex<Vec<String>>>,
     fake: fake::FakePinecone,
+    /// The certificate for `localhost` and its key, with the ALPN protocols offered.
+    acceptor: tokio_rustls::TlsAcceptor,
 }
 
 /// The fake Pinecone's service behind TLS on `localhost`, with a fresh CA, offering the
@@ -32,6 +34,7 @@ async fn tls_fake(protocols: &[&[u8]]) -> TlsFake {
         .unwrap();
     config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let tls = acceptor.clone();
 
     let plain = fake(3600).await;
     let service = fake::Service::new(plain.state().clone());
@@ -52,23 +55,48 @@ async fn tls_fake(protocols: &[&[u8]]) -> TlsFake {
             });
         }
     });
-    TlsFake { port, ca_pem, alpn, fake: plain }
+    TlsFake { port, ca_pem, alpn, fake: plain, acceptor: tls }
+}
+
+/// A TLS front for `backend` (an index's plain data plane) with `tls`'s certificate: each
+/// connection's TLS is ended here and its bytes relayed. Answers the port and the ALPN
+/// protocol each connection chose.
+async fn tls_front(tls: &TlsFake, backend: String) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let alpn = Arc::new(Mutex::new(Vec::new()));
+    let (seen, acceptor) = (alpn.clone(), tls.acceptor.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, seen, backend) = (acceptor.clone(), seen.clone(), backend.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                let protocol = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+                seen.lock().push(protocol.unwrap_or_default());
+                let mut plain = tokio::net::TcpStream::connect(backend).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (port, alpn)
 }
 
 /// A proxy whose token endpoint and upstream are `tls`, trusting its CA through
 /// `upstream.ca_file`.
 async fn proxy_trusting(tls: &TlsFake) -> pinecone_admin_proxy::app::Running {
+    proxy_trusting_with(tls, &[]).await
+}
+
+/// [`proxy_trusting`], with more of the environment.
+async fn proxy_trusting_with(tls: &TlsFake, extra: &[(&str, &str)]) -> pinecone_admin_proxy::app::Running {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &tls.ca_pem).unwrap();
     let base = format!("https://localhost:{}", tls.port);
     // The file is read at start; the directory may go when this returns.
-    start_with(&env(
-        &format!("{base}/oauth/token"),
-        &base,
-        &[("PINECONE_PROXY_UPSTREAM_CA_FILE", ca_file.to_str().unwrap())],
-    ))
-    .await
+    let mut env_vars = vec![("PINECONE_PROXY_UPSTREAM_CA_FILE", ca_file.to_str().unwrap())];
+    env_vars.extend_from_slice(extra);
+    start_with(&env(&format!("{base}/oauth/token"), &base, &env_vars)).await
 }
 
 #[tokio::test]
@@ -136,4 +164,37 @@ async fn an_untrusted_certificate_is_502_upstream_unreachable() {
     assert_eq!(headers["x-pinecone-proxy-error"], "upstream_unreachable");
     let message = json(&body)["error"]["message"].as_str().unwrap().to_owned();
     assert!(message.to_lowercase().contains("certificate"), "{message}");
+}
+
+/// An index whose host is behind TLS (as Pinecone's are): its data plane gets HTTP/2 by ALPN,
+/// one connection for REST and gRPC alike, with the managed key.
+#[tokio::test]
+async fn an_index_host_over_tls_is_spoken_to_in_http2_by_alpn_for_rest_and_grpc() {
+    use http_body_util::BodyExt;
+    use pinecone_admin_proxy::body::full;
+    let tls = tls_fake(&[b"h2", b"http/1.1"]).await;
+    let plain = tls.fake.state().create_index("docs", 2).unwrap();
+    let (port, alpn) = tls_front(&tls, plain).await;
+    assert!(tls.fake.state().set_index_host("docs", &format!("localhost:{port}")));
+    let project = tls.fake.state().project_id();
+    let env = [("PINECONE_PROXY_API_KEY_PROJECT_ID", project.as_str()), ("PINECONE_PROXY_INDEXES", "docs=127.0.0.1:0")];
+    let proxy = proxy_trusting_with(&tls, &env).await;
+    assert!(pinecone_admin_proxy::wait::wait_ready(proxy.ops.tcp(), std::time::Duration::from_secs(10)).await);
+    let base = format!("http://{}", proxy.indexes[0].1.tcp());
+
+    let (status, _, body) = TestClient::default().post(&format!("{base}/describe_index_stats"), "{}").await;
+    assert_eq!((status, json(&body)["dimension"].as_u64()), (StatusCode::OK, Some(2)));
+    let client: hyper_util::client::legacy::Client<_, pinecone_admin_proxy::body::Body> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    // DescribeIndexStats with an empty request message.
+    let call = http::Request::post(format!("{base}/VectorService/DescribeIndexStats"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(vec![0u8; 5]))
+        .unwrap();
+    let collected = client.request(call).await.unwrap().into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(alpn.lock().clone(), ["h2"], "one TLS connection to the index host, HTTP/2 by ALPN");
 }
