@@ -2,14 +2,16 @@
 //! as the real one is on the index's own host. `describe_index` names that port as the
 //! index's `host`.
 //!
-//! Vectors live in memory, per namespace: `upsertVectors`, `queryVectors` (by vector or by
-//! id, cosine, euclidean or dot product; filters are not evaluated and answer 400),
-//! `fetchVectors`, `deleteVectors`, `describeIndexStats`. Keys are checked as on the
-//! control plane: a live key of the index's project whose roles cover the operation
-//! (reading takes a project or data-plane role, writing an editor's); anything else gets the
-//! plain-text `401 Invalid API key` (FACTS.md), a key without the role `403`.
+//! Requests are routed here to the index's vectors ([`super::vectors`]) and bulk imports
+//! ([`super::imports`]); `/records/…` answers 400, as for an index without integrated
+//! embedding. Keys are checked as on the control plane: a live key of the index's project
+//! whose roles cover the operation (reading takes a project or data-plane role, writing an
+//! editor's); anything else gets the plain-text `401 Invalid API key` (FACTS.md), a key
+//! without the role `403`.
 
-use super::{State, error, invalid, json};
+use super::imports::Imports;
+use super::vectors::Vectors;
+use super::{State, error, invalid};
 use crate::body::{Body, BoxError};
 use crate::serve::{self, Listener, Trigger};
 use bytes::Bytes;
@@ -18,7 +20,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -75,29 +76,12 @@ impl State {
     }
 }
 
-/// A query's match: id, score, values, metadata.
-pub(crate) type Match = (String, f64, Vec<f64>, Option<Value>);
-
-/// One stored vector.
-#[derive(Debug, Clone)]
-struct Stored {
-    values: Vec<f64>,
-    metadata: Option<Value>,
-}
-
-/// An index's vectors, by namespace and id.
-#[derive(Debug, Default)]
-pub(crate) struct Vectors {
-    dimension: Option<usize>,
-    metric: String,
-    namespaces: BTreeMap<String, BTreeMap<String, Stored>>,
-}
-
 /// A running data-plane server: its address, and what stops it.
 #[derive(Debug)]
 pub(crate) struct DataServer {
     pub(crate) addr: SocketAddr,
     pub(crate) vectors: Vectors,
+    imports: Imports,
     stop: Trigger,
 }
 
@@ -136,8 +120,8 @@ pub(crate) fn start(
         },
         super::serve_options(),
     ));
-    let vectors = Vectors { dimension, metric: metric.to_owned(), namespaces: BTreeMap::new() };
-    Ok(DataServer { addr, vectors, stop })
+    let vectors = Vectors::new(dimension, metric);
+    Ok(DataServer { addr, vectors, imports: Imports::default(), stop })
 }
 
 /// One index's data-plane service: REST, and gRPC ([`super::grpc`]) for requests of
@@ -169,9 +153,9 @@ impl DataService {
     }
 
     fn answer(&self, parts: &Parts, body: &Bytes) -> Response<Body> {
+        let (method, path) = (&parts.method, parts.uri.path());
         let mut data = self.state.data.lock();
-        let write = parts.uri.path() == "/vectors/upsert" || parts.uri.path() == "/vectors/delete";
-        match self.authorize(&data, &parts.headers, write) {
+        match self.authorize(&data, &parts.headers, writes(method, path)) {
             Err(Denied::Unauthenticated) => return super::control::invalid_api_key(),
             Err(Denied::Forbidden) => {
                 return error(StatusCode::FORBIDDEN, "FORBIDDEN", "The API key's roles do not allow this operation.");
@@ -181,18 +165,41 @@ impl DataService {
         let Some(server) = data.data_servers.get_mut(&(self.project.clone(), self.index.clone())) else {
             return error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("Index {} not found", self.index));
         };
-        let vectors = &mut server.vectors;
         let request: Value =
             if body.is_empty() { json!({}) } else { serde_json::from_slice(body).unwrap_or(Value::Null) };
-        match (&parts.method, parts.uri.path()) {
-            (&Method::POST, "/vectors/upsert") => vectors.upsert(&request),
-            (&Method::POST, "/query") => vectors.query(&request),
-            (&Method::GET, "/vectors/fetch") => vectors.fetch(parts.uri.query().unwrap_or("")),
-            (&Method::POST, "/vectors/delete") => vectors.delete(&request),
-            (&Method::POST | &Method::GET, "/describe_index_stats") => vectors.stats(),
-            (m, path) => error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("No route for {m} {path}")),
+        let query = parts.uri.query().unwrap_or("");
+        let (vectors, imports) = (&mut server.vectors, &mut server.imports);
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            (&Method::POST, ["vectors", "upsert"]) => vectors.upsert(&request),
+            (&Method::POST, ["query"]) => vectors.query(&request),
+            (&Method::GET, ["vectors", "fetch"]) => vectors.fetch(query),
+            (&Method::GET, ["vectors", "list"]) => vectors.list(query),
+            (&Method::POST, ["vectors", "update"]) => vectors.update(&request),
+            (&Method::POST, ["vectors", "delete"]) => vectors.delete(&request),
+            (&Method::POST | &Method::GET, ["describe_index_stats"]) => vectors.stats(),
+            (&Method::GET, ["namespaces"]) => vectors.namespaces(),
+            (&Method::GET, ["namespaces", name]) => vectors.namespace(name),
+            (&Method::DELETE, ["namespaces", name]) => vectors.delete_namespace(name),
+            (&Method::POST, ["bulk", "imports"]) => imports.start(&request),
+            (&Method::GET, ["bulk", "imports"]) => imports.list(),
+            (&Method::GET, ["bulk", "imports", id]) => imports.describe(id),
+            (&Method::DELETE, ["bulk", "imports", id]) => imports.cancel(id),
+            // Records are for indexes with integrated embedding, which the fake does not make.
+            (&Method::POST, ["records", "namespaces", _, "upsert" | "search"]) => {
+                invalid("Integrated inference is not configured for this index.")
+            }
+            (m, _) => error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("No route for {m} {path}")),
         }
     }
+}
+
+/// Whether a data-plane request writes (an editor's role), or reads.
+fn writes(method: &Method, path: &str) -> bool {
+    *method == Method::DELETE
+        || matches!(path, "/vectors/upsert" | "/vectors/update" | "/vectors/delete" | "/bulk/imports")
+            && *method == Method::POST
+        || path.starts_with("/records/") && path.ends_with("/upsert")
 }
 
 /// Why a data-plane request is refused.
@@ -225,172 +232,6 @@ impl DataService {
     }
 }
 
-impl Vectors {
-    /// Stores `items` (id, values, metadata) in `namespace`: how many, or why not.
-    pub(crate) fn put(
-        &mut self,
-        namespace: &str,
-        items: Vec<(String, Vec<f64>, Option<Value>)>,
-    ) -> Result<usize, String> {
-        if let Some((_, values, _)) = items.iter().find(|(_, v, _)| self.dimension.is_some_and(|d| d != v.len())) {
-            let index = self.dimension.unwrap_or(0);
-            return Err(format!("Vector dimension {} does not match the dimension of the index {index}", values.len()));
-        }
-        let count = items.len();
-        let stored = self.namespaces.entry(namespace.to_owned()).or_default();
-        stored.extend(items.into_iter().map(|(id, values, metadata)| (id, Stored { values, metadata })));
-        Ok(count)
-    }
-
-    /// The `top_k` nearest of `namespace` to `vector` (or to the vector stored as `id`):
-    /// id, score, values, metadata.
-    pub(crate) fn nearest(
-        &self,
-        namespace: &str,
-        vector: Option<Vec<f64>>,
-        id: Option<&str>,
-        top_k: usize,
-    ) -> Result<Vec<Match>, String> {
-        let empty = BTreeMap::new();
-        let stored = self.namespaces.get(namespace).unwrap_or(&empty);
-        let by_id = id.and_then(|id| stored.get(id)).map(|s| s.values.clone());
-        let vector = vector.or(by_id).ok_or("Either vector or id is required.")?;
-        let mut scored: Vec<(f64, &String, &Stored)> =
-            stored.iter().map(|(id, s)| (score(&self.metric, &vector, &s.values), id, s)).collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        Ok(scored
-            .into_iter()
-            .take(top_k)
-            .map(|(sc, id, s)| (id.clone(), sc, s.values.clone(), s.metadata.clone()))
-            .collect())
-    }
-
-    /// The stored vectors of `ids` in `namespace`.
-    pub(crate) fn get(&self, namespace: &str, ids: &[String]) -> Vec<(String, Vec<f64>, Option<Value>)> {
-        let Some(stored) = self.namespaces.get(namespace) else { return Vec::new() };
-        ids.iter().filter_map(|id| stored.get(id).map(|s| (id.clone(), s.values.clone(), s.metadata.clone()))).collect()
-    }
-
-    /// Vectors by namespace, the dimension and the metric.
-    pub(crate) fn counts(&self) -> (Vec<(String, usize)>, Option<usize>, &str) {
-        (self.namespaces.iter().map(|(ns, v)| (ns.clone(), v.len())).collect(), self.dimension, &self.metric)
-    }
-
-    fn upsert(&mut self, request: &Value) -> Response<Body> {
-        let Some(items) = request["vectors"].as_array() else { return invalid("vectors must be a list.") };
-        let mut parsed = Vec::with_capacity(items.len());
-        for item in items {
-            let (Some(id), Some(values)) = (item["id"].as_str(), item["values"].as_array()) else {
-                return invalid("Each vector needs an id and values.");
-            };
-            let values: Vec<f64> = values.iter().filter_map(Value::as_f64).collect();
-            parsed.push((id.to_owned(), values, item.get("metadata").filter(|m| m.is_object()).cloned()));
-        }
-        match self.put(request["namespace"].as_str().unwrap_or(""), parsed) {
-            Ok(count) => json(StatusCode::OK, &json!({ "upsertedCount": count })),
-            Err(message) => invalid(&message),
-        }
-    }
-
-    fn query(&self, request: &Value) -> Response<Body> {
-        if request.get("filter").is_some_and(|f| !f.is_null()) {
-            return invalid("The fake Pinecone does not evaluate metadata filters.");
-        }
-        let namespace = request["namespace"].as_str().unwrap_or("");
-        let vector = request["vector"].as_array().map(|v| v.iter().filter_map(Value::as_f64).collect());
-        let top_k = request["topK"].as_u64().unwrap_or(10) as usize;
-        let found = match self.nearest(namespace, vector, request["id"].as_str(), top_k) {
-            Ok(found) => found,
-            Err(message) => return invalid(&message),
-        };
-        let (values, metadata) = (request["includeValues"] == true, request["includeMetadata"] == true);
-        let matches: Vec<Value> = found
-            .into_iter()
-            .map(|(id, score, v, meta)| {
-                let mut m = json!({ "id": id, "score": score });
-                if values {
-                    m["values"] = json!(v);
-                }
-                if let (true, Some(meta)) = (metadata, meta) {
-                    m["metadata"] = meta;
-                }
-                m
-            })
-            .collect();
-        json(StatusCode::OK, &json!({ "matches": matches, "namespace": namespace, "usage": { "readUnits": 1 } }))
-    }
-
-    fn fetch(&self, query: &str) -> Response<Body> {
-        let mut ids = Vec::new();
-        let mut namespace = String::new();
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            match k.as_ref() {
-                "ids" => ids.push(v.into_owned()),
-                "namespace" => namespace = v.into_owned(),
-                _ => {}
-            }
-        }
-        let found: serde_json::Map<String, Value> = self
-            .get(&namespace, &ids)
-            .into_iter()
-            .map(|(id, values, metadata)| {
-                let mut v = json!({ "id": id, "values": values });
-                if let Some(meta) = metadata {
-                    v["metadata"] = meta;
-                }
-                (id, v)
-            })
-            .collect();
-        json(StatusCode::OK, &json!({ "vectors": found, "namespace": namespace, "usage": { "readUnits": 1 } }))
-    }
-
-    fn delete(&mut self, request: &Value) -> Response<Body> {
-        let namespace = request["namespace"].as_str().unwrap_or("");
-        if request["deleteAll"] == true {
-            self.namespaces.remove(namespace);
-        } else if let (Some(ids), Some(stored)) = (request["ids"].as_array(), self.namespaces.get_mut(namespace)) {
-            for id in ids.iter().filter_map(Value::as_str) {
-                stored.remove(id);
-            }
-        }
-        json(StatusCode::OK, &json!({}))
-    }
-
-    fn stats(&self) -> Response<Body> {
-        let (counts, _, _) = self.counts();
-        let total: usize = counts.iter().map(|(_, n)| n).sum();
-        let namespaces: serde_json::Map<String, Value> =
-            counts.into_iter().map(|(ns, n)| (ns, json!({ "vectorCount": n }))).collect();
-        json(
-            StatusCode::OK,
-            &json!({
-                "namespaces": namespaces,
-                "dimension": self.dimension,
-                "indexFullness": 0.0,
-                "totalVectorCount": total,
-                "metric": self.metric,
-                "vectorType": "dense",
-            }),
-        )
-    }
-}
-
-/// How alike two vectors are by the index's metric: higher is closer (euclidean as its
-/// negative distance squared would not be Pinecone's; it answers the distance, ranked
-/// ascending, so it is negated for the ranking and reported as is).
-fn score(metric: &str, a: &[f64], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    match metric {
-        "dotproduct" => dot,
-        "euclidean" => -a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>(),
-        _ => {
-            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
-            let n = norm(a) * norm(b);
-            if n == 0.0 { 0.0 } else { dot / n }
-        }
-    }
-}
-
 impl tower::Service<Request<Incoming>> for DataService {
     type Response = Response<Body>;
     type Error = BoxError;
@@ -402,19 +243,5 @@ impl tower::Service<Request<Incoming>> for DataService {
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         Box::pin(self.clone().handle(request))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scores_rank_the_closest_first() {
-        let (a, b, c) = ([1.0, 0.0], [0.9, 0.1], [0.0, 1.0]);
-        for metric in ["cosine", "dotproduct", "euclidean"] {
-            assert!(score(metric, &a, &b) > score(metric, &a, &c), "{metric}");
-        }
-        assert!((score("cosine", &a, &a) - 1.0).abs() < 1e-9);
     }
 }

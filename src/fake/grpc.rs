@@ -136,7 +136,7 @@ impl<Q, R, F> UnaryService<Q> for Method<F>
 where
     Q: Send + 'static,
     R: Send + 'static,
-    F: Fn(&mut super::data::Vectors, Q) -> Result<R, Status> + Clone + Send + 'static,
+    F: Fn(&mut super::vectors::Vectors, Q) -> Result<R, Status> + Clone + Send + 'static,
 {
     type Response = R;
     type Future = Answer<R>;
@@ -213,7 +213,7 @@ fn status_in_trailers(mut response: Response<Body>) -> Response<Body> {
     response.map(|_| body)
 }
 
-fn upsert(v: &mut super::data::Vectors, r: UpsertRequest) -> Result<UpsertResponse, Status> {
+fn upsert(v: &mut super::vectors::Vectors, r: UpsertRequest) -> Result<UpsertResponse, Status> {
     let items = r.vectors.into_iter().map(|x| (x.id, x.values.into_iter().map(f64::from).collect(), None)).collect();
     // With details, as Pinecone's errors carry them: `grpc-status-details-bin` must pass.
     let details =
@@ -222,7 +222,7 @@ fn upsert(v: &mut super::data::Vectors, r: UpsertRequest) -> Result<UpsertRespon
     Ok(UpsertResponse { upserted_count: count as u32 })
 }
 
-fn query(v: &mut super::data::Vectors, r: QueryRequest) -> Result<QueryResponse, Status> {
+fn query(v: &mut super::vectors::Vectors, r: QueryRequest) -> Result<QueryResponse, Status> {
     let vector = (!r.vector.is_empty()).then(|| r.vector.iter().copied().map(f64::from).collect());
     let id = (!r.id.is_empty()).then_some(r.id.as_str());
     let found = v.nearest(&r.namespace, vector, id, r.top_k as usize).map_err(Status::invalid_argument)?;
@@ -237,7 +237,7 @@ fn query(v: &mut super::data::Vectors, r: QueryRequest) -> Result<QueryResponse,
     Ok(QueryResponse { matches, namespace: r.namespace, usage: Some(Usage { read_units: Some(1) }) })
 }
 
-fn fetch(v: &mut super::data::Vectors, r: FetchRequest) -> Result<FetchResponse, Status> {
+fn fetch(v: &mut super::vectors::Vectors, r: FetchRequest) -> Result<FetchResponse, Status> {
     let vectors = v
         .get(&r.namespace, &r.ids)
         .into_iter()
@@ -246,7 +246,7 @@ fn fetch(v: &mut super::data::Vectors, r: FetchRequest) -> Result<FetchResponse,
     Ok(FetchResponse { vectors, namespace: r.namespace, usage: Some(Usage { read_units: Some(1) }) })
 }
 
-fn stats(v: &mut super::data::Vectors, _: DescribeIndexStatsRequest) -> Result<DescribeIndexStatsResponse, Status> {
+fn stats(v: &mut super::vectors::Vectors, _: DescribeIndexStatsRequest) -> Result<DescribeIndexStatsResponse, Status> {
     let (counts, dimension, metric) = v.counts();
     let total = counts.iter().map(|(_, n)| *n as u32).sum();
     let namespaces = counts.into_iter().map(|(ns, n)| (ns, NamespaceSummary { vector_count: n as u32 })).collect();

@@ -14,8 +14,10 @@ pub mod control;
 pub mod data;
 pub mod grpc;
 pub mod iam;
+mod imports;
 pub mod quota;
 pub mod token;
+mod vectors;
 
 use crate::body::{Body, BoxError, empty, full};
 use crate::serve::{self, Listener, Trigger};

@@ -479,3 +479,77 @@ async fn an_index_listener_on_a_unix_socket_serves_rest_and_grpc() {
     proxy.wait().await;
     assert!(!path.exists(), "the socket file is removed at exit");
 }
+
+/// Every REST operation of the data plane goes through an index listener with the managed
+/// key and is counted by its `operationId`: listing, updating, namespaces, bulk imports, and
+/// records (which the fake refuses with 400, as Pinecone does an index without integrated
+/// embedding: the refusal passes through as it came).
+#[tokio::test]
+async fn every_rest_operation_of_the_data_plane_is_forwarded_and_named() {
+    let fake = fake(3600).await;
+    fake.state().create_index("docs", 2).unwrap();
+    let (proxy, base) = with_docs(&fake).await;
+    fake.state().set_recording(true);
+    let client = TestClient::default();
+    let call = |method: Method, path: &str, body: serde_json::Value| {
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        let request = request(method, &base, path, &body);
+        let client = &client;
+        async move { collect(client.send(request).await).await }
+    };
+    let vectors = json!({"namespace": "n", "vectors": [
+        {"id": "doc#1", "values": [1.0, 0.0]}, {"id": "doc#2", "values": [0.0, 1.0]}, {"id": "other", "values": [0.5, 0.5]}]});
+    assert_eq!(call(Method::POST, "/vectors/upsert", vectors).await.0, StatusCode::OK);
+
+    let (status, _, body) = call(Method::GET, "/vectors/list?namespace=n&prefix=doc%23&limit=1", json!(null)).await;
+    let page = json(&body);
+    assert_eq!((status, page["vectors"][0]["id"].as_str()), (StatusCode::OK, Some("doc#1")));
+    assert_eq!(page["pagination"]["next"], "doc#1", "one more page");
+    let update = json!({"id": "doc#2", "namespace": "n", "setMetadata": {"genre": "poetry"}});
+    assert_eq!(call(Method::POST, "/vectors/update", update).await.0, StatusCode::OK);
+    let (_, _, body) = call(Method::GET, "/vectors/fetch?ids=doc%232&namespace=n", json!(null)).await;
+    assert_eq!(json(&body)["vectors"]["doc#2"]["metadata"]["genre"], "poetry");
+    let (status, _, body) = call(Method::GET, "/namespaces", json!(null)).await;
+    assert_eq!((status, &json(&body)["namespaces"][0]), (StatusCode::OK, &json!({"name": "n", "record_count": 3})));
+    assert_eq!(call(Method::GET, "/namespaces/n", json!(null)).await.0, StatusCode::OK);
+
+    let (status, _, body) = call(Method::POST, "/bulk/imports", json!({"uri": "s3://bucket/vectors/"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = json(&body)["id"].as_str().unwrap().to_owned();
+    let (_, _, body) = call(Method::GET, &format!("/bulk/imports/{id}"), json!(null)).await;
+    assert_eq!(json(&body)["status"], "Pending");
+    assert_eq!(call(Method::DELETE, &format!("/bulk/imports/{id}"), json!(null)).await.0, StatusCode::OK);
+    let (_, _, body) = call(Method::GET, "/bulk/imports", json!(null)).await;
+    assert_eq!(json(&body)["data"][0]["status"], "Cancelled");
+
+    let search = json!({"query": {"inputs": {"text": "poems"}, "top_k": 2}});
+    let (status, _, body) = call(Method::POST, "/records/namespaces/n/search", search).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(json(&body)["error"]["message"].as_str().unwrap().contains("Integrated inference"));
+    assert_eq!(call(Method::DELETE, "/namespaces/n", json!(null)).await.0, StatusCode::OK);
+    assert_eq!(call(Method::GET, "/namespaces/n", json!(null)).await.0, StatusCode::NOT_FOUND);
+
+    let key = proxy.keys.as_ref().unwrap().current().unwrap();
+    // A 404 makes the proxy look the host up again (`/indexes/docs`), in the background.
+    let recorded: Vec<_> = fake.state().recorded().into_iter().filter(|r| !r.target.starts_with("/indexes")).collect();
+    assert_eq!(recorded.len(), 13);
+    assert!(recorded.iter().all(|r| r.headers["api-key"] == key.header()), "every call with the managed key");
+    let (_, _, metrics) = client.get(&ops_url(&proxy, "/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics);
+    for (method, code, operation) in [
+        ("GET", 200, "listVectors"),
+        ("POST", 200, "updateVector"),
+        ("GET", 200, "listNamespacesOperation"),
+        ("GET", 404, "describeNamespace"),
+        ("DELETE", 200, "deleteNamespace"),
+        ("POST", 200, "startBulkImport"),
+        ("GET", 200, "describeBulkImport"),
+        ("DELETE", 200, "cancelBulkImport"),
+        ("GET", 200, "listBulkImports"),
+        ("POST", 400, "searchRecordsNamespace"),
+    ] {
+        let series =
+            format!(r#"pinecone_proxy_requests_total{{code="{code}",method="{method}",operation="{operation}"}} 1"#);
+        assert!(text.contains(&series), "{series}");
+    }
+}
