@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpSocket, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -76,9 +76,25 @@ impl BoundAddr {
 /// crashed run is replaced, but one that a live process answers on is not.
 pub async fn bind(listen: &Listen, mode: u32) -> io::Result<Listener> {
     match listen {
-        Listen::Tcp(addr) => TcpListener::bind(addr).await.map(Listener::Tcp),
+        Listen::Tcp(addr) => bind_tcp(*addr).map(Listener::Tcp),
         Listen::Unix(path) => bind_unix(path, mode).await,
     }
+}
+
+/// The kernel's queue of connections not yet accepted, per listener. tokio's `bind` asks
+/// for 128 (std's value): a full listener with a crowd at its door overflows that, the
+/// kernel drops the handshakes past it, and each client tries again only a second later:
+/// a kubelet probe with its 1 s timeout fails. Linux caps it at `net.core.somaxconn` (4,096
+/// since 5.4); each queued connection holds a few KiB of kernel memory, none of ours.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A TCP listener as tokio's `bind` makes it (`SO_REUSEADDR`, non-blocking), with
+/// [`LISTEN_BACKLOG`].
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn bind_unix(path: &Path, mode: u32) -> io::Result<Listener> {
@@ -456,6 +472,26 @@ mod tests {
 
     use std::convert::Infallible;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The kernel queues up to [`LISTEN_BACKLOG`] connections that the proxy has not accepted
+    /// (a full listener): 600 handshakes complete at once, where tokio's 128 would drop those
+    /// past it for the clients to retry a second later.
+    #[tokio::test]
+    async fn a_listener_queues_hundreds_of_connections_it_has_not_accepted() {
+        let Listener::Tcp(listener) = bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()), 0o600).await.unwrap() else {
+            unreachable!("a TCP address")
+        };
+        let addr = listener.local_addr().unwrap();
+        let mut connects = JoinSet::new();
+        for _ in 0..600 {
+            connects.spawn(tokio::net::TcpStream::connect(addr));
+        }
+        let all = tokio::time::timeout(Duration::from_millis(900), connects.join_all())
+            .await
+            .expect("every handshake completes within the backlog, none retried after a second");
+        assert!(all.iter().all(Result::is_ok));
+        drop(listener);
+    }
 
     /// At shutdown, an idle kept-alive connection is closed at once, not left for the
     /// grace period to run out.
