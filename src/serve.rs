@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpSocket, UnixListener, UnixSocket, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -84,7 +84,7 @@ pub async fn bind(listen: &Listen, mode: u32) -> io::Result<Listener> {
 /// The kernel's queue of connections not yet accepted, per listener. tokio's `bind` asks
 /// for 128 (std's value): a full listener with a crowd at its door overflows that, the
 /// kernel drops the handshakes past it, and each client tries again only a second later:
-/// a kubelet probe with its 1 s timeout fails. Linux caps it at `net.core.somaxconn` (4,096
+/// a kubelet probe with its 1 s timeout fails (on a Unix socket, the connect fails at once). Linux caps it at `net.core.somaxconn` (4,096
 /// since 5.4); each queued connection holds a few KiB of kernel memory, none of ours.
 const LISTEN_BACKLOG: u32 = 1024;
 
@@ -119,7 +119,9 @@ async fn bind_unix(path: &Path, mode: u32) -> io::Result<Listener> {
     tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp)?;
+    let socket = UnixSocket::new_stream()?;
+    socket.bind(&tmp)?;
+    let listener = socket.listen(LISTEN_BACKLOG)?;
     let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
         .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = placed {
@@ -490,6 +492,22 @@ mod tests {
             .await
             .expect("every handshake completes within the backlog, none retried after a second");
         assert!(all.iter().all(Result::is_ok));
+        drop(listener);
+    }
+
+    /// The same queue on a Unix socket, where a connect past a full queue fails at once.
+    #[tokio::test]
+    async fn a_unix_socket_listener_queues_hundreds_of_connections_it_has_not_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.sock");
+        let listener = bind(&Listen::Unix(path.clone()), 0o600).await.unwrap();
+        let mut connects = JoinSet::new();
+        for _ in 0..600 {
+            connects.spawn(UnixStream::connect(path.clone()));
+        }
+        let all = connects.join_all().await;
+        let failed: Vec<_> = all.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(failed.is_empty(), "{} of 600 refused, the first: {:?}", failed.len(), failed.first());
         drop(listener);
     }
 
