@@ -381,7 +381,18 @@ impl SharedCache {
                     self.fail(failure, message, true);
                     return Look::Fallback;
                 }
-                Ok((Some(_), _)) => return Look::Lock(Held { name: lock.to_owned(), value }),
+                Ok((Some(_), _)) => {
+                    let held = Held { name: lock.to_owned(), value };
+                    // Another proxy may have written the entry and let its lock go between
+                    // our read and our lock: read once more before fetching, not twice.
+                    if let Ok(Some((bytes, pttl))) = self.read_entry(entry).await
+                        && let Some(hit) = accept(self, &bytes, pttl, &mut counted)
+                    {
+                        self.release(held).await;
+                        return Look::Hit(hit);
+                    }
+                    return Look::Lock(held);
+                }
                 // No TTL, or longer than a proxy ever sets: not a fetch in progress. Waiting
                 // for it would delay readiness and requests for nothing.
                 Ok((None, pttl)) if pttl == -1 || pttl > ttl_ms as i64 => {
