@@ -396,11 +396,17 @@ pub struct FakePinecone {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// How the fake's servers serve: the default time limits, but no connection or head-memory
-/// budget that Pinecone's hosts would not have (the proxy's `head_memory` closes the 52nd h2c
-/// connection; a benchmark's nginx opening 64 to an index must not meet that here).
+/// How the fake's servers serve: the default time limits, but no connection, head-memory or
+/// stream budget that Pinecone's hosts would not have (the proxy's `head_memory` closes the
+/// 52nd h2c connection; a benchmark's nginx opening 64 to an index must not meet that here;
+/// the proxy's clients' 64 streams a connection all go on its one connection to a host).
 pub(crate) fn serve_options() -> serve::ServeOptions {
-    let limits = crate::config::Limits { max_connections: 1 << 16, head_memory: 1 << 30, ..Default::default() };
+    let limits = crate::config::Limits {
+        max_connections: 1 << 16,
+        head_memory: 1 << 30,
+        max_concurrent_streams: 1000,
+        ..Default::default()
+    };
     serve::ServeOptions { limits, ..serve::ServeOptions::new(Duration::from_secs(1)) }
 }
 

@@ -6,7 +6,8 @@
 //!
 //! - **HTTP/2**: one shared connection. While it is being opened (and while the host's
 //!   protocol is not yet known) other requests wait for it instead of opening their own, so
-//!   a burst of first requests costs one TLS handshake.
+//!   a burst of first requests costs one TLS handshake. Its windows are set so that clients
+//!   that stop reading cannot stall the others' answers ([`H2_STREAM_WINDOW`]).
 //! - **HTTP/1.1**: a stack of idle connections; a connection goes back once its response
 //!   body has been read to the end. A reaper closes any that stayed idle for 90 s, and those
 //!   beyond 32 once they have been idle for 10 s (after a burst, not during load). A
@@ -55,6 +56,20 @@ use tokio::time::Instant;
 /// hyper's HTTP/2 keep-alive ping: a dead upstream connection is found within this (and
 /// its timeout), not by the next request.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// How much of one HTTP/2 answer the host may send before the proxy's client has taken it.
+/// Every client's stream shares the host's one connection, and what a stream holds untaken
+/// counts against the connection's window as well (h2 gives the connection's share back only
+/// as the stream's data is read): at hyper's 2 MiB a stream and 5 MiB the connection, three
+/// clients that stopped reading large answers stopped every other answer from that host
+/// until `limits.body_read_timeout` closed them. 128 KiB a stream still carries 128 MiB/s
+/// at a millisecond of round trip.
+const H2_STREAM_WINDOW: u32 = 128 << 10;
+
+/// The connection's window: 80 streams' worth, so that it takes more stalled answers than
+/// one client connection may hold (`limits.max_concurrent_streams`, 64) to close it, and
+/// the most of the host's answers the proxy holds for clients that do not read.
+const H2_CONNECTION_WINDOW: u32 = 80 * H2_STREAM_WINDOW;
 
 /// What ALPN chose on the last connection.
 const UNKNOWN: u8 = 0;
@@ -348,6 +363,8 @@ impl Pool {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(H2_KEEP_ALIVE)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| SendError::Unreachable(error_chain(&e)))?;

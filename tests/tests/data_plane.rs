@@ -553,3 +553,84 @@ async fn every_rest_operation_of_the_data_plane_is_forwarded_and_named() {
         assert!(text.contains(&series), "{series}");
     }
 }
+
+/// Clients that stop reading large responses do not stall the index's other clients: every
+/// client's stream shares one HTTP/2 connection to the index host, where what a stream has
+/// received and its client has not taken counts against the connection's window too. One
+/// h2c client opens as many streams as `limits.max_concurrent_streams` lets it (64), each a
+/// query whose answer (400 KB) it does not read; the others' queries are answered
+/// all the same, and the held answers come whole once read. With hyper's client windows (2
+/// MiB a stream, 5 MiB the connection) three such streams closed the connection's window and
+/// the first other query waited for `limits.body_read_timeout`.
+#[tokio::test]
+async fn clients_that_stop_reading_large_answers_do_not_stall_the_others() {
+    const DIMENSION: usize = 1024;
+    const VECTORS: usize = 20;
+    const SLOW: usize = 64;
+    let fake = fake(3600).await;
+    create_index(&fake, "docs", DIMENSION as u32).await;
+    let (_proxy, base) = with_docs(&fake).await;
+    let client = TestClient::default();
+    // About 20 KB of JSON a vector.
+    let vectors: Vec<_> = (0..VECTORS)
+        .map(|n| {
+            let values: Vec<f64> = (0..DIMENSION).map(|d| ((n * 31 + d * 17) % 997 + 1) as f64 / 997.0).collect();
+            json!({"id": format!("v{n}"), "values": values})
+        })
+        .collect();
+    let upsert = json!({"vectors": vectors}).to_string();
+    let (status, _, _) = collect(client.send(request(Method::POST, &base, "/vectors/upsert", &upsert)).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let probe: Vec<f64> = (0..DIMENSION).map(|d| (d % 7) as f64 + 1.0).collect();
+    let large = json!({"vector": probe, "topK": VECTORS, "includeValues": true}).to_string();
+
+    // The slow client: one h2c connection whose streams take 16 KiB (64 KiB in all, the
+    // connection's window) and then nothing until the end.
+    let tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+    let (mut slow, connection) =
+        h2::client::Builder::new().initial_window_size(16 << 10).handshake::<_, bytes::Bytes>(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut held = Vec::new();
+    for _ in 0..SLOW {
+        let head = Request::post(format!("{base}/query"))
+            .header("content-type", "application/json")
+            .header("api-key", "unused")
+            .body(())
+            .unwrap();
+        slow = slow.ready().await.unwrap();
+        let (answer, mut send) = slow.send_request(head, false).unwrap();
+        send.send_data(bytes::Bytes::from(large.clone()), true).unwrap();
+        let response = answer.await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "the head needs no window");
+        held.push(response.into_body());
+    }
+
+    // Meanwhile, others' queries are answered, one after another (a stall would last
+    // body_read_timeout's 30 s).
+    let small = json!({"vector": probe, "topK": 1}).to_string();
+    for n in 0..50 {
+        let query = async { collect(client.send(request(Method::POST, &base, "/query", &small)).await).await };
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(10), query).await;
+        let (status, _, body) =
+            answered.unwrap_or_else(|_| panic!("query {n} stalled behind the slow client's answers"));
+        assert_eq!((status, json(&body)["matches"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
+    }
+
+    // And the slow answers were held, not dropped: each comes whole once read (all at once:
+    // the streams share the slow client's connection window).
+    let mut reads = tokio::task::JoinSet::new();
+    for mut body in held {
+        reads.spawn(async move {
+            let mut whole = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                body.flow_control().release_capacity(chunk.len()).unwrap();
+                whole.extend_from_slice(&chunk);
+            }
+            whole
+        });
+    }
+    while let Some(whole) = reads.join_next().await {
+        assert_eq!(json(&whole.unwrap())["matches"].as_array().map(Vec::len), Some(VECTORS));
+    }
+}
