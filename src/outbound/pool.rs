@@ -62,7 +62,7 @@ const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// counts against the connection's window as well (h2 gives the connection's share back only
 /// as the stream's data is read): at hyper's 2 MiB a stream and 5 MiB the connection, three
 /// clients that stopped reading large answers stopped every other answer from that host
-/// until `limits.body_read_timeout` closed them. 128 KiB a stream still carries 128 MiB/s
+/// until `limits.body_read_timeout` closed them. 128 KiB a stream still carries 125 MiB/s
 /// at a millisecond of round trip.
 const H2_STREAM_WINDOW: u32 = 128 << 10;
 
