@@ -10,6 +10,9 @@ use http::{Response, StatusCode};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
+/// The most matches a query may ask for (`QueryRequest.topK`'s maximum in db_data).
+const MAX_TOP_K: usize = 10_000;
+
 /// A query's match: id, score, values, metadata.
 pub(crate) type Match = (String, f64, Vec<f64>, Option<Value>);
 
@@ -51,7 +54,8 @@ impl Vectors {
     }
 
     /// The `top_k` nearest of `namespace` to `vector` (or to the vector stored as `id`):
-    /// id, score, values, metadata.
+    /// id, score, values, metadata. `top_k` is required, from 1 to 10,000 (the spec's
+    /// `QueryRequest.topK`; gRPC's 0 is its absence).
     pub(crate) fn nearest(
         &self,
         namespace: &str,
@@ -59,6 +63,9 @@ impl Vectors {
         id: Option<&str>,
         top_k: usize,
     ) -> Result<Vec<Match>, String> {
+        if !(1..=MAX_TOP_K).contains(&top_k) {
+            return Err(format!("topK is required, from 1 to {MAX_TOP_K}."));
+        }
         let empty = BTreeMap::new();
         let stored = self.namespaces.get(namespace).unwrap_or(&empty);
         let by_id = id.and_then(|id| stored.get(id)).map(|s| s.values.clone());
@@ -106,7 +113,7 @@ impl Vectors {
         }
         let namespace = request["namespace"].as_str().unwrap_or("");
         let vector = request["vector"].as_array().map(|v| v.iter().filter_map(Value::as_f64).collect());
-        let top_k = request["topK"].as_u64().unwrap_or(10) as usize;
+        let top_k = request["topK"].as_u64().map_or(0, |k| usize::try_from(k).unwrap_or(usize::MAX));
         let found = match self.nearest(namespace, vector, request["id"].as_str(), top_k) {
             Ok(found) => found,
             Err(message) => return invalid(&message),

@@ -389,6 +389,16 @@ async fn each_index_has_a_data_plane_of_its_own() {
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["vectors"]["b"]["values"], json!([0.0, 1.0]));
     let (_, body) = api.at(&base, Method::POST, "/describe_index_stats", &reader, Some(json!({}))).await;
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["totalVectorCount"], 2);
+    // topK is required, from 1 to 10,000, as the spec says.
+    for top_k in [None, Some(0), Some(10_001)] {
+        let mut query = json!({"vector": [0.9, 0.1], "namespace": "n"});
+        if let Some(k) = top_k {
+            query["topK"] = json!(k);
+        }
+        let (status, body) = api.at(&base, Method::POST, "/query", &reader, Some(query)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{top_k:?}: {body}");
+        assert!(body.contains("topK"), "{body}");
+    }
     let wrong = json!({"vectors": [{"id": "c", "values": [1.0, 2.0, 3.0]}]});
     assert_eq!(api.at(&base, Method::POST, "/vectors/upsert", &writer, Some(wrong)).await.0, StatusCode::BAD_REQUEST);
 
