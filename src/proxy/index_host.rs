@@ -1,7 +1,9 @@
 //! Where an index's data plane is: its host, found with `describe_index` (the control plane,
-//! with the managed key) before the proxy is ready, and found again after a connect failure.
-//! One lookup at a time; requests that need the host meanwhile wait for it, within the key's
-//! wait (`token.timeout`).
+//! with the managed key) before the proxy is ready, and found again after a connect failure
+//! or a 404 from the host. One lookup at a time; requests that need the host meanwhile wait
+//! for it, within the key's wait (`token.timeout`). Requests make the proxy look again at
+//! most once every [`RECHECK_EVERY`]: a host that is down, or an index that is gone, costs
+//! the control plane one `describe_index` every 10 s, not one a request.
 
 use crate::api_key::source::KeySource;
 use crate::body::{BoxError, empty};
@@ -46,11 +48,12 @@ struct Inner {
     last_error: Mutex<Option<String>>,
     /// One lookup at a time.
     looking: tokio::sync::Mutex<()>,
-    /// When a 404 last made the proxy look again.
+    /// When a request (a connect failure, a 404, a host not known) last made the proxy
+    /// look again.
     rechecked: Mutex<Option<tokio::time::Instant>>,
 }
 
-/// How often a 404 from an index's host may make the proxy look the host up again.
+/// How often requests may make the proxy look the host up again.
 const RECHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// What `/status` shows of an index.
@@ -88,7 +91,8 @@ impl IndexHost {
         Self { inner: Arc::new(inner) }
     }
 
-    /// The data plane's pool: the host found, or one looked up now.
+    /// The data plane's pool: the host found, or one looked up now; while the last lookup
+    /// failed less than [`RECHECK_EVERY`] ago, its error.
     pub(crate) async fn pool(&self) -> Result<Pool, String> {
         if let Some(found) = self.inner.found.lock().clone() {
             return Ok(found.pool);
@@ -98,20 +102,33 @@ impl IndexHost {
         if let Some(found) = self.inner.found.lock().clone() {
             return Ok(found.pool);
         }
-        self.look_up().await
+        // Forgotten after a connect failure (no error yet): look now; after a failed lookup,
+        // only when one is due again.
+        let failed = self.inner.last_error.lock().clone();
+        match failed {
+            Some(error) if !self.due() => Err(error),
+            _ => self.look_up().await,
+        }
+    }
+
+    /// Whether a request may make the proxy look again now ([`RECHECK_EVERY`] since the
+    /// last time); if so, it counts as done.
+    fn due(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut last = self.inner.rechecked.lock();
+        if last.is_some_and(|at| now < at + RECHECK_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// After a 404 from the host: looks the host up again in the background (at most one
     /// lookup at a time, and once every [`RECHECK_EVERY`]), and moves to the new host if the
     /// index has one; the request that saw the 404 gets it as it came.
     pub(crate) fn recheck(&self) {
-        let now = tokio::time::Instant::now();
-        {
-            let mut last = self.inner.rechecked.lock();
-            if last.is_some_and(|at| now < at + RECHECK_EVERY) {
-                return;
-            }
-            *last = Some(now);
+        if !self.due() {
+            return;
         }
         let this = self.clone();
         tokio::spawn(async move {
@@ -126,9 +143,13 @@ impl IndexHost {
         });
     }
 
-    /// Forgets the host after a connect failure: the next request looks it up again.
+    /// After a connect failure: the next request looks the host up again (the index may
+    /// have moved), unless a request made the proxy look less than [`RECHECK_EVERY`] ago
+    /// (then the host is down, not moved, and the proxy keeps it).
     pub(crate) fn forget(&self) {
-        self.inner.found.lock().take();
+        if self.due() {
+            self.inner.found.lock().take();
+        }
     }
 
     /// Whether the host is known (for `/readyz`).
@@ -150,9 +171,15 @@ impl IndexHost {
     }
 
     /// Looks the host up until it is found (at start, so that `/readyz` can wait for it),
-    /// every `retry` after a failure.
+    /// every `retry` after a failure, whatever requests are due.
     pub(crate) async fn find(self, retry: Duration) {
-        while self.pool().await.is_err() {
+        loop {
+            {
+                let _one = self.inner.looking.lock().await;
+                if self.inner.found.lock().is_some() || self.look_up().await.is_ok() {
+                    return;
+                }
+            }
             tokio::time::sleep(retry).await;
         }
     }

@@ -634,3 +634,59 @@ async fn clients_that_stop_reading_large_answers_do_not_stall_the_others() {
         assert_eq!(json(&whole.unwrap())["matches"].as_array().map(Vec::len), Some(VECTORS));
     }
 }
+
+/// How many times the proxy has asked the fake's control plane where `docs` is.
+fn lookups(fake: &FakePinecone) -> usize {
+    fake.state().recorded().iter().filter(|r| r.method == Method::GET && r.target == "/indexes/docs").count()
+}
+
+/// An index host that cannot be reached while `describe_index` keeps naming it: the first
+/// connect failure looks the host up again (it may have moved), the next ones within 10 s do
+/// not (it has not: it is down). Twenty failed requests, one lookup after the start's; before,
+/// each failed request cost the next one a `describe_index` on the control plane.
+#[tokio::test]
+async fn a_host_that_is_down_is_not_looked_up_again_for_every_request() {
+    let fake = fake(3600).await;
+    fake.state().create_index("docs", 2).unwrap();
+    let closed = closed_port();
+    assert!(fake.state().set_index_host("docs", &format!("127.0.0.1:{}", closed.port)));
+    fake.state().set_recording(true);
+    let (_proxy, base) = with_docs(&fake).await;
+    assert_eq!(lookups(&fake), 1, "found at start");
+    let client = TestClient::default();
+    for _ in 0..20 {
+        let (status, headers, body) =
+            collect(client.send(request(Method::POST, &base, "/describe_index_stats", "{}")).await).await;
+        assert_proxy_error(status, &headers, &body, StatusCode::BAD_GATEWAY, "upstream_unreachable");
+    }
+    assert_eq!(lookups(&fake), 2, "once more after the first failure, then not for 10 s");
+}
+
+/// An index that is gone (`describe_index` answers 404): requests get 502 with the lookup's
+/// error, and the control plane is asked again at most once every 10 s, not once a request.
+#[tokio::test]
+async fn a_deleted_index_is_not_looked_up_again_for_every_request() {
+    let fake = fake(3600).await;
+    let old = fake.state().create_index("docs", 2).unwrap();
+    fake.state().set_recording(true);
+    let (_proxy, base) = with_docs(&fake).await;
+    assert!(fake.state().delete_index("docs"));
+    // The old data plane's listener closes as its task sees the stop (no event tells when).
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while tokio::net::TcpStream::connect(&old).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the old host closes");
+    let client = TestClient::default();
+    let mut said = Vec::new();
+    for _ in 0..20 {
+        let (status, _, body) =
+            collect(client.send(request(Method::POST, &base, "/describe_index_stats", "{}")).await).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        said.push(String::from_utf8_lossy(&body).into_owned());
+    }
+    assert_eq!(lookups(&fake), 2, "found at start, and looked for once after the connect failure");
+    assert!(said.last().unwrap().contains("describe_index answered 404"), "{}", said.last().unwrap());
+}
