@@ -234,13 +234,49 @@ impl IndexHost {
         }
         let v: serde_json::Value =
             serde_json::from_slice(&body).map_err(|_| "describe_index: the answer is not JSON".to_owned())?;
-        let host = v["host"].as_str().ok_or("describe_index: the answer has no host")?;
-        let host: Authority = host.parse().map_err(|_| format!("describe_index: {host:?} is not a host"))?;
+        let host = index_host(v["host"].as_str().ok_or("describe_index: the answer has no host")?)?;
         let loopback = crate::net::is_loopback_host(host.host());
         if inner.scheme == Scheme::HTTP && !loopback {
             return Err(format!("{host} is not a loopback host: the data plane is reached over https only"));
         }
         let pool = inner.outbound.data_pool(&inner.scheme, &host).map_err(|e| e.to_string())?;
         Ok(Found { host, pool })
+    }
+}
+
+/// The `host` of a `describe_index` answer: a bare host name, with a port at most (Pinecone
+/// answers `docs-c01b5b5.svc.us-east1-gcp.pinecone.io`); no user part, path or scheme.
+fn index_host(answered: &str) -> Result<Authority, String> {
+    let bad = || format!("describe_index: {:?} is not a host", answered.chars().take(300).collect::<String>());
+    let host: Authority = answered.parse().map_err(|_| bad())?;
+    if host.as_str().contains('@') || host.host().is_empty() {
+        return Err(bad());
+    }
+    Ok(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::index_host;
+
+    #[test]
+    fn an_index_host_is_a_bare_host_name_with_a_port_at_most() {
+        assert_eq!(
+            index_host("docs-c01b5b5.svc.us-east1-gcp.pinecone.io").unwrap().as_str(),
+            "docs-c01b5b5.svc.us-east1-gcp.pinecone.io"
+        );
+        assert_eq!(index_host("127.0.0.1:8485").unwrap().port_u16(), Some(8485));
+        for bad in [
+            "",
+            "user@evil.example",
+            "user:pw@docs.pinecone.io",
+            "https://docs.pinecone.io",
+            "docs.pinecone.io/x",
+            ":443",
+            "a b",
+        ] {
+            let e = index_host(bad).unwrap_err();
+            assert!(e.contains("is not a host"), "{bad:?}: {e}");
+        }
     }
 }
