@@ -690,3 +690,34 @@ async fn a_deleted_index_is_not_looked_up_again_for_every_request() {
     assert_eq!(lookups(&fake), 2, "found at start, and looked for once after the connect failure");
     assert!(said.last().unwrap().contains("describe_index answered 404"), "{}", said.last().unwrap());
 }
+
+/// gRPC bodies of megabytes both ways through an index listener: a 2 MiB `Upsert` (over
+/// `upstream.replay_limit`, so it streams) and a `Query` whose answer carries 10,000 vectors.
+#[tokio::test]
+async fn megabyte_grpc_upserts_and_answers_stream() {
+    use pinecone_admin_proxy::fake::grpc::*;
+    use prost::Message;
+    let fake = fake(3600).await;
+    fake.state().create_index("docs", 2).unwrap();
+    let (_proxy, base) = with_docs(&fake).await;
+    let vectors: Vec<_> = (0..50_000)
+        .map(|i| Vector { id: format!("v-{i:06}-{}", "x".repeat(30)), values: vec![0.5, (i % 100) as f32 / 100.0] })
+        .collect();
+    let upsert = UpsertRequest { vectors, namespace: "big".into() };
+    assert!(upsert.encoded_len() > 2 << 20, "{}", upsert.encoded_len());
+    let (_, answer, status, message) = grpc::<_, UpsertResponse>(&base, "/VectorService/Upsert", &upsert).await;
+    assert_eq!((status.as_str(), answer.map(|a| a.upserted_count)), ("0", Some(50_000)), "{message:?}");
+    let query = QueryRequest {
+        namespace: "big".into(),
+        top_k: 10_000,
+        include_values: true,
+        vector: vec![0.5, 0.5],
+        ..QueryRequest::default()
+    };
+    let (_, body_of, status, message) = grpc::<_, QueryResponse>(&base, "/VectorService/Query", &query).await;
+    assert_eq!(status, "0", "{message:?}");
+    let answer = body_of.unwrap();
+    assert_eq!(answer.matches.len(), 10_000);
+    assert!(answer.encoded_len() > 500_000, "{}", answer.encoded_len());
+    assert!(answer.matches.iter().all(|m| m.values.len() == 2));
+}
