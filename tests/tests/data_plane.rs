@@ -39,6 +39,18 @@ async fn with_docs(fake: &FakePinecone) -> (Running, String) {
     (proxy, base)
 }
 
+/// Until the deleted index's old data plane refuses connections: its listener closes as
+/// its task sees the stop, and no event tells when.
+async fn until_closed(host: &str) {
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while tokio::net::TcpStream::connect(host).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the old host closes");
+}
+
 fn request(method: Method, base: &str, path: &str, body: &str) -> Request<pinecone_admin_proxy::body::Body> {
     Request::builder()
         .method(method)
@@ -321,14 +333,7 @@ async fn an_index_that_moved_is_found_again_after_a_connect_failure() {
     assert!(fake.state().delete_index("docs"));
     let new = fake.state().create_index("docs", 2).unwrap();
     assert_ne!(old, new);
-    // The old data plane's listener closes as its task sees the stop (no event tells when).
-    tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while tokio::net::TcpStream::connect(&old).await.is_ok() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the old host closes");
+    until_closed(&old).await;
     let stats = || request(Method::POST, &base, "/describe_index_stats", "{}");
     let client = TestClient::default();
     let (status, headers, body) = collect(client.send(stats()).await).await;
@@ -671,14 +676,7 @@ async fn a_deleted_index_is_not_looked_up_again_for_every_request() {
     fake.state().set_recording(true);
     let (_proxy, base) = with_docs(&fake).await;
     assert!(fake.state().delete_index("docs"));
-    // The old data plane's listener closes as its task sees the stop (no event tells when).
-    tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while tokio::net::TcpStream::connect(&old).await.is_ok() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the old host closes");
+    until_closed(&old).await;
     let client = TestClient::default();
     let mut said = Vec::new();
     for _ in 0..20 {
